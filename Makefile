@@ -1,0 +1,115 @@
+# cryo-orient: every figure and table of Banjac, Donati & Defferrard (2021), rebuilt from code.
+#
+#   make reproduce [PROFILE=tiny|cpu|paper]   all figures and tables of a profile (default cpu)
+#   make figure-6 / make table-1              one of them
+#   make test                                 unit tests + the tiny profile end to end
+#
+# Every target depends on the virtual environment, so any of them works as the first command.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PROFILE ?= cpu
+LOCK ?= cpu
+VENV ?= .venv
+PYTHON ?= python3.11
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(LOCK)
+BUILD := build/$(PROFILE)
+FIG_DIR := figures/$(PROFILE)
+SIM_DIR := data/simulated/$(PROFILE)
+PKG_SRC := $(wildcard lib/cryo_orient/*.py) pyproject.toml
+
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+# Offline machines: a folder holding the registered input files (see data/README.md).
+export DATA_MIRROR
+
+# Figures that later issues add; `make figure-N` for them says so instead of failing obscurely.
+PENDING := figure-1 figure-2 figure-3 figure-4 figure-7 figure-8 figure-9 figure-10 figure-11 \
+           figure-13 figure-14 figure-15 figure-16 figure-17 figure-18
+
+# Read the profile only for goals that need it: write build/<profile>/params/*.json (rewritten
+# only when their content changes) and build/<profile>/profile.mk (targets and dependencies).
+PROFILE_GOALS := $(filter-out help install lock clean clean-all lint test test-unit smoke bench $(PENDING),$(or $(MAKECMDGOALS),help))
+ifneq ($(PROFILE_GOALS),)
+  $(shell $(PYTHON) lib/cryo_orient/profiles.py sync $(PROFILE) >&2)
+  ifneq ($(.SHELLSTATUS),0)
+    $(error profile '$(PROFILE)' could not be read (message above); profiles live in experiments/profiles/)
+  endif
+  include $(BUILD)/profile.mk
+endif
+
+.PHONY: help install lock reproduce simulate test test-unit smoke lint bench clean clean-all \
+        figure-5 figure-6 figure-12 table-1 $(PENDING)
+
+help: ## List the targets
+	@echo "Usage: make TARGET [PROFILE=tiny|cpu|paper] (default PROFILE=cpu)"
+	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | sort -V | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv (Python 3.11) from the pinned lock file (LOCK=cpu|gpu)
+
+$(STAMP): requirements/$(LOCK).lock requirements/nodeps.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements/$(LOCK).lock
+	@# tensorflow-graphics declares tensorflow-addons (dead under Keras 3); its geometry needs only TF.
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/nodeps.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+lock: ## Re-pin requirements/{cpu,gpu}.lock from requirements/*.in (needs uv)
+	cd requirements && for l in cpu gpu; do \
+	  uv pip compile $$l.in -o $$l.lock --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header -q; done
+
+reproduce: $(addprefix $(BUILD)/notebooks/,$(addsuffix .ipynb,$(PROFILE_TARGETS))) ## Every implemented figure and table of PROFILE into figures/PROFILE/
+	@echo "figures/$(PROFILE)/ is up to date: $(PROFILE_TARGETS)"
+
+simulate: $(PROFILE_DATASETS) ## Simulate the datasets of PROFILE into data/simulated/PROFILE/
+
+figure-5 figure-6 figure-12 table-1: %: $(BUILD)/notebooks/%.ipynb
+	@echo "$* -> $(FIG_DIR)/"
+
+figure-5: ## Density maps used, rendered (orthogonal projections and isosurfaces)
+figure-6: ## Example 5j0n projections: clean, noisy, shifted, shifted + noisy
+figure-12: ## The four orientation samplings (sphere, d_q, Euler and quaternion histograms)
+table-1: ## Train/validation/test split and pair counts
+
+$(PENDING):
+	@echo "$@ is not implemented yet: it comes with a later issue (see README.md, 'Figures')." >&2; exit 2
+
+$(SIM_DIR)/%.h5: $(BUILD)/params/dataset-%.json | $(STAMP)
+	$(BIN)/cryo-orient simulate --config $< --out $@
+
+$(BUILD)/notebooks/%.ipynb: experiments/%.py $(BUILD)/params/%.json $(PKG_SRC) | $(STAMP)
+	@mkdir -p $(@D) $(FIG_DIR)
+	$(BIN)/jupytext --quiet --to ipynb --set-kernel python3 --output $(@D)/$*.source.ipynb $<
+	$(BIN)/papermill --log-level WARNING -k python3 --cwd . -f $(BUILD)/params/$*.json $(@D)/$*.source.ipynb $@
+
+test: test-unit smoke ## Unit tests, then every implemented experiment on the tiny profile
+
+test-unit: $(STAMP) ## Unit tests only (pytest; gpu tests skip without a GPU)
+	$(BIN)/python -m pytest
+
+smoke: $(STAMP) ## The tiny profile end to end, and a check that every output exists
+	$(MAKE) reproduce PROFILE=tiny
+	$(BIN)/python -m cryo_orient.cli check-outputs --profile tiny
+
+lint: $(STAMP) ## hadolint on the Dockerfile
+	$(BIN)/hadolint Dockerfile
+
+bench: $(STAMP) ## Projection throughput: NUFFT vs a real-space reference projector
+	$(BIN)/python benchmarks/projection.py
+
+clean: ## Remove build/ and the tiny profile's outputs (keeps downloads and venv)
+	rm -rf build figures/tiny data/simulated/tiny
+
+clean-all: clean ## Also remove the venv, simulated data and downloads
+	rm -rf $(VENV) data/simulated data/*.mrc data/*.gz data/*.star data/*.sha256

@@ -1,0 +1,134 @@
+"""Command line: one subcommand per stage (``cryo-orient --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _parse_value(text: str):
+    """A ``--set key=value`` value: JSON if it parses (numbers, lists, true/null), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _simulation_values(args) -> dict:
+    from .profiles import load_profile
+
+    values: dict = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise SystemExit(f"error: config file {path} does not exist")
+        if path.suffix == ".json":
+            values.update(json.loads(path.read_text()))
+        else:
+            import tomllib
+
+            values.update(tomllib.loads(path.read_text()))
+    if args.profile:
+        datasets = load_profile(args.profile)["datasets"]
+        if args.dataset not in datasets:
+            raise SystemExit(f"error: profile {args.profile!r} has no dataset {args.dataset!r}; "
+                             f"it defines {sorted(datasets)}")
+        values.update(datasets[args.dataset])
+    for item in args.set or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set expects key=value, got {item!r}")
+        values[key.strip().replace("-", "_")] = _parse_value(raw)
+    return values
+
+
+def _cmd_simulate(args) -> int:
+    from .simulate import SimulationConfig, simulate_dataset
+
+    if bool(args.profile) != bool(args.dataset):
+        raise SystemExit("error: --profile and --dataset go together")
+    values = _simulation_values(args)
+    if not values:
+        fields = ", ".join(f.name for f in dataclasses.fields(SimulationConfig))
+        raise SystemExit(f"error: nothing to simulate; give --config, --profile/--dataset or --set key=value ({fields})")
+    try:
+        config = SimulationConfig.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
+    path = simulate_dataset(config, args.out, chunk_size=args.chunk_size,
+                            progress=not args.quiet, overwrite=args.overwrite)
+    print(path)
+    return 0
+
+
+def _cmd_fetch(args) -> int:
+    from . import data
+
+    for name in args.names:
+        print(data.fetch(name, cache_dir=args.cache_dir))
+    return 0
+
+
+def _cmd_check_outputs(args) -> int:
+    """Every target of a profile left a non-empty figure (or table) and its JSON record."""
+    from .profiles import load_profile
+
+    profile = load_profile(args.profile)
+    out_dir = Path("figures") / args.profile
+    problems = []
+    for target in (t for t in profile if t != "datasets"):
+        record = out_dir / f"{target}.json"
+        if not record.is_file():
+            problems.append(f"{record} is missing")
+            continue
+        meta = json.loads(record.read_text())
+        for name in meta.get("outputs", []):
+            path = out_dir / name
+            if not path.is_file() or path.stat().st_size == 0:
+                problems.append(f"{path} (listed in {record}) is missing or empty")
+        if not meta.get("outputs"):
+            problems.append(f"{record} lists no outputs")
+    if problems:
+        print("missing outputs:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    print(f"figures/{args.profile}: all {len(profile) - 1} targets have their outputs")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cryo-orient", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="simulate a dataset of projections into an HDF5 file")
+    sim.add_argument("--config", help="a TOML or JSON file holding a SimulationConfig")
+    sim.add_argument("--profile", help="take the dataset settings from this profile (with --dataset)")
+    sim.add_argument("--dataset", help="the dataset's name in the profile")
+    sim.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="set or override one setting, e.g. --set noise_variance=16 (repeatable)")
+    sim.add_argument("--out", required=True, help="the .h5 file to write")
+    sim.add_argument("--chunk-size", type=int, default=256)
+    sim.add_argument("--overwrite", action="store_true", help="recompute even if the file is up to date")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.set_defaults(func=_cmd_simulate)
+
+    fetch = sub.add_parser("fetch", help="download (or copy from $DATA_MIRROR) registered input files")
+    fetch.add_argument("names", nargs="+")
+    fetch.add_argument("--cache-dir")
+    fetch.set_defaults(func=_cmd_fetch)
+
+    check = sub.add_parser("check-outputs", help="check that every target of a profile wrote its outputs")
+    check.add_argument("--profile", required=True)
+    check.set_defaults(func=_cmd_check_outputs)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Experiment profiles: one TOML file per profile, one section per dataset and per figure.
+
+A profile (``experiments/profiles/<name>.toml``) holds every setting of a run of the experiments:
+``[datasets.<name>]`` sections are :class:`cryo_orient.simulate.SimulationConfig` values, and a
+``[<target>]`` section (``[figure-6]``, ``[table-1]``, ...) holds the values of the ``parameters``
+cell of ``experiments/<target>.py``. Keys that the notebook does not declare are an error, so a
+typo cannot silently fall back to a default.
+
+This module uses only the standard library: ``make`` runs it as a script with any Python >= 3.11
+before the virtual environment exists, to write one parameter file per target that changes only
+when that target's settings change (so Make rebuilds exactly what a profile edit touches)::
+
+    python lib/cryo_orient/profiles.py sync PROFILE
+
+It writes ``build/<profile>/params/<target>.json`` and ``build/<profile>/profile.mk`` (the
+targets, the datasets and the dependencies of each target on the datasets it reads).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+#: Keys every notebook receives from the pipeline rather than from the profile.
+PIPELINE_KEYS = ("profile", "out_dir", "sim_dir")
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used as it is."""
+
+
+def profile_path(name_or_path, root=".") -> Path:
+    """``experiments/profiles/<name>.toml`` for a name, or the path itself if it is a file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        candidate = path
+    else:
+        candidate = Path(root) / "experiments" / "profiles" / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in (Path(root) / "experiments" / "profiles").glob("*.toml"))
+        raise ProfileError(f"no profile {name_or_path!r} (looked for {candidate}); known profiles: {known}")
+    return candidate
+
+
+def load_profile(name_or_path, root=".") -> dict:
+    """Parse a profile; returns ``{"datasets": {...}, "<target>": {...}, ...}``."""
+    path = profile_path(name_or_path, root)
+    try:
+        with open(path, "rb") as f:
+            profile = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ProfileError(f"{path} is not valid TOML: {err}") from err
+    profile.setdefault("datasets", {})
+    for name, section in profile.items():
+        if not isinstance(section, dict):
+            raise ProfileError(f"{path}: top-level key {name!r} must be a [section], got {section!r}")
+    return profile
+
+
+def notebook_parameters(notebook: Path) -> dict:
+    """Names and default values assigned in the ``parameters`` cell of a jupytext percent file."""
+    text = Path(notebook).read_text()
+    cells = text.split("\n# %%")
+    for cell in cells:
+        header, _, body = cell.partition("\n")
+        if "parameters" in header and "tags" in header:
+            tree = ast.parse(body)
+            values = {}
+            for node in tree.body:
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    values[node.targets[0].id] = ast.literal_eval(node.value)
+                elif not isinstance(node, ast.Expr):
+                    raise ProfileError(f"{notebook}: the parameters cell may hold only plain assignments")
+            return values
+    raise ProfileError(f"{notebook} has no cell tagged 'parameters' (# %% tags=[\"parameters\"])")
+
+
+def _datasets_read(section: dict) -> list[str]:
+    names = section.get("datasets", [])
+    if isinstance(names, str):
+        names = [names]
+    if "dataset" in section:
+        names = [*names, section["dataset"]]
+    return list(names)
+
+
+def target_params(profile_name: str, profile: dict, root=".") -> dict[str, dict]:
+    """The validated parameters of every target in the profile."""
+    out = {}
+    datasets = profile["datasets"]
+    for target, section in profile.items():
+        if target == "datasets":
+            continue
+        notebook = Path(root) / "experiments" / f"{target}.py"
+        if not notebook.is_file():
+            raise ProfileError(f"profile {profile_name!r} has a [{target}] section but there is no {notebook}")
+        declared = notebook_parameters(notebook)
+        unknown = sorted(set(section) - set(declared))
+        if unknown:
+            raise ProfileError(
+                f"profile {profile_name!r}, [{target}]: unknown key(s) {unknown}; "
+                f"{notebook} declares {sorted(k for k in declared if k not in PIPELINE_KEYS)}"
+            )
+        missing = [d for d in _datasets_read(section) if d not in datasets]
+        if missing:
+            raise ProfileError(
+                f"profile {profile_name!r}, [{target}] reads dataset(s) {missing} that have no "
+                f"[datasets.<name>] section; defined: {sorted(datasets)}"
+            )
+        params = {**section, "profile": profile_name, "out_dir": f"figures/{profile_name}",
+                  "sim_dir": f"data/simulated/{profile_name}"}
+        out[target] = params
+    return out
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if path.exists() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def sync(profile_name: str, root=".") -> list[str]:
+    """Write the per-target parameter files and the Make fragment; return the targets."""
+    profile = load_profile(profile_name, root)
+    params = target_params(profile_name, profile, root)
+    build = Path(root) / "build" / profile_name
+    for name, section in profile["datasets"].items():
+        _write_if_changed(build / "params" / f"dataset-{name}.json",
+                          json.dumps(section, indent=2, sort_keys=True) + "\n")
+    for target, values in params.items():
+        _write_if_changed(build / "params" / f"{target}.json", json.dumps(values, indent=2, sort_keys=True) + "\n")
+    sim = f"data/simulated/{profile_name}"
+    lines = [
+        f"PROFILE_TARGETS := {' '.join(params)}",
+        f"PROFILE_DATASETS := {' '.join(f'{sim}/{d}.h5' for d in profile['datasets'])}",
+    ]
+    for target, values in params.items():
+        reads = " ".join(f"{sim}/{d}.h5" for d in _datasets_read(values))
+        if reads:
+            lines.append(f"build/{profile_name}/notebooks/{target}.ipynb: {reads}")
+    _write_if_changed(build / "profile.mk", "\n".join(lines) + "\n")
+    return list(params)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "sync":
+        print("usage: python lib/cryo_orient/profiles.py sync PROFILE", file=sys.stderr)
+        return 2
+    try:
+        sync(argv[1])
+    except ProfileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
