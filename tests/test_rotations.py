@@ -120,6 +120,14 @@ def test_quaternion_to_euler_gimbal_lock_sets_theta1_zero(t2):
     assert np.max(rot.distance(rot.euler_to_quaternion(e), q)) < 1e-12
 
 
+def test_quaternion_to_euler_never_returns_two_pi():
+    # Angles of -1e-20 rad would wrap to 2 pi - 1e-20, which rounds to 2 pi, out of range.
+    q = np.array([[0.0, np.sin(0.5), -1e-20, np.cos(0.5)], [1e-20, np.sin(0.5), 0.0, np.cos(0.5)]])
+    e = rot.quaternion_to_euler(q)
+    assert np.all(e[:, [0, 2]] < 2 * np.pi)
+    assert np.max(rot.distance(rot.euler_to_quaternion(e), q)) < 1e-15
+
+
 def test_small_tilt_is_recovered_accurately():
     # arccos(R[2, 2]) would give ~1e-8 absolute error here; the quaternion route is exact.
     angles = np.array([[1.0, 1e-9, 2.0]])
@@ -407,9 +415,10 @@ def test_distance_tf_gradient_matches_finite_differences(tf):
     fd = np.zeros_like(q1)
     for i in range(3):
         for j in range(4):
-            e = np.zeros_like(q1)
-            e[i, j] = h
-            fd[i, j] = (rot.distance(q1[i] + e[i], q2[i]) - rot.distance(q1[i] - e[i], q2[i])) / (2 * h)
+            step = np.zeros(4)
+            step[j] = h
+            up, down = rot.distance(q1[i] + step, q2[i]), rot.distance(q1[i] - step, q2[i])
+            fd[i, j] = (up - down) / (2 * h)
     np.testing.assert_allclose(grad, fd, atol=1e-6)
 
 

@@ -1,0 +1,83 @@
+"""Writing experiment outputs: atomically, with a JSON record of what made them.
+
+Every figure or table target writes its files into ``figures/<profile>/`` and a record
+``<target>.json`` beside them holding the parameters (config and seed) it ran with, the numbers
+it plotted, the files it wrote, and provenance. Files are written under a temporary name and
+renamed, so an interrupted run never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+
+def _atomic_write(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def save_figure(fig, path, **kwargs) -> Path:
+    """``fig.savefig`` to ``path`` atomically (format from the suffix)."""
+    fmt = Path(path).suffix.lstrip(".")
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **({"dpi": 150, "bbox_inches": "tight"} | kwargs)))
+
+
+def save_text(text: str, path) -> Path:
+    """Write a text file (CSV, Markdown) atomically."""
+    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_record(out_dir, target: str, *, outputs, parameters: dict, results: dict | None = None) -> Path:
+    """Write ``<out_dir>/<target>.json``: the outputs, parameters, results and provenance."""
+    from .simulate import _git_commit
+
+    outputs = [Path(o).name for o in outputs]
+    missing = [o for o in outputs if not (Path(out_dir) / o).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{target}: outputs {missing} were not written to {out_dir}")
+    record = {
+        "target": target,
+        "outputs": outputs,
+        "parameters": _jsonable(parameters),
+        "results": _jsonable(results or {}),
+        "provenance": {
+            "package_version": __version__,
+            "git_commit": _git_commit(),
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+    }
+    text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return save_text(text, Path(out_dir) / f"{target}.json")
