@@ -48,7 +48,7 @@ LABEL org.opencontainers.image.title="cryo-orient" \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# make runs everything; git records provenance (the commit of a bind-mounted checkout).
+# make runs everything; git is how the library records the commit in provenance (where a .git exists).
 # Versions are not pinned: bookworm's security updates replace old versions in the archive, so
 # pinned versions break the build within months; the base image tag fixes the Debian release.
 # hadolint ignore=DL3008

@@ -90,7 +90,7 @@ for k, name in enumerate(["x", "y", "z", "w"]):
         ax.hist(q[:, k], bins=50, range=(-1, 1), histtype="step", color=color, density=True)
     ax.set(xlabel=f"quaternion {name}", title=f"(d) component {name}")
 fig.suptitle(f"Orientation samplings, {n_orientations:,} each (seed {seed})")
-fig.tight_layout()
+fig.tight_layout(rect=(0, 0, 1, 0.97))
 
 out = Path(out_dir)
 artifacts.save_figure(fig, out / "figure-12.png")

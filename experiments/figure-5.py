@@ -51,20 +51,19 @@ for row, (name, label) in enumerate(zip(volumes, labels)):
         "sha256": data.REGISTRY[name].sha256 if name in data.REGISTRY else None,
     }
     ax = fig.add_subplot(len(volumes), 4, 4 * row + 1, projection="3d")
-    # marching_cubes returns (z, y, x) coordinates; draw them as (x, y, z).
-    mesh = Poly3DCollection(verts[faces][:, :, ::-1], linewidth=0, alpha=1.0)
-    mesh.set_facecolor((0.55, 0.7, 0.9))
-    ax.add_collection3d(mesh)
+    # marching_cubes returns (z, y, x) coordinates; draw them as (x, y, z), lit for depth.
+    ax.plot_trisurf(verts[:, 2], verts[:, 1], faces, verts[:, 0], color=(0.55, 0.7, 0.9), linewidth=0,
+                    shade=True, antialiased=False)
     extent = np.array(volume.shape[::-1]) * voxel
     ax.set(xlim=(0, extent[0]), ylim=(0, extent[1]), zlim=(0, extent[2]), xlabel="x (Å)", ylabel="y (Å)", zlabel="z (Å)")
     ax.set_box_aspect(extent)
-    ax.set_title(f"{label}: isosurface at {iso_fraction:g} × max")
+    ax.set_title(f"{label}: isosurface at {iso_fraction:g} × max\n"
+                 f"{volume.shape[2]}×{volume.shape[1]}×{volume.shape[0]} voxels (x, y, z), {voxel:.4g} Å")
     for k, (axis, plane) in enumerate([(0, "sum along z  [y, x]"), (1, "sum along y  [z, x]"), (2, "sum along x  [z, y]")]):
         ax = fig.add_subplot(len(volumes), 4, 4 * row + 2 + k)
         ax.imshow(volume.sum(axis=axis), cmap="gray", origin="lower")
         ax.set_title(f"{label}: {plane}")
         ax.set_xticks([]), ax.set_yticks([])
-    fig.text(0.01, 1 - (row + 0.5) / len(volumes), f"{volume.shape[::-1]} voxels (x,y,z)\n{voxel:.4g} Å", fontsize=8)
 fig.tight_layout()
 
 out = Path(out_dir)

@@ -8,6 +8,7 @@ renamed, so an interrupted run never leaves a half-written output.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -20,17 +21,31 @@ import numpy as np
 from . import __version__
 
 
-def _atomic_write(path: Path, write) -> Path:
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    The temporary file gets the usual permissions (``0o666`` less the umask), not ``mkstemp``'s
+    owner-only ones, so outputs are readable like any other file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
-        write(tmp)
+        yield Path(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return path
+
+
+def _atomic_write(path, write) -> Path:
+    with atomic_output(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def save_figure(fig, path, **kwargs) -> Path:

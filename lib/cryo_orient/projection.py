@@ -282,6 +282,32 @@ def project(volume, quaternions, size=None, backend="auto", *, eps=None, batch_s
     return _project_nufft(volume, matrices, size, eps, batch_size, nthreads, progress)
 
 
+def project_real_space(volume, quaternions, size=None, *, order=1) -> np.ndarray:
+    """Slow reference projector: sum of the volume interpolated along each ray (same convention).
+
+    Samples ``V(Rᵀ (x, y, z))`` on the detector grid times ``size`` unit steps in ``z`` with
+    spline interpolation of ``order`` (1 = trilinear, zero outside the volume) and sums them. It
+    is independent of the Fourier machinery, so tests use it to check :func:`project` at
+    arbitrary rotations, and ``make bench`` uses it as the baseline. Returns float64.
+    """
+    from scipy import ndimage
+
+    volume = _check_volume(volume)
+    matrices = _rotation_matrices(quaternions)
+    size = _check_size(size, volume.shape)
+    r = np.arange(size) - size // 2
+    y, x, z = np.meshgrid(r, r, r, indexing="ij")  # image [y, x], z along the ray
+    lab = np.stack([x.ravel(), y.ravel(), z.ravel()]).astype(np.float64)
+    centre = (np.array(volume.shape) // 2)[:, None]
+    out = np.empty((len(matrices), size, size))
+    for n, R in enumerate(matrices):
+        xyz = R.T @ lab  # volume-frame (x, y, z) of every sample
+        coords = xyz[::-1] + centre  # array order (z, y, x), centre at n // 2
+        values = ndimage.map_coordinates(volume, coords, order=order, mode="constant", cval=0.0, prefilter=order > 1)
+        out[n] = values.reshape(size, size, size).sum(axis=2)
+    return out
+
+
 def backproject(projections, quaternions, shape, backend="auto", *, eps=None, batch_size=128,
                 nthreads=None, progress=False) -> np.ndarray:
     """The adjoint of :func:`project`: ``<project(v), p> == <v, backproject(p)>``.

@@ -27,12 +27,12 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, rotations
+from .artifacts import atomic_output
 from .projection import BACKENDS, default_size, project, resolve_backend
 
 __all__ = [
@@ -383,11 +383,7 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
         "numpy": np.__version__,
         "backend": backend,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".h5.tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             rows = min(chunk_size, n)
             images = f.create_dataset("projections", (n, size, size), np.float32, chunks=(rows, size, size))
@@ -435,9 +431,6 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
                 "volume_sha256": fingerprint,
                 "volume_shape": np.asarray(volume.shape),
             })
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
