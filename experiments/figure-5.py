@@ -42,11 +42,14 @@ fig = plt.figure(figsize=(16, 4 * len(volumes)))
 results = {}
 for row, (name, label) in enumerate(zip(volumes, labels)):
     volume, voxel = data.load(name)
+    # A header voxel size of 0 (the 70S ribosome's) is read as 1 Å with a warning: say so.
+    known_voxel = name not in data.REGISTRY or data.REGISTRY[name].voxel_size is not None
+    voxel_text = f"{voxel:.4g} Å" if known_voxel else "voxel size unknown (1 Å assumed)"
     level = iso_fraction * float(volume.max())
     verts, faces, _, _ = measure.marching_cubes(volume, level=level, spacing=(voxel,) * 3)
     results[name] = {
         "label": label, "shape_zyx": list(volume.shape), "voxel_size_A": voxel,
-        "box_A": [n * voxel for n in volume.shape], "min": float(volume.min()), "max": float(volume.max()),
+        "voxel_size_known": known_voxel, "box_A": [n * voxel for n in volume.shape], "min": float(volume.min()), "max": float(volume.max()),
         "mean": float(volume.mean()), "iso_level": level, "n_triangles": len(faces),
         "sha256": data.REGISTRY[name].sha256 if name in data.REGISTRY else None,
     }
@@ -58,11 +61,11 @@ for row, (name, label) in enumerate(zip(volumes, labels)):
     ax.set(xlim=(0, extent[0]), ylim=(0, extent[1]), zlim=(0, extent[2]), xlabel="x (Å)", ylabel="y (Å)", zlabel="z (Å)")
     ax.set_box_aspect(extent)
     ax.set_title(f"{label}: isosurface at {iso_fraction:g} × max\n"
-                 f"{volume.shape[2]}×{volume.shape[1]}×{volume.shape[0]} voxels (x, y, z), {voxel:.4g} Å")
+                 f"{volume.shape[2]}×{volume.shape[1]}×{volume.shape[0]} voxels (x, y, z), {voxel_text}")
     for k, (axis, plane) in enumerate([(0, "sum along z  [y, x]"), (1, "sum along y  [z, x]"), (2, "sum along x  [z, y]")]):
         ax = fig.add_subplot(len(volumes), 4, 4 * row + 2 + k)
         ax.imshow(volume.sum(axis=axis), cmap="gray", origin="lower")
-        ax.set_title(f"{label}: {plane}")
+        ax.set_title(plane)
         ax.set_xticks([]), ax.set_yticks([])
 fig.tight_layout()
 
