@@ -25,12 +25,15 @@ PKG_SRC := $(wildcard lib/cryo_orient/*.py) pyproject.toml
 
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
+# TensorFlow: warnings and errors only (no oneDNN/XLA/CUDA-probe info lines in the logs).
+export TF_CPP_MIN_LOG_LEVEL := 2
 # Offline machines: a folder holding the registered input files (see data/README.md).
 export DATA_MIRROR
 
 # Figures that later issues add; `make figure-N` for them says so instead of failing obscurely.
-PENDING := figure-1 figure-2 figure-3 figure-4 figure-7 figure-8 figure-9 figure-10 figure-11 \
-           figure-13 figure-14 figure-15 figure-16 figure-17 figure-18
+PENDING := figure-1 figure-2 figure-3 figure-4 figure-8 figure-9 figure-10 figure-11 \
+           figure-13 figure-16 figure-17 figure-18
+IMPLEMENTED := figure-5 figure-6 figure-7 figure-12 figure-14 figure-15 table-1
 
 # Read the profile only for goals that need it: write build/<profile>/params/*.json (rewritten
 # only when their content changes) and build/<profile>/profile.mk (targets and dependencies).
@@ -44,7 +47,7 @@ ifneq ($(PROFILE_GOALS),)
 endif
 
 .PHONY: help install lock reproduce simulate test test-unit smoke lint bench clean clean-all \
-        figure-5 figure-6 figure-12 table-1 $(PENDING)
+        $(IMPLEMENTED) $(PENDING)
 
 help: ## List the targets
 	@echo "Usage: make TARGET [PROFILE=tiny|cpu|paper] (default PROFILE=cpu)"
@@ -74,16 +77,22 @@ reproduce: $(addprefix $(BUILD)/notebooks/,$(addsuffix .ipynb,$(PROFILE_TARGETS)
 
 simulate: $(PROFILE_DATASETS) ## Simulate the datasets of PROFILE into data/simulated/PROFILE/
 
-figure-5 figure-6 figure-12 table-1: %: $(BUILD)/notebooks/%.ipynb
+$(IMPLEMENTED): %: $(BUILD)/notebooks/%.ipynb
 	@echo "$* -> $(FIG_DIR)/"
 
 figure-5: ## Density maps used, rendered (orthogonal projections and isosurfaces)
 figure-6: ## Example 5j0n projections: clean, noisy, shifted, shifted + noisy
+figure-7: ## Orientation recovery from perturbed distances: E_OR and L_OR against sigma
 figure-12: ## The four orientation samplings (sphere, d_q, Euler and quaternion histograms)
+figure-14: ## Orientation recovery from exact distances: L_OR over steps
+figure-15: ## Recovered orientations before and after alignment
 table-1: ## Train/validation/test split and pair counts
 
 $(PENDING):
 	@echo "$@ is not implemented yet: it comes with a later issue (see README.md, 'Figures')." >&2; exit 2
+
+# Figure 15 shows the orientations that Figure 14 recovered.
+$(BUILD)/notebooks/figure-15.ipynb: $(BUILD)/notebooks/figure-14.ipynb
 
 $(SIM_DIR)/%.h5: $(BUILD)/params/dataset-%.json | $(STAMP)
 	$(BIN)/cryo-orient simulate --config $< --out $@
@@ -105,8 +114,10 @@ smoke: $(STAMP) ## The tiny profile end to end, and a check that every output ex
 lint: $(STAMP) ## hadolint on the Dockerfile
 	$(BIN)/hadolint Dockerfile
 
-bench: $(STAMP) ## Projection throughput: NUFFT vs a real-space reference projector
+bench: $(STAMP) ## Speed: projection (NUFFT vs real-space reference), recovery, alignment
 	$(BIN)/python benchmarks/projection.py
+	$(BIN)/python benchmarks/recovery.py
+	$(BIN)/python benchmarks/alignment.py
 
 clean: ## Remove build/ and the tiny profile's outputs (keeps downloads and venv)
 	rm -rf build figures/tiny data/simulated/tiny

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -96,3 +97,24 @@ def write_record(out_dir, target: str, *, outputs, parameters: dict, results: di
     }
     text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
     return save_text(text, Path(out_dir) / f"{target}.json")
+
+
+def cached_json(directory, key: dict, compute, *, version: int = 1) -> dict:
+    """Memoise ``compute()`` (which returns a JSON-able dict) under a hash of ``key``.
+
+    Long experiments run many independent computations (one recovery per noise level, say);
+    caching each one under a key of its inputs lets an interrupted run resume where it stopped
+    and a re-run skip what is done, while any change of input recomputes. ``version`` is part of
+    the key: bump it when the computation itself changes.
+    """
+    text = json.dumps(_jsonable({"key": key, "version": version}), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+    path = Path(directory) / f"{digest}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())["value"]
+        except (json.JSONDecodeError, KeyError):
+            pass  # a corrupt cache entry is recomputed, never trusted
+    value = _jsonable(compute())
+    save_text(json.dumps({"key": json.loads(text), "value": value}, allow_nan=True) + "\n", path)
+    return value
