@@ -95,6 +95,7 @@ from types import MappingProxyType
 import numpy as np
 
 from cryo_orient import rotations
+from cryo_orient._rng import as_rng
 
 __all__ = [
     "FAITHFUL",
@@ -212,18 +213,6 @@ class RecoveryResult:
 # --------------------------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _as_rng(rng):
-    if isinstance(rng, np.random.Generator):
-        return rng
-    try:
-        return np.random.default_rng(rng)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            "rng must be a numpy.random.Generator, an integer seed, or None; "
-            f"got {type(rng).__name__}: {exc}"
-        ) from None
 
 
 def _as_int(value, name, minimum):
@@ -466,7 +455,7 @@ def perturbed_distances(q, sigma, *, redrawn=True, rng=None, clip=None):
     if not isinstance(redrawn, (bool, np.bool_)):
         raise TypeError(f"redrawn must be True or False; got {redrawn!r}.")
     clip = (not redrawn) if clip is None else bool(clip)
-    rng = _as_rng(rng)
+    rng = as_rng(rng)
     seed = None if redrawn else np.uint64(rng.integers(0, 2**63, dtype=np.uint64))
 
     def perturbed(i, j):
@@ -513,7 +502,7 @@ def pairwise_loss(distances, q, n_pairs=None, rng=None):
     if n < 2:
         raise ValueError(f"need at least 2 orientations to form pairs; got {n}.")
     fn, is_matrix = _as_distance_fn(distances, n)
-    rng = _as_rng(rng)
+    rng = as_rng(rng)
     if n_pairs is None and is_matrix:
         total, count = 0.0, 0
         rows = max(1, _BLOCK_PAIRS // n)
@@ -675,7 +664,7 @@ def recover(distances, n, *, mode="improved", rng=None, batch_size=None, learnin
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(step, loss); got {callback!r}.")
     seed = rng if isinstance(rng, numbers.Integral) and not isinstance(rng, bool) else None
-    rng = _as_rng(rng)
+    rng = as_rng(rng)
     s = _resolve_settings(mode, n, {
         "batch_size": batch_size, "learning_rate": learning_rate, "max_steps": max_steps,
         "init": init if isinstance(init, str) or init is None else "array", "tol": tol,

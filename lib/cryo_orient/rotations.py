@@ -49,6 +49,8 @@ import operator
 
 import numpy as np
 
+from ._rng import as_rng
+
 __all__ = [
     "canonical",
     "conjugate",
@@ -120,18 +122,6 @@ def _as_quaternion(q, name="q", *, require_norm=True):
 def _normalize(q):
     # Inputs are validated non-zero; dividing creates a new array so inputs are never touched.
     return q / np.linalg.norm(q, axis=-1, keepdims=True)
-
-
-def _as_rng(rng):
-    if isinstance(rng, np.random.Generator):
-        return rng
-    try:
-        return np.random.default_rng(rng)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            "rng must be a numpy.random.Generator, an integer seed, or None; "
-            f"got {type(rng).__name__}: {exc}"
-        ) from None
 
 
 def _as_count(n):
@@ -586,7 +576,7 @@ def uniform_so3(n, rng=None):
     Haar measure on SO(3) after identifying ``q`` with ``-q``.
     """
     n = _as_count(n)
-    return canonical(_as_rng(rng).standard_normal((n, 4)))
+    return canonical(as_rng(rng).standard_normal((n, 4)))
 
 
 def _acceptance(coverage, offset):
@@ -630,7 +620,7 @@ def uniform_euler(n, coverage=FULL_COVERAGE, offset=(0.0, 0.0, 0.0), rng=None, *
     """
     n = _as_count(n)
     coverage, offset = _as_box(coverage, offset, allow_empty=True)
-    u = _as_rng(rng).random((n, 3))
+    u = as_rng(rng).random((n, 3))
     angles = (offset + coverage * u) * np.pi
     # Guard the rounding of (offset + coverage * u) * pi up to exactly 2 pi.
     angles[:, [0, 2]] = np.where(angles[:, [0, 2]] >= TWO_PI, 0.0, angles[:, [0, 2]])
@@ -677,7 +667,7 @@ def uniform_so3_in_box(n, coverage=FULL_COVERAGE, offset=(0.0, 0.0, 0.0), rng=No
     """
     n = _as_count(n)
     coverage, offset = _as_box(coverage, offset, allow_empty=False)
-    rng = _as_rng(rng)
+    rng = as_rng(rng)
     if np.all(offset == 0) and np.all(coverage >= FULL_COVERAGE):
         # Every canonical Euler triple is in the full box: no rejection needed.
         q = uniform_so3(n, rng)

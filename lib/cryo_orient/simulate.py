@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, rotations
+from ._rng import as_rng
 from .artifacts import atomic_output
 from .projection import BACKENDS, default_size, project, resolve_backend
 
@@ -57,10 +58,6 @@ _SNR_PILOT = 512
 # --------------------------------------------------------------------------- image operations
 
 
-def _rng(rng) -> np.random.Generator:
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
 def _check_images(images) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 3:
@@ -77,7 +74,7 @@ def add_noise(images, variance, rng=None) -> np.ndarray:
         raise ValueError(f"noise variance must be a finite number >= 0, got {variance!r}")
     if variance == 0:
         return images.copy()
-    noise = _rng(rng).standard_normal(images.shape) * np.sqrt(variance)
+    noise = as_rng(rng).standard_normal(images.shape) * np.sqrt(variance)
     return (images + noise).astype(images.dtype, copy=False)
 
 
@@ -106,7 +103,7 @@ def random_shifts(n, limit, mode="circular", rng=None) -> np.ndarray:
         raise ValueError(f"shift limit must be a finite number >= 0 pixels, got {limit!r}")
     if mode == "none" or limit == 0:
         return np.zeros((n, 2))
-    shifts = _rng(rng).triangular(-limit, 0.0, limit, size=(n, 2))
+    shifts = as_rng(rng).triangular(-limit, 0.0, limit, size=(n, 2))
     return np.trunc(shifts) if mode == "circular" else shifts
 
 
