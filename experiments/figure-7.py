@@ -24,10 +24,11 @@
 #   learned estimator's error would be.
 #
 # Both the paper's optimisation settings (`faithful`) and this library's (`improved`) are run.
-# Some runs end in a local minimum of Eq. 4 (E_OR ≈ 1.1–1.2 rad with an L_OR far above the other
-# runs at the same σ): they are shown as they came out, not rerun or dropped, and counted in the
-# title (runs with E_OR > 0.5 rad). Restarts selected by their final loss (`recover(restarts=k)`,
-# which needs no ground truth) are the remedy; they are not used here, to keep the paper's setting.
+# A single run can end in a local minimum of Eq. 4 (E_OR ≈ 1.1–1.2 rad, with an L_OR far above
+# the other runs at the same σ), with either settings, on these restricted-coverage sets. The
+# paper's settings are run once, as the paper did; ours use `restarts` independent starts and keep
+# the one with the lowest final loss, which needs no ground truth. Nothing is rerun or dropped
+# afterwards; runs that still end with E_OR > 0.5 rad are counted in the title.
 # L_OR is the mean of the last 10 training losses, as in the paper (for redrawn noise it
 # includes the noise variance σ²). E_OR is reported as the mean (the paper's Eq. 5) and the
 # median (what its figures show).
@@ -44,6 +45,7 @@ orientation_sets = [
     ["quarter: SO(3)-uniform [2, 1, 0.4]", "uniform_so3", [2.0, 1.0, 0.4]],
 ]
 modes = ["faithful", "improved"]
+restarts = [1, 3]
 max_steps = 30000
 seed = 0
 
@@ -63,14 +65,18 @@ for s, (label, method, coverage) in enumerate(orientation_sets):
     q_all = rotations.sample_orientations(n_projections, method, coverage, rng=np.random.default_rng([seed, s]))
     _, _, test = splits.train_val_test_split(n_projections)
     q_true = q_all[np.sort(test)]
-    for (w, way), (k, sigma), mode in itertools.product(enumerate(ways), enumerate(sigmas), modes):
+    if len(restarts) != len(modes):
+        raise ValueError(f"restarts ({restarts}) needs one count per mode ({modes})")
+    for (w, way), (k, sigma), (mode, n_starts) in itertools.product(enumerate(ways), enumerate(sigmas),
+                                                                    zip(modes, restarts)):
         def run():
             rng = np.random.default_rng([seed, s, w, k])
             dist = recovery.perturbed_distances(q_true, sigma, redrawn=(way == "redrawn"), rng=rng)
-            result = recovery.recover(dist, len(q_true), mode=mode, max_steps=max_steps, rng=rng, progress=False)
+            result = recovery.recover(dist, len(q_true), mode=mode, max_steps=max_steps, restarts=n_starts,
+                                      rng=rng, progress=False)
             aligned = alignment.align(q_true, result.quaternions)
             return {
-                "set": label, "mode": mode, "way": way, "sigma": sigma, "n": len(q_true),
+                "set": label, "mode": mode, "restarts": n_starts, "way": way, "sigma": sigma, "n": len(q_true),
                 "L_OR": float(np.mean(result.losses[-10:])), "steps": result.steps,
                 "stop_reason": result.stop_reason, "seconds": result.seconds,
                 "E_OR_mean": aligned.mean_error, "E_OR_median": aligned.median_error,
@@ -78,7 +84,10 @@ for s, (label, method, coverage) in enumerate(orientation_sets):
             }
         key = dict(set=label, method=method, coverage=coverage, n_projections=n_projections, way=way,
                    sigma=sigma, mode=mode, max_steps=max_steps, seed=seed)
+        if n_starts != 1:  # single-start keys stay as they were, so their cached runs stay valid
+            key["restarts"] = n_starts
         row = artifacts.cached_json(cache, key, run, version=2)
+        row.setdefault("restarts", 1)  # cached before the restarts column existed
         rows.append(row)
         print(f"{label[:12]:12s} {mode:8s} {way:8s} σ={sigma:.1f}: E_OR mean {row['E_OR_mean']:.4f}, "
               f"median {row['E_OR_median']:.4f} rad; L_OR {row['L_OR']:.3g} ({row['steps']} steps, {row['seconds']:.0f} s)")
@@ -108,7 +117,9 @@ for (m, mode), (c, (label, _, _)) in itertools.product(enumerate(modes), enumera
         ax.plot(x, [r["E_OR_median"] for r in sel], marker=marker, ls=line, color="tab:red", alpha=0.45,
                 mfc="none", label=f"E_OR median, {way}")
         twin.plot(x, [r["L_OR"] for r in sel], marker=marker, ls=line, color="tab:blue", label=f"L_OR, {way}")
-    ax.set(xlabel="σ: standard deviation of the distance perturbation (rad)", title=f"{label}\n{mode} settings")
+    n_starts = restarts[m]
+    ax.set(xlabel="σ: standard deviation of the distance perturbation (rad)",
+           title=f"{label}\n{mode} settings, best of {n_starts} start{'s' if n_starts > 1 else ''} by final loss")
     ax.set_ylabel("E_OR (rad)", color="tab:red")
     twin.set_ylabel("L_OR", color="tab:blue")
     lines = ax.get_legend_handles_labels()
@@ -123,6 +134,6 @@ artifacts.save_figure(fig, out / "figure-7.png")
 artifacts.write_record(
     out, "figure-7", outputs=["figure-7.png", "figure-7.csv"],
     parameters=dict(profile=profile, n_projections=n_projections, sigmas=sigmas, ways=ways,
-                    orientation_sets=orientation_sets, modes=modes, max_steps=max_steps, seed=seed),
+                    orientation_sets=orientation_sets, modes=modes, restarts=restarts, max_steps=max_steps, seed=seed),
     results={"runs": rows, "runs_with_E_OR_above_0.5_rad": stuck},
 )
