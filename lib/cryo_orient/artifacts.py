@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import platform
+import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -60,13 +62,14 @@ def save_text(text: str, path) -> Path:
     return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+def jsonable(value):
+    """Plain JSON types from nested mappings, sequences, NumPy arrays and scalars, and paths."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Path):
@@ -74,10 +77,24 @@ def _jsonable(value):
     return value
 
 
+def git_commit() -> str:
+    """The commit the package was run from, with "-dirty" for uncommitted code changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        # Committed outputs (figures/) are rewritten by the very runs that record this: they
+        # do not make the code that produced them dirty.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                ":(top,exclude)figures"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def write_record(out_dir, target: str, *, outputs, parameters: dict, results: dict | None = None) -> Path:
     """Write ``<out_dir>/<target>.json``: the outputs, parameters, results and provenance."""
-    from .simulate import _git_commit
-
     outputs = [Path(o).name for o in outputs]
     missing = [o for o in outputs if not (Path(out_dir) / o).is_file()]
     if missing:
@@ -85,11 +102,11 @@ def write_record(out_dir, target: str, *, outputs, parameters: dict, results: di
     record = {
         "target": target,
         "outputs": outputs,
-        "parameters": _jsonable(parameters),
-        "results": _jsonable(results or {}),
+        "parameters": jsonable(parameters),
+        "results": jsonable(results or {}),
         "provenance": {
             "package_version": __version__,
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "python": platform.python_version(),
             "numpy": np.__version__,
@@ -107,7 +124,7 @@ def cached_json(directory, key: dict, compute, *, version: int = 1) -> dict:
     and a re-run skip what is done, while any change of input recomputes. ``version`` is part of
     the key: bump it when the computation itself changes.
     """
-    text = json.dumps(_jsonable({"key": key, "version": version}), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(jsonable({"key": key, "version": version}), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(text.encode()).hexdigest()[:24]
     path = Path(directory) / f"{digest}.json"
     if path.is_file():
@@ -115,6 +132,6 @@ def cached_json(directory, key: dict, compute, *, version: int = 1) -> dict:
             return json.loads(path.read_text())["value"]
         except (json.JSONDecodeError, KeyError):
             pass  # a corrupt cache entry is recomputed, never trusted
-    value = _jsonable(compute())
+    value = jsonable(compute())
     save_text(json.dumps({"key": json.loads(text), "value": value}, allow_nan=True) + "\n", path)
     return value

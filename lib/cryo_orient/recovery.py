@@ -96,6 +96,7 @@ import numpy as np
 
 from cryo_orient import rotations
 from cryo_orient._rng import as_rng
+from cryo_orient.artifacts import jsonable
 
 __all__ = [
     "FAITHFUL",
@@ -700,7 +701,7 @@ def recover(distances, n, *, mode="improved", rng=None, batch_size=None, learnin
     return RecoveryResult(
         quaternions=best["q"], losses=best["losses"], steps=best["steps"],
         converged=best["reason"] != "max_steps", stop_reason=best["reason"],
-        seconds=time.perf_counter() - started, settings=_jsonable(s),
+        seconds=time.perf_counter() - started, settings=jsonable(s),
     )
 
 
@@ -745,16 +746,6 @@ def _run(opt, fn, n, s, rng, progress, callback, label):
 def _sample_any_pairs(rng, n, size):
     """The paper's pairs: i and j independent and uniform (i == j possible)."""
     return rng.integers(0, n, size), rng.integers(0, n, size)
-
-
-def _jsonable(value):
-    if isinstance(value, (dict, MappingProxyType)):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 class _Stopper:

@@ -24,16 +24,14 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
 import platform
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, rotations
 from ._rng import as_rng
-from .artifacts import atomic_output
+from .artifacts import atomic_output, git_commit
 from .projection import BACKENDS, default_size, project, resolve_backend
 
 __all__ = [
@@ -265,21 +263,6 @@ def cache_key(config: SimulationConfig, volume_fingerprint: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _git_commit() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        # Committed outputs (figures/) are rewritten by the very runs that record this: they
-        # do not make the code that produced them dirty.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
-                                ":(top,exclude)figures"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _sample(config: SimulationConfig, rng):
     if config.sampling == "uniform_so3":
         q = rotations.uniform_so3_in_box(config.n_projections, config.coverage, config.offset, rng=rng)
@@ -375,7 +358,7 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
     provenance = {
         "package": "cryo_orient",
         "version": __version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "seed": config.seed,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
