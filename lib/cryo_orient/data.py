@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifacts import atomic_output, save_text
+
 __all__ = [
     "CACHE_ENV",
     "MIRROR_ENV",
@@ -288,6 +290,7 @@ def _temp_path(path: Path) -> Path:
 
 
 def _open_temp(path: Path, mode: str = "xb"):
+    # used for downloads, whose temp file is renamed only once its checksum verifies
     # "x" never clobbers a concurrent writer's temp file; unlike tempfile.mkstemp (mode 0600)
     # the result gets the permissions the user's umask gives any other file
     while True:
@@ -298,21 +301,10 @@ def _open_temp(path: Path, mode: str = "xb"):
             continue
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp, f = _open_temp(path, "x")
-    try:
-        with f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _record_first_use(datafile: DataFile, target: Path, sha: str, source: str) -> None:
     sidecar = _sidecar(target)
     # sha256sum's format, so `sha256sum -c` can check the cache by hand
-    _atomic_write_text(sidecar, f"{sha}  {target.name}\n")
+    save_text(f"{sha}  {target.name}\n", sidecar)
     warnings.warn(
         f"{datafile.filename} ({datafile.name!r}) has no pinned checksum; trusting the copy from "
         f"{source} on first use and recording its sha256 {sha} in {sidecar}. Later copies must "
@@ -682,19 +674,12 @@ def write_volume(path, volume, voxel_size, *, origin=None) -> Path:
     path = Path(path)
     # our own float32 copy: mrcfile keeps a reference to what it is given
     data = np.array(volume, dtype=np.float32, order="C", copy=True)
-    tmp, f = _open_temp(path)
-    f.close()
-    try:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(data)
-            mrc.set_volume()
-            mrc.voxel_size = voxel_size
-            if origin is not None:
-                mrc.header.origin = tuple(origin)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(data)
+        mrc.set_volume()
+        mrc.voxel_size = voxel_size
+        if origin is not None:
+            mrc.header.origin = tuple(origin)
     return path
 
 
