@@ -17,9 +17,8 @@ def _parse_value(text: str):
         return text
 
 
-def _simulation_values(args) -> dict:
-    from .profiles import load_profile
-
+def _config_values(args) -> dict:
+    """Settings from ``--config`` (TOML or JSON) and ``--set key=value`` overrides."""
     values: dict = {}
     if args.config:
         path = Path(args.config)
@@ -31,17 +30,25 @@ def _simulation_values(args) -> dict:
             import tomllib
 
             values.update(tomllib.loads(path.read_text()))
+    for item in args.set or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set expects key=value, got {item!r}")
+        values[key.strip().replace("-", "_")] = _parse_value(raw)
+    return values
+
+
+def _simulation_values(args) -> dict:
+    from .profiles import load_profile
+
+    values = _config_values(argparse.Namespace(config=args.config, set=None))
     if args.profile:
         datasets = load_profile(args.profile)["datasets"]
         if args.dataset not in datasets:
             raise SystemExit(f"error: profile {args.profile!r} has no dataset {args.dataset!r}; "
                              f"it defines {sorted(datasets)}")
         values.update(datasets[args.dataset])
-    for item in args.set or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --set expects key=value, got {item!r}")
-        values[key.strip().replace("-", "_")] = _parse_value(raw)
+    values.update(_config_values(argparse.Namespace(config=None, set=args.set)))
     return values
 
 
@@ -61,6 +68,51 @@ def _cmd_simulate(args) -> int:
     path = simulate_dataset(config, args.out, chunk_size=args.chunk_size,
                             progress=not args.quiet, overwrite=args.overwrite)
     print(path)
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from . import simulate, siamese, splits
+
+    try:
+        config = siamese.TrainingConfig.from_dict(_config_values(args))
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
+    dataset = simulate.load_dataset(args.dataset)
+    perturbation = None
+    images = dataset["projections"]
+    if args.fresh_perturbation:
+        if "clean" not in dataset:
+            raise SystemExit(f"error: {args.dataset} has no clean projections; simulate it with --set store_clean=true")
+        perturbation, images = siamese.Perturbation.from_dataset(dataset), dataset["clean"]
+    q = dataset["quaternions"]
+    train_idx, val_idx, _ = splits.train_val_test_split(len(q))
+    result = siamese.train(images[train_idx], q[train_idx], images[val_idx], q[val_idx], config,
+                           out_dir=args.out, perturbation=perturbation, progress=not args.quiet)
+    print(f"{args.out}: {result.epochs} epochs, {result.seconds:.0f} s, stop: {result.stop_reason}, "
+          f"last train loss {result.history['loss'][-1]:.4f}, validation MAE {result.history['val_mae'][-1]:.4f}")
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    import numpy as np
+
+    from . import simulate, siamese, splits
+    from .artifacts import atomic_output
+
+    run = siamese.load_run(args.model)
+    dataset = simulate.load_dataset(args.dataset)
+    n = len(dataset["quaternions"])
+    train_idx, val_idx, test_idx = splits.train_val_test_split(n)
+    index = {"all": np.arange(n), "train": train_idx, "val": val_idx, "test": np.sort(test_idx)}[args.split]
+    size = siamese.encoder_of(run.model).input_shape[1]
+    images = siamese.resize_images(dataset["projections"][index], size)
+    features = siamese.embed(run.model, images, progress=not args.quiet)
+    with atomic_output(args.out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, features=features, index=index, quaternions=dataset["quaternions"][index],
+                     feature_distance=siamese.head_kind(run.model))
+    print(f"{args.out}: {features.shape[0]} × {features.shape[1]} features ({args.split} split)")
     return 0
 
 
@@ -118,6 +170,25 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("names", nargs="+")
     fetch.add_argument("--cache-dir")
     fetch.set_defaults(func=_cmd_fetch)
+
+    tr = sub.add_parser("train", help="train the Siamese distance estimator on a dataset's training split")
+    tr.add_argument("--dataset", required=True, help="a dataset written by `cryo-orient simulate`")
+    tr.add_argument("--out", required=True, help="run folder (model.keras, history.csv); an unfinished run resumes")
+    tr.add_argument("--config", help="a TOML or JSON file holding a TrainingConfig")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="set one training setting, e.g. --set regime=batch --set epochs=50 (repeatable)")
+    tr.add_argument("--fresh-perturbation", action="store_true",
+                    help="train on the clean projections with new noise and shifts every batch")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_cmd_train)
+
+    emb = sub.add_parser("embed", help="feature vectors of a dataset's projections from a trained model")
+    emb.add_argument("--model", required=True, help="a run folder written by `cryo-orient train`")
+    emb.add_argument("--dataset", required=True)
+    emb.add_argument("--split", choices=("all", "train", "val", "test"), default="test")
+    emb.add_argument("--out", required=True, help="the .npz file to write (features, index, quaternions)")
+    emb.add_argument("--quiet", action="store_true")
+    emb.set_defaults(func=_cmd_embed)
 
     check = sub.add_parser("check-outputs", help="check that every target of a profile wrote its outputs")
     check.add_argument("--profile", required=True)

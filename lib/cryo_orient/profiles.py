@@ -79,12 +79,13 @@ def notebook_parameters(notebook: Path) -> dict:
 
 
 def _datasets_read(section: dict) -> list[str]:
-    names = section.get("datasets", [])
-    if isinstance(names, str):
-        names = [names]
-    if "dataset" in section:
-        names = [*names, section["dataset"]]
-    return list(names)
+    """Datasets a target reads: the values of its keys named ``dataset``/``datasets`` or ending
+    in ``_dataset``/``_datasets`` (e.g. ``noise_datasets``), in order, without repeats."""
+    names = []
+    for key, value in section.items():
+        if key in ("dataset", "datasets") or key.endswith(("_dataset", "_datasets")):
+            names.extend([value] if isinstance(value, str) else value)
+    return list(dict.fromkeys(names))
 
 
 def target_params(profile_name: str, profile: dict, root=".") -> dict[str, dict]:

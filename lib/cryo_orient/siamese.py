@@ -1,0 +1,940 @@
+"""The Siamese distance estimator (the paper's step i): a CNN that learns d_q from two projections.
+
+Model
+-----
+An encoder G maps a projection to a feature vector f ∈ R^{n_f}; the estimated distance of two
+projections is a distance of their features, ``d_p = d_f(G(p_i), G(p_j))``, with shared weights on
+both branches. The encoder is the paper's (Banjac et al. 2021, §4.2 of ``shared/paper``): seven
+blocks of ``Conv2D(same, ReLU) + MaxPool(2, same)`` with 32/64/128/256/256/512/n_f filters and
+kernels 7/5/3/3/3/3/3, then a pooling to one vector. The paper's code pooled with
+``AvgPool2D(8)`` + squeeze, which is the identity on the 1×1 map left at 116 px and fails above
+~1,024 px; we use a true :class:`GlobalAveragePooling2D` (same numbers at 116 px, any size works).
+At 116×116 and n_f = 512 the model has 4,551,936 parameters, as the paper reports.
+
+Feature distances (``feature_distance``):
+
+``"cosine"`` (the paper's)
+    ``d_f = 2 arccos(cos(f_i, f_j))``, the cosine clipped to ``[ε, 1 − ε]`` (ε = 1e-7) so that the
+    arccos stays differentiable; ReLU features are ≥ 0, so d_f ∈ (0, π).
+``"euclidean"`` (the paper's ablation, Fig. 17a)
+    ``d_f = ‖f_i − f_j‖``.
+
+Training regimes (``regime``), all on pairs *within* a split:
+
+``"faithful"``
+    the paper's code: 1 % of all ordered pairs (i, j) of the split, drawn with replacement, fixed
+    for the run and shuffled every epoch; each pair runs the CNN on both images.
+``"uniform"``
+    the paper's text (never run by its code): the same number of pairs, rebalanced so that the
+    histogram of d_q over 32 bins on [0, π] is flat.
+``"batch"``
+    efficient: embed a batch of B images once and train on all B(B − 1)/2 pairs of the batch,
+    so the CNN runs once per image instead of twice per pair.
+
+Validation is the same for every regime: the MAE of d_p against d_q over a fixed 1 % of the
+validation split's ordered pairs, computed from the validation embeddings (one CNN pass per
+image). The training loss is Keras' running mean over the epoch, as the paper's TensorBoard logs.
+
+The module uses ``keras`` and ``keras.ops`` only, so the same code runs on the TensorFlow backend
+(this project's install) and, with ``KERAS_BACKEND=jax``, on machines that have JAX but no
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import rotations
+from ._rng import as_rng
+from .artifacts import atomic_output, jsonable, save_text
+
+__all__ = [
+    "FILTERS",
+    "KERNELS",
+    "PAPER_PARAMETER_COUNT",
+    "FEATURE_DISTANCES",
+    "REGIMES",
+    "LOSSES",
+    "build_encoder",
+    "build_model",
+    "encoder_of",
+    "TrainingConfig",
+    "Perturbation",
+    "TrainingResult",
+    "train",
+    "train_on_dataset",
+    "load_run",
+    "embed",
+    "feature_distances",
+    "distance_function",
+    "distance_matrix",
+    "predict_pairs",
+    "sample_pairs",
+    "sample_uniform_distance_pairs",
+    "resize_images",
+    "layer_table",
+]
+
+FILTERS = (32, 64, 128, 256, 256, 512, 512)
+KERNELS = (7, 5, 3, 3, 3, 3, 3)
+PAPER_PARAMETER_COUNT = 4_551_936
+FEATURE_DISTANCES = ("cosine", "euclidean")
+REGIMES = ("faithful", "uniform", "batch")
+LOSSES = ("mae", "mse")
+COSINE_EPS = 1e-7
+_NORM_FLOOR = 1e-8
+UNIFORM_BINS = 32
+
+
+def _keras():
+    # Imported lazily: TensorFlow takes seconds to import and most of the package never needs it.
+    import keras
+
+    return keras
+
+
+# --------------------------------------------------------------------------- feature distances
+
+
+def _cosine_distance_ops(a, b):
+    ops = _keras().ops
+    dot = ops.sum(a * b, axis=-1)
+    na = ops.sqrt(ops.maximum(ops.sum(a * a, axis=-1), _NORM_FLOOR))
+    nb = ops.sqrt(ops.maximum(ops.sum(b * b, axis=-1), _NORM_FLOOR))
+    cos = ops.clip(dot / (na * nb), COSINE_EPS, 1.0 - COSINE_EPS)
+    return 2.0 * ops.arccos(cos)
+
+
+def _euclidean_distance_ops(a, b):
+    ops = _keras().ops
+    # The floor keeps the gradient of the square root finite for identical features.
+    return ops.sqrt(ops.maximum(ops.sum(ops.square(a - b), axis=-1), _NORM_FLOOR))
+
+
+def _distance_ops(kind):
+    return {"cosine": _cosine_distance_ops, "euclidean": _euclidean_distance_ops}[kind]
+
+
+def _check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def feature_distances(features_a, features_b, kind="cosine") -> np.ndarray:
+    """Distances between rows of two feature arrays, with the model head's formula (NumPy).
+
+    Parameters
+    ----------
+    features_a, features_b : array_like, shape (m, n_f)
+        Feature vectors, e.g. from :func:`embed`.
+    kind : {"cosine", "euclidean"}
+        The model's ``feature_distance``.
+
+    Returns
+    -------
+    ndarray, shape (m,)
+        ``2 arccos(clip(cos, ε, 1 − ε))`` or ``‖a − b‖`` (float64).
+    """
+    _check_choice(kind, "kind", FEATURE_DISTANCES)
+    a = np.asarray(features_a, dtype=np.float64)
+    b = np.asarray(features_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"features must be two (m, n_f) arrays of the same shape, got {a.shape} and {b.shape}")
+    if kind == "cosine":
+        na = np.sqrt(np.maximum(np.einsum("ij,ij->i", a, a), _NORM_FLOOR))
+        nb = np.sqrt(np.maximum(np.einsum("ij,ij->i", b, b), _NORM_FLOOR))
+        cos = np.clip(np.einsum("ij,ij->i", a, b) / (na * nb), COSINE_EPS, 1.0 - COSINE_EPS)
+        return 2.0 * np.arccos(cos)
+    return np.sqrt(np.maximum(np.einsum("ij,ij->i", a - b, a - b), _NORM_FLOOR))
+
+
+def distance_function(features, kind="cosine"):
+    """A callable ``f(i, j) -> d_p`` on index arrays, for :func:`cryo_orient.recovery.recover`.
+
+    The CNN ran once per projection (in :func:`embed`); every pair distance the recovery asks for
+    is then a few flops on the stored features, instead of a CNN pass per pair and step.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or not np.all(np.isfinite(features)):
+        raise ValueError(f"features must be a finite (n, n_f) array, got shape {features.shape}")
+
+    def d_p(i, j):
+        return feature_distances(features[np.asarray(i)], features[np.asarray(j)], kind)
+
+    return d_p
+
+
+def distance_matrix(features, kind="cosine", block=2048) -> np.ndarray:
+    """The full (n, n) matrix of estimated distances from (n, n_f) features (float32)."""
+    features = np.asarray(features, dtype=np.float64)
+    n = len(features)
+    out = np.empty((n, n), dtype=np.float32)
+    cols = np.arange(n)
+    for start in range(0, n, block):
+        rows = np.arange(start, min(n, start + block))
+        i = np.repeat(rows, n)
+        j = np.tile(cols, len(rows))
+        out[rows] = feature_distances(features[i], features[j], kind).reshape(len(rows), n)
+    return out
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def _register(cls):
+    return _keras().saving.register_keras_serializable(package="cryo_orient")(cls)
+
+
+_CLASSES = {}
+
+
+def _custom(name):
+    """The custom Keras classes, defined on first use (importing this module does not import Keras)."""
+    if not _CLASSES:
+        keras = _keras()
+        ops = keras.ops
+
+        class FeatureDistance(keras.layers.Layer):
+            """``d_f(f_i, f_j)``: the Siamese head, computed in float32 even under mixed precision."""
+
+            def __init__(self, kind="cosine", **kwargs):
+                kwargs.setdefault("dtype", "float32")
+                super().__init__(**kwargs)
+                self.kind = _check_choice(kind, "feature_distance", FEATURE_DISTANCES)
+
+            def call(self, inputs):
+                a, b = inputs
+                return _distance_ops(self.kind)(ops.cast(a, "float32"), ops.cast(b, "float32"))
+
+            def compute_output_shape(self, input_shape):
+                return tuple(input_shape[0][:-1])
+
+            def get_config(self):
+                return super().get_config() | {"kind": self.kind}
+
+        class InBatchPairLoss(keras.losses.Loss):
+            """Loss over all B(B − 1)/2 pairs of a batch: ``y_true`` quaternions, ``y_pred`` features."""
+
+            def __init__(self, error="mae", kind="cosine", name="in_batch_pair_loss", **kwargs):
+                super().__init__(name=name, **kwargs)
+                self.error = _check_choice(error, "loss", LOSSES)
+                self.kind = _check_choice(kind, "feature_distance", FEATURE_DISTANCES)
+
+            def call(self, y_true, y_pred):
+                q = ops.cast(y_true, "float32")
+                q = q / ops.sqrt(ops.sum(q * q, axis=-1, keepdims=True))
+                d_q = 2.0 * ops.arccos(ops.clip(ops.abs(ops.matmul(q, ops.transpose(q))), 0.0, 1.0))
+                f = ops.cast(y_pred, "float32")
+                d_p = _distance_ops(self.kind)(f[:, None, :], f[None, :, :])
+                b = ops.shape(f)[0]
+                mask = ops.triu(ops.ones((b, b), "float32"), k=1)
+                err = ops.abs(d_p - d_q) if self.error == "mae" else ops.square(d_p - d_q)
+                n_pairs = ops.cast(b * (b - 1) // 2, "float32")
+                # Per-image sums scaled so that Keras' mean over the batch is the mean over pairs.
+                return ops.sum(err * mask, axis=1) * ops.cast(b, "float32") / n_pairs
+
+            def get_config(self):
+                return super().get_config() | {"error": self.error, "kind": self.kind}
+
+        for cls in (FeatureDistance, InBatchPairLoss):
+            _CLASSES[cls.__name__] = _register(cls)
+    return _CLASSES[name]
+
+
+def _check_size(input_size, n_features):
+    if not isinstance(input_size, (int, np.integer)) or input_size < 8:
+        raise ValueError(f"input_size must be an integer ≥ 8 (pixels per side), got {input_size!r}")
+    if not isinstance(n_features, (int, np.integer)) or n_features < 1:
+        raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
+
+
+def build_encoder(input_size=116, n_features=512, *, name="encoder"):
+    """The paper's CNN G_w: an (s, s, 1) image to an ``n_features`` vector (ReLU, so ≥ 0).
+
+    ``n_features`` is the number of filters of the last convolution (512 in the paper; the
+    paper's Fig. 17b varies it from 4 to 512).
+    """
+    keras = _keras()
+    from keras import layers
+
+    _check_size(input_size, n_features)
+    filters = FILTERS[:-1] + (int(n_features),)
+    inputs = keras.Input((input_size, input_size, 1), name="projection")
+    x = inputs
+    for block, (f, k) in enumerate(zip(filters, KERNELS), start=1):
+        x = layers.Conv2D(f, k, padding="same", activation="relu", kernel_initializer="glorot_uniform",
+                          name=f"conv{block}")(x)
+        x = layers.MaxPooling2D(2, padding="same", name=f"pool{block}")(x)
+    x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def build_model(input_size=116, n_features=512, feature_distance="cosine", *, encoder=None):
+    """The Siamese model: ``[p_i, p_j] -> d_p``, one shared encoder (layer ``"encoder"``).
+
+    Parameters
+    ----------
+    input_size : int
+        Side of the square input projections, in pixels (116 in the paper).
+    n_features : int
+        Length of the feature vector (512 in the paper).
+    feature_distance : {"cosine", "euclidean"}
+        The head: the paper's ``2 arccos(cos)`` or the Euclidean ablation.
+    encoder : keras.Model, optional
+        An existing encoder to share (e.g. one trained on its own); ``input_size`` and
+        ``n_features`` are then taken from it.
+
+    Returns
+    -------
+    keras.Model
+        Inputs ``[(batch, s, s, 1), (batch, s, s, 1)]``, output ``(batch,)`` distances.
+    """
+    keras = _keras()
+    _check_choice(feature_distance, "feature_distance", FEATURE_DISTANCES)
+    if encoder is None:
+        encoder = build_encoder(input_size, n_features)
+    input_size = encoder.input_shape[1]
+    a = keras.Input((input_size, input_size, 1), name="projection_i")
+    b = keras.Input((input_size, input_size, 1), name="projection_j")
+    d = _custom("FeatureDistance")(feature_distance, name="distance")([encoder(a), encoder(b)])
+    return keras.Model([a, b], d, name="siamese")
+
+
+def encoder_of(model):
+    """The shared encoder of a Siamese model (or the model itself if it is an encoder)."""
+    try:
+        return model.get_layer("encoder")
+    except ValueError:
+        if len(model.inputs) == 1:
+            return model
+        raise ValueError("this model has neither an 'encoder' layer nor a single input; "
+                         "pass a model built by cryo_orient.siamese.build_model") from None
+
+
+def head_kind(model) -> str:
+    """The ``feature_distance`` of a Siamese model's head."""
+    return model.get_layer("distance").kind
+
+
+def layer_table(model) -> list[dict]:
+    """The encoder's layers with output shapes and parameter counts (for Fig. 18 and reports)."""
+    encoder = encoder_of(model)
+    rows = []
+    for layer in encoder.layers:
+        shape = tuple(layer.output.shape[1:]) if hasattr(layer, "output") else ()
+        rows.append({
+            "name": layer.name,
+            "type": type(layer).__name__,
+            "output_shape": [int(s) for s in shape],
+            "parameters": int(layer.count_params()),
+            "kernel": list(getattr(layer, "kernel_size", ())) or None,
+            "filters": getattr(layer, "filters", None),
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------- images and pairs
+
+
+def resize_images(images, size) -> np.ndarray:
+    """Square images to ``size × size`` pixels (float32; a new array).
+
+    An integer factor is a block mean (binning, as a detector with larger pixels); otherwise
+    scikit-image's anti-aliased resize, as the paper used to bring 5a1a's 275 px to 116 px.
+    Binning by k averages the white noise of k² pixels, so it raises the per-pixel SNR by k².
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"images must be an (n, s, s) stack of square images, got shape {images.shape}")
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    n, s = images.shape[:2]
+    if size == s:
+        return images.copy()
+    if size < s and s % size == 0:
+        k = s // size
+        return images.reshape(n, size, k, size, k).mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
+    from skimage.transform import resize
+
+    return np.stack([resize(im, (size, size), anti_aliasing=size < s, preserve_range=True) for im in images]
+                    ).astype(np.float32)
+
+
+def sample_pairs(n, n_pairs, rng=None) -> np.ndarray:
+    """The paper's pairs: ``n_pairs`` ordered (i, j) of ``range(n)``², drawn with replacement.
+
+    Returns an (n_pairs, 2) int array (pairs with i == j included, as in the paper's code).
+    """
+    rng = as_rng(rng)
+    if n < 2 or n_pairs < 1:
+        raise ValueError(f"need n ≥ 2 images and n_pairs ≥ 1, got n={n}, n_pairs={n_pairs}")
+    k = rng.integers(0, n * n, size=int(n_pairs))
+    return np.stack([k // n, k % n], axis=1)
+
+
+def sample_uniform_distance_pairs(q, n_pairs, rng=None, n_bins=UNIFORM_BINS, oversample=20) -> np.ndarray:
+    """Pairs whose d_q histogram over ``n_bins`` equal bins of [0, π] is flat (as far as it can be).
+
+    Draws ``oversample × n_pairs`` candidate pairs, bins their d_q, and takes the same number
+    from every non-empty bin (with replacement only in bins with fewer candidates than that).
+    Restricted coverage leaves the largest distances empty: those bins are skipped, so the
+    histogram is flat on the distances that occur.
+    """
+    rng = as_rng(rng)
+    q = np.asarray(q, dtype=np.float64)
+    candidates = sample_pairs(len(q), oversample * int(n_pairs), rng)
+    candidates = candidates[candidates[:, 0] != candidates[:, 1]]
+    d = rotations.distance(q[candidates[:, 0]], q[candidates[:, 1]])
+    bins = np.minimum((d / np.pi * n_bins).astype(int), n_bins - 1)
+    occupied = np.unique(bins)
+    per_bin = int(np.ceil(n_pairs / len(occupied)))
+    chosen = []
+    for b in occupied:
+        members = np.flatnonzero(bins == b)
+        chosen.append(rng.choice(members, per_bin, replace=len(members) < per_bin))
+    chosen = rng.permutation(np.concatenate(chosen))[: int(n_pairs)]
+    return candidates[chosen]
+
+
+def _pair_labels(q, pairs):
+    return rotations.distance(q[pairs[:, 0]], q[pairs[:, 1]]).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Perturbation:
+    """Fresh noise and shifts drawn for every training batch (the realistic option).
+
+    Applied to *clean* raw projections in the simulator's order (noise, then integer circular
+    shifts for ``"circular"``; sub-pixel shift, then noise for ``"subpixel"``), followed by the
+    dataset's global standardisation (``mean``, ``std``) so inputs match the fixed dataset's.
+    """
+
+    noise_variance: float = 0.0
+    shift_mode: str = "none"
+    shift_limit: float = 0.0
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self):
+        from .simulate import SHIFT_MODES
+
+        _check_choice(self.shift_mode, "shift_mode", SHIFT_MODES)
+        if not (np.isfinite(self.noise_variance) and self.noise_variance >= 0):
+            raise ValueError(f"noise_variance must be finite and ≥ 0, got {self.noise_variance!r}")
+        if not (np.isfinite(self.shift_limit) and self.shift_limit >= 0):
+            raise ValueError(f"shift_limit must be finite and ≥ 0, got {self.shift_limit!r}")
+        if not (np.isfinite(self.std) and self.std > 0):
+            raise ValueError(f"std must be finite and > 0, got {self.std!r}")
+
+    @classmethod
+    def from_dataset(cls, dataset: dict) -> "Perturbation":
+        """The perturbation a dataset of :func:`cryo_orient.simulate.load_dataset` was made with."""
+        config, attrs = dataset["attrs"]["config"], dataset["attrs"]
+        return cls(noise_variance=float(attrs.get("noise_variance", 0.0)), shift_mode=config["shift_mode"],
+                   shift_limit=float(config["shift_limit"]), mean=float(attrs["standardization_mean"]),
+                   std=float(attrs["standardization_std"]))
+
+    def apply(self, clean, rng) -> np.ndarray:
+        from . import simulate
+
+        rng = as_rng(rng)
+        images = np.asarray(clean, dtype=np.float32)
+        shifts = simulate.random_shifts(len(images), self.shift_limit, self.shift_mode, rng)
+        if self.shift_mode == "subpixel":
+            images = simulate.shift_images(images, shifts, "subpixel")
+            images = simulate.add_noise(images, self.noise_variance, rng)
+        else:
+            images = simulate.add_noise(images, self.noise_variance, rng)
+            if self.shift_mode == "circular":
+                images = simulate.shift_images(images, shifts, "circular")
+        return ((images - self.mean) / self.std).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Settings of one training run (defaults: the paper's, §4.2)."""
+
+    input_size: int = 116
+    n_features: int = 512
+    feature_distance: str = "cosine"
+    loss: str = "mae"
+    regime: str = "faithful"
+    pair_fraction: float = 0.01
+    batch_size: int = 256
+    epochs: int = 150
+    learning_rate: float = 1e-3
+    target_val_mae: float | None = None
+    mixed_precision: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_size(self.input_size, self.n_features)
+        _check_choice(self.feature_distance, "feature_distance", FEATURE_DISTANCES)
+        _check_choice(self.loss, "loss", LOSSES)
+        _check_choice(self.regime, "regime", REGIMES)
+        if not 0 < self.pair_fraction <= 1:
+            raise ValueError(f"pair_fraction must be in (0, 1], got {self.pair_fraction!r}")
+        for name in ("batch_size", "epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < (2 if name == "batch_size" else 1):
+                raise ValueError(f"{name} must be an integer ≥ {2 if name == 'batch_size' else 1}, got {value!r}")
+        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate!r}")
+        if self.target_val_mae is not None and not self.target_val_mae > 0:
+            raise ValueError(f"target_val_mae must be > 0 or None, got {self.target_val_mae!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainingConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; known settings are {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """A trained model and its per-epoch history (``history[k]`` is a list over epochs)."""
+
+    model: object
+    history: dict
+    config: TrainingConfig
+    seconds: float
+    stop_reason: str
+    out_dir: Path | None = None
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history.get("epoch", []))
+
+    @property
+    def best_val_mae(self) -> float:
+        return float(np.min(self.history["val_mae"]))
+
+
+def _check_split(images, q, name):
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"{name} images must be an (n, s, s) stack of square projections, got shape {images.shape}")
+    q = np.asarray(q, dtype=np.float64)
+    if q.shape != (len(images), 4):
+        raise ValueError(f"{name} quaternions must have shape ({len(images)}, 4), got {q.shape}")
+    if not np.all(np.isfinite(images)):
+        raise ValueError(f"{name} images contain NaN or infinite values; simulate the dataset again")
+    if not np.all(np.isfinite(q)):
+        raise ValueError(f"{name} quaternions contain NaN or infinite values")
+    if len(images) < 2:
+        raise ValueError(f"{name} split needs at least 2 projections, got {len(images)}")
+    return images, q
+
+
+def _fingerprint(*arrays) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _pair_dataset(images, pairs, labels, batch_size, rng):
+    keras = _keras()
+    order = rng.permutation(len(pairs))
+
+    class Pairs(keras.utils.PyDataset):
+        def __len__(self):
+            return int(np.ceil(len(order) / batch_size))
+
+        def __getitem__(self, k):
+            idx = order[k * batch_size:(k + 1) * batch_size]
+            i, j = pairs[idx, 0], pairs[idx, 1]
+            return (images[i][..., None], images[j][..., None]), labels[idx]
+
+    return Pairs()
+
+
+def _image_dataset(images, q, batch_size, rng):
+    keras = _keras()
+    order = rng.permutation(len(images))
+    n_batches = len(order) // batch_size + (len(order) % batch_size >= 2)
+
+    class Images(keras.utils.PyDataset):
+        def __len__(self):
+            return n_batches
+
+        def __getitem__(self, k):
+            idx = order[k * batch_size:(k + 1) * batch_size]
+            return images[idx][..., None], q[idx].astype(np.float32)
+
+    return Images()
+
+
+def _compile(model, config, encoder_only):
+    keras = _keras()
+    optimizer = keras.optimizers.RMSprop(learning_rate=config.learning_rate)
+    if encoder_only:
+        model.compile(optimizer=optimizer, loss=_custom("InBatchPairLoss")(config.loss, config.feature_distance))
+    else:
+        model.compile(optimizer=optimizer, loss=config.loss)
+
+
+@contextlib.contextmanager
+def _precision(mixed):
+    keras = _keras()
+    if not mixed:
+        yield
+        return
+    previous = keras.mixed_precision.dtype_policy().name
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
+def _distribution_scope():
+    """``tf.distribute.MirroredStrategy`` over several GPUs (TensorFlow backend); else nothing."""
+    keras = _keras()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if len(tf.config.list_logical_devices("GPU")) > 1:
+            return tf.distribute.MirroredStrategy().scope()
+    return contextlib.nullcontext()
+
+
+def _seed_everything(seed):
+    keras = _keras()
+    keras.utils.set_random_seed(int(seed))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Same config and seed on CPU, same numbers: deterministic kernels, single-op order.
+        tf.config.experimental.enable_op_determinism()
+
+
+HISTORY_FIELDS = ("epoch", "loss", "val_mae", "val_mse", "val_rms", "seconds", "pairs_seen", "images_seen")
+
+
+def _checkpoint_name(config):
+    """What is fitted is the Siamese model itself, except in the batch regime (its encoder)."""
+    return "encoder.keras" if config.regime == "batch" else "model.keras"
+
+
+def _write_history(history, path):
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(HISTORY_FIELDS)
+    for row in zip(*(history[k] for k in HISTORY_FIELDS)):
+        writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
+    save_text(buf.getvalue(), path)
+
+
+def _read_history(path):
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    history = {k: [] for k in HISTORY_FIELDS}
+    for row in rows:
+        for k in HISTORY_FIELDS:
+            history[k].append(int(row[k]) if k in ("epoch", "pairs_seen", "images_seen") else float(row[k]))
+    return history
+
+
+def _save_model(model, path):
+    # Keras insists on the ".keras" suffix, so the temporary name keeps it.
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _validation_metrics(encoder, images, q, pairs, kind, batch_size):
+    features = embed(encoder, images, batch_size=batch_size, progress=False)
+    d_p = feature_distances(features[pairs[:, 0]], features[pairs[:, 1]], kind)
+    err = d_p - _pair_labels(q, pairs)
+    return {"val_mae": float(np.mean(np.abs(err))), "val_mse": float(np.mean(err**2)),
+            "val_rms": float(np.sqrt(np.mean(err**2)))}
+
+
+def train(train_images, train_quaternions, val_images, val_quaternions, config=None, *, out_dir=None,
+          perturbation=None, progress=True) -> TrainingResult:
+    """Train the Siamese distance estimator.
+
+    Parameters
+    ----------
+    train_images, val_images : array_like, shape (n, s, s)
+        Projections of the training and validation splits. With ``perturbation=None`` they are
+        the inputs as they are (the paper's fixed noisy dataset); otherwise they must be *clean*
+        raw projections, and fresh noise and shifts are drawn for every training batch (the
+        validation images are perturbed once, with a fixed seed, so the metric is comparable
+        across epochs). Images of another size are resized to ``config.input_size``.
+    train_quaternions, val_quaternions : array_like, shape (n, 4)
+        Their orientations (scalar-last unit quaternions); labels are d_q of pairs.
+    config : TrainingConfig or dict, optional
+        The settings (defaults: the paper's).
+    out_dir : path, optional
+        Where to keep ``model.keras`` (saved every epoch, with the optimizer state; in the batch
+        regime also ``encoder.keras``, which is what is fitted), ``history.csv`` and ``run.json``. If it
+        holds an unfinished run of the same config and data, training resumes from its last epoch;
+        a finished one is loaded without training. A different run there is an error.
+    perturbation : Perturbation, optional
+        Fresh noise/shifts per batch (see above).
+    progress : bool
+        Show a progress bar over epochs.
+
+    Returns
+    -------
+    TrainingResult
+    """
+    keras = _keras()
+    config = config if isinstance(config, TrainingConfig) else TrainingConfig.from_dict(dict(config or {}))
+    train_images, train_q = _check_split(train_images, train_quaternions, "training")
+    val_images, val_q = _check_split(val_images, val_quaternions, "validation")
+    if perturbation is not None and not isinstance(perturbation, Perturbation):
+        raise TypeError(f"perturbation must be a Perturbation or None, got {type(perturbation).__name__}")
+
+    seeds = np.random.SeedSequence(config.seed).spawn(3)  # pairs, validation perturbation, epochs
+    pair_rng = np.random.default_rng(seeds[0])
+    if perturbation is not None:
+        val_images = perturbation.apply(val_images, np.random.default_rng(seeds[1]))
+    val_images = resize_images(val_images, config.input_size)
+    fixed_train = None if perturbation is not None else resize_images(train_images, config.input_size)
+
+    n_train, n_val = len(train_q), len(val_q)
+    n_pairs = max(1, int(config.pair_fraction * n_train**2))
+    if config.regime == "faithful":
+        train_pairs = sample_pairs(n_train, n_pairs, pair_rng)
+    elif config.regime == "uniform":
+        train_pairs = sample_uniform_distance_pairs(train_q, n_pairs, pair_rng)
+    else:
+        train_pairs = None
+    val_pairs = sample_pairs(n_val, max(1, int(0.01 * n_val**2)), np.random.default_rng([config.seed, 1]))
+    train_labels = None if train_pairs is None else _pair_labels(train_q, train_pairs)
+
+    identity = {
+        "config": config.to_dict(),
+        "perturbation": None if perturbation is None else dataclasses.asdict(perturbation),
+        "train_data": _fingerprint(np.asarray(train_images, np.float32), train_q),
+        "val_data": _fingerprint(np.asarray(val_images, np.float32), val_q),
+        "keras_backend": keras.backend.backend(),
+    }
+    history = {k: [] for k in HISTORY_FIELDS}
+    fit_model, done_reason = None, None
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_file = out_dir / "run.json"
+        if run_file.is_file():
+            previous = json.loads(run_file.read_text())
+            if previous["identity"] != jsonable(identity):
+                raise ValueError(f"{out_dir} holds a different training run (other config or data); "
+                                 "choose another out_dir or delete that one")
+            if (out_dir / _checkpoint_name(config)).is_file() and (out_dir / "history.csv").is_file():
+                history = _read_history(out_dir / "history.csv")
+                _custom("FeatureDistance"), _custom("InBatchPairLoss")
+                fit_model = keras.saving.load_model(out_dir / _checkpoint_name(config))
+                done_reason = previous.get("stop_reason")
+        else:
+            save_text(json.dumps({"identity": jsonable(identity), "stop_reason": None}, indent=2) + "\n", run_file)
+
+    _seed_everything(config.seed)
+    encoder_only = config.regime == "batch"
+    if fit_model is None:
+        with _distribution_scope(), _precision(config.mixed_precision):
+            model = build_model(config.input_size, config.n_features, config.feature_distance)
+        fit_model = encoder_of(model) if encoder_only else model
+        _compile(fit_model, config, encoder_only)
+    else:
+        model = build_model(feature_distance=config.feature_distance, encoder=fit_model) if encoder_only else fit_model
+    encoder = encoder_of(model)
+
+    start_epoch = len(history["epoch"])
+    previous_seconds = history["seconds"][-1] if start_epoch else 0.0
+    pairs_seen = history["pairs_seen"][-1] if start_epoch else 0
+    images_seen = history["images_seen"][-1] if start_epoch else 0
+    stop_reason = done_reason or "epochs"
+    t0 = time.perf_counter()
+
+    bar = None
+    if progress and done_reason is None and start_epoch < config.epochs:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.epochs, initial=start_epoch, desc=f"training ({config.regime})", unit="epoch")
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            if done_reason is not None:
+                break
+            epoch_rng = np.random.default_rng([config.seed, 2, epoch])
+            if perturbation is not None:
+                images = resize_images(perturbation.apply(train_images, epoch_rng), config.input_size)
+            else:
+                images = fixed_train
+            if encoder_only:
+                data = _image_dataset(images, train_q, config.batch_size, epoch_rng)
+                sizes = [min(config.batch_size, n_train - k * config.batch_size) for k in range(len(data))]
+                pairs_seen += sum(b * (b - 1) // 2 for b in sizes)
+                images_seen += sum(sizes)
+            else:
+                data = _pair_dataset(images, train_pairs, train_labels, config.batch_size, epoch_rng)
+                pairs_seen += len(train_pairs)
+                images_seen += 2 * len(train_pairs)
+            logs = fit_model.fit(data, epochs=1, verbose=0, shuffle=False).history
+            metrics = _validation_metrics(encoder, val_images, val_q, val_pairs, config.feature_distance,
+                                          config.batch_size)
+            row = {"epoch": epoch, "loss": float(logs["loss"][-1]), **metrics,
+                   "seconds": previous_seconds + time.perf_counter() - t0,
+                   "pairs_seen": int(pairs_seen), "images_seen": int(images_seen)}
+            if not np.isfinite(row["loss"]):
+                raise FloatingPointError(f"training loss became {row['loss']} at epoch {epoch}; "
+                                         "lower learning_rate or check the inputs")
+            for k in HISTORY_FIELDS:
+                history[k].append(row[k])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", val_mae=f"{row['val_mae']:.3f}")
+            if config.target_val_mae is not None and row["val_mae"] <= config.target_val_mae:
+                stop_reason = "target_val_mae"
+            if out_dir is not None:
+                # The checkpoint holds what was fitted, with its optimizer state, so a resumed run
+                # continues exactly; model.keras is the Siamese model for users.
+                _save_model(fit_model, out_dir / _checkpoint_name(config))
+                if encoder_only:
+                    _save_model(model, out_dir / "model.keras")
+                _write_history(history, out_dir / "history.csv")
+            if stop_reason != "epochs":
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if out_dir is not None:
+        save_text(json.dumps({"identity": jsonable(identity), "stop_reason": stop_reason}, indent=2) + "\n",
+                  out_dir / "run.json")
+    seconds = history["seconds"][-1] if history["seconds"] else 0.0
+    return TrainingResult(model=model, history=history, config=config, seconds=seconds,
+                          stop_reason=stop_reason, out_dir=out_dir)
+
+
+def load_run(out_dir) -> TrainingResult:
+    """A finished or interrupted run from its folder (model, history, config)."""
+    keras = _keras()
+    out_dir = Path(out_dir)
+    for name in ("run.json", "model.keras", "history.csv"):
+        if not (out_dir / name).is_file():
+            raise FileNotFoundError(f"{out_dir / name} is missing; train with cryo_orient.siamese.train "
+                                    f"(or `cryo-orient train`) into {out_dir} first")
+    run = json.loads((out_dir / "run.json").read_text())
+    history = _read_history(out_dir / "history.csv")
+    _custom("FeatureDistance")
+    _custom("InBatchPairLoss")
+    model = keras.saving.load_model(out_dir / "model.keras")
+    return TrainingResult(model=model, history=history, config=TrainingConfig.from_dict(run["identity"]["config"]),
+                          seconds=history["seconds"][-1] if history["seconds"] else 0.0,
+                          stop_reason=run.get("stop_reason") or "interrupted", out_dir=out_dir)
+
+
+def train_on_dataset(path, config=None, *, cache_dir, fresh_perturbation=False, progress=True) -> TrainingResult:
+    """Train on a simulated dataset's training split; cached under a key of its inputs.
+
+    The split is Table 1's (:func:`cryo_orient.splits.train_val_test_split`). The run lives in
+    ``cache_dir/<key>/`` where the key hashes the dataset's content key, the config and the
+    perturbation, so a re-run loads the finished model, an interrupted one resumes, and any change
+    trains anew. ``fresh_perturbation=True`` trains on the dataset's *clean* projections (simulate
+    it with ``store_clean = true``) with new noise and shifts of the dataset's kind every batch.
+    """
+    import hashlib
+
+    from . import simulate, splits
+
+    config = config if isinstance(config, TrainingConfig) else TrainingConfig.from_dict(dict(config or {}))
+    dataset = simulate.load_dataset(path)
+    perturbation = None
+    if fresh_perturbation:
+        if "clean" not in dataset:
+            raise ValueError(f"{path} has no clean projections, which fresh noise and shifts need; "
+                             "simulate it with store_clean = true")
+        perturbation = Perturbation.from_dataset(dataset)
+        images = dataset["clean"]
+    else:
+        images = dataset["projections"]
+    q = dataset["quaternions"]
+    train_idx, val_idx, _ = splits.train_val_test_split(len(q))
+    key = json.dumps(jsonable({"dataset": dataset["attrs"]["cache_key"], "config": config.to_dict(),
+                               "perturbation": None if perturbation is None else dataclasses.asdict(perturbation)}),
+                     sort_keys=True)
+    out_dir = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
+    return train(images[train_idx], q[train_idx], images[val_idx], q[val_idx], config, out_dir=out_dir,
+                 perturbation=perturbation, progress=progress)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def _as_batch(images, input_size):
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] != 1:
+        raise ValueError(f"images must be an (n, s, s) or (n, s, s, 1) array, got shape {images.shape}")
+    if images.shape[1:3] != (input_size, input_size):
+        raise ValueError(f"the model takes {input_size}×{input_size} images, got {images.shape[1]}×{images.shape[2]}; "
+                         f"resize them with cryo_orient.siamese.resize_images(images, {input_size})")
+    if not np.all(np.isfinite(images)):
+        raise ValueError("images contain NaN or infinite values")
+    return images
+
+
+def embed(model, images, *, batch_size=256, progress=True) -> np.ndarray:
+    """Feature vectors of projections: the CNN runs once per image.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Siamese model (its encoder is used) or an encoder.
+    images : array_like, shape (n, s, s)
+        Projections at the model's input size.
+
+    Returns
+    -------
+    ndarray, shape (n, n_features), float32
+    """
+    encoder = encoder_of(model)
+    images = _as_batch(images, encoder.input_shape[1])
+    chunks = range(0, len(images), batch_size)
+    if progress and len(chunks) > 1:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="embedding", unit="batch")
+    out = [np.asarray(encoder(images[k:k + batch_size], training=False), dtype=np.float32) for k in chunks]
+    return np.concatenate(out) if out else np.zeros((0, encoder.output_shape[-1]), np.float32)
+
+
+def predict_pairs(model, images_a, images_b, *, batch_size=256) -> np.ndarray:
+    """The Siamese model's own output d_p for pairs of images (both branches run)."""
+    size = encoder_of(model).input_shape[1]
+    a, b = _as_batch(images_a, size), _as_batch(images_b, size)
+    if len(a) != len(b):
+        raise ValueError(f"need as many images on both sides, got {len(a)} and {len(b)}")
+    return np.concatenate([np.asarray(model([a[k:k + batch_size], b[k:k + batch_size]], training=False))
+                           for k in range(0, len(a), batch_size)]).astype(np.float32)
