@@ -31,9 +31,9 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export DATA_MIRROR
 
 # Figures that later issues add; `make figure-N` for them says so instead of failing obscurely.
-PENDING := figure-1 figure-2 figure-3 figure-4 figure-8 figure-9 figure-10 figure-11 \
-           figure-13 figure-16 figure-17 figure-18
-IMPLEMENTED := figure-5 figure-6 figure-7 figure-12 figure-14 figure-15 table-1
+PENDING := figure-1 figure-2 figure-3 figure-4 figure-10 figure-11 figure-13
+IMPLEMENTED := figure-5 figure-6 figure-7 figure-8 figure-9 figure-12 figure-14 figure-15 figure-16 \
+               figure-17 figure-18 table-1
 
 # Read the profile only for goals that need it: write build/<profile>/params/*.json (rewritten
 # only when their content changes) and build/<profile>/profile.mk (targets and dependencies).
@@ -83,9 +83,14 @@ $(IMPLEMENTED): %: $(BUILD)/notebooks/%.ipynb
 figure-5: ## Density maps used, rendered (orthogonal projections and isosurfaces)
 figure-6: ## Example 5j0n projections: clean, noisy, shifted, shifted + noisy
 figure-7: ## Orientation recovery from perturbed distances: E_OR and L_OR against sigma
+figure-8: ## Distance learning: L_DE per epoch, estimated against true distance on test pairs
+figure-9: ## Sensitivity of distance learning to noise and shifts, with recovery errors
 figure-12: ## The four orientation samplings (sphere, d_q, Euler and quaternion histograms)
 figure-14: ## Orientation recovery from exact distances: L_OR over steps
 figure-15: ## Recovered orientations before and after alignment
+figure-16: ## Euclidean distance between raw projections against d_q (the baseline)
+figure-17: ## Design choices: cosine vs Euclidean feature distance, feature-vector length
+figure-18: ## The CNN architecture, drawn from the model (layer shapes, parameters)
 table-1: ## Train/validation/test split and pair counts
 
 $(PENDING):

@@ -94,3 +94,17 @@ def test_check_outputs(tmp_path, monkeypatch, capsys):
     assert cli_main(["check-outputs", "--profile", "tiny"]) == 0
     (out / "figure-6.png").write_bytes(b"")
     assert cli_main(["check-outputs", "--profile", "tiny"]) == 1
+
+
+def test_datasets_a_notebook_reads_by_default_are_dependencies(project):
+    profiles.sync("tiny", root=project)
+    mk = (project / "build" / "tiny" / "profile.mk").read_text()
+    rule = next(line for line in mk.splitlines() if line.startswith("build/tiny/notebooks/figure-9.ipynb:"))
+    # figure-9's noise_datasets/shift_datasets are notebook defaults, not in the tiny profile.
+    assert "5j0n-half-noise25.h5" in rule and "5j0n-half-shift15.h5" in rule
+    params = json.loads((project / "build" / "tiny" / "params" / "figure-9.json").read_text())
+    assert params["noise_variances"] == [0, 5, 10, 16, 20, 25]
+    notebook = project / "experiments" / "figure-9.py"
+    notebook.write_text(notebook.read_text().replace('"5j0n-half-noise25"]', '"5j0n-half-noise30"]'))
+    with pytest.raises(profiles.ProfileError, match="5j0n-half-noise30"):
+        profiles.sync("tiny", root=project)

@@ -105,13 +105,14 @@ def target_params(profile_name: str, profile: dict, root=".") -> dict[str, dict]
                 f"profile {profile_name!r}, [{target}]: unknown key(s) {unknown}; "
                 f"{notebook} declares {sorted(k for k in declared if k not in PIPELINE_KEYS)}"
             )
-        missing = [d for d in _datasets_read(section) if d not in datasets]
+        # A dataset the notebook reads by default is as much a dependency as one the profile names.
+        missing = [d for d in _datasets_read({**declared, **section}) if d not in datasets]
         if missing:
             raise ProfileError(
                 f"profile {profile_name!r}, [{target}] reads dataset(s) {missing} that have no "
                 f"[datasets.<name>] section; defined: {sorted(datasets)}"
             )
-        params = {**section, "profile": profile_name, "out_dir": f"figures/{profile_name}",
+        params = {**{k: v for k, v in declared.items() if k not in PIPELINE_KEYS}, **section, "profile": profile_name, "out_dir": f"figures/{profile_name}",
                   "sim_dir": f"data/simulated/{profile_name}"}
         out[target] = params
     return out

@@ -1,0 +1,133 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Figure 17: design choices of the distance estimator (5j0n)
+#
+# (a) The feature distance of the Siamese head: the paper's cosine angle `2 arccos(cos(f_i, f_j))`
+# against the Euclidean `‖f_i − f_j‖`; (b) the length of the feature vector n_f ∈ {4, …, 512}.
+# Boxes: the distribution over epochs of the per-epoch training loss and validation MAE, as the
+# paper; insets: d̂_p against d_q on 1,000 test pairs for a few of the models. Every model has the
+# same data, split, seed and training settings; only the studied choice changes.
+
+# %% tags=["parameters"]
+profile = "tiny"
+out_dir = "figures/tiny"
+sim_dir = "data/simulated/tiny"
+dataset = "5j0n-half"
+n_features_list = [4, 8, 16, 32, 64, 128, 256, 512]
+inset_n_features = [4, 32, 512]
+feature_distances = ["cosine", "euclidean"]
+input_size = 29
+regime = "batch"
+batch_size = 32
+epochs = 2
+n_test_pairs = 1000
+seed = 0
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from cryo_orient import artifacts, rotations, siamese, simulate, splits
+
+out = Path(out_dir)
+cache = Path("build") / profile / "cache" / "siamese"
+path = Path(sim_dir) / f"{dataset}.h5"
+data = simulate.load_dataset(path)
+_, _, test = splits.train_val_test_split(len(data["quaternions"]))
+test = np.sort(test)
+test_images = siamese.resize_images(data["projections"][test], input_size)
+rng = np.random.default_rng([seed, 17])
+pairs = rng.choice(len(test), size=(n_test_pairs, 2))
+pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+q = data["quaternions"][test]
+d_q = rotations.distance(q[pairs[:, 0]], q[pairs[:, 1]])
+
+
+def run(n_features, kind):
+    config = siamese.TrainingConfig(input_size=input_size, n_features=n_features, feature_distance=kind,
+                                    regime=regime, batch_size=batch_size, epochs=epochs, seed=seed)
+    result = siamese.train_on_dataset(path, config, cache_dir=cache)
+    features = siamese.embed(result.model, test_images, progress=False)
+    d_p = siamese.feature_distances(features[pairs[:, 0]], features[pairs[:, 1]], kind)
+    summary = {"n_features": n_features, "feature_distance": kind, "epochs": result.epochs,
+               "training_seconds": result.seconds,
+               "median_train_loss": float(np.median(result.history["loss"])),
+               "median_val_mae": float(np.median(result.history["val_mae"])),
+               "final_val_mae": result.history["val_mae"][-1],
+               "test_mae": float(np.mean(np.abs(d_p - d_q)))}
+    print(f"n_f {n_features:>3}, {kind:9}: median train {summary['median_train_loss']:.3f}, "
+          f"median val {summary['median_val_mae']:.3f}, final val {summary['final_val_mae']:.3f}, "
+          f"test MAE {summary['test_mae']:.3f}")
+    return {"history": result.history, "d_p": d_p, "summary": summary}
+
+
+head_runs = {kind: run(512, kind) for kind in feature_distances}
+nf_runs = {nf: (head_runs["cosine"] if nf == 512 and "cosine" in head_runs else run(nf, "cosine"))
+           for nf in n_features_list}
+
+# %%
+def boxes(ax, runs, labels):
+    x = np.arange(len(runs))
+    b1 = ax.boxplot([r["history"]["loss"] for r in runs], positions=x - 0.18, widths=0.3, patch_artist=True,
+                    showfliers=False)
+    b2 = ax.boxplot([r["history"]["val_mae"] for r in runs], positions=x + 0.18, widths=0.3, patch_artist=True,
+                    showfliers=False)
+    for box in b1["boxes"]:
+        box.set_facecolor("tab:green")
+    for box in b2["boxes"]:
+        box.set_facecolor("tab:orange")
+    for k, r in enumerate(runs):
+        s = r["summary"]
+        ax.text(k, 0.02, f"{s['median_train_loss']:.2f}\n{s['median_val_mae']:.2f}", ha="center", va="bottom",
+                fontsize=7, transform=ax.get_xaxis_transform())
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("L_DE over epochs (MAE, rad)")
+    return b1["boxes"][0], b2["boxes"][0]
+
+
+def inset(ax, d_p, where, title):
+    sub = ax.inset_axes(where)
+    sub.hexbin(d_q, d_p, gridsize=25, extent=(0, np.pi, 0, max(np.pi, float(np.max(d_p)))), mincnt=1, cmap="viridis")
+    sub.plot([0, np.pi], [0, np.pi], "k", lw=0.6)
+    sub.set_title(title, fontsize=7)
+    sub.tick_params(labelsize=6)
+
+
+fig, axes = plt.subplots(1, 2, figsize=(15, 5.8), gridspec_kw={"width_ratios": [1, 2.2]})
+handles = boxes(axes[0], list(head_runs.values()), list(head_runs))
+axes[0].set_title("(a) feature distance d_f (n_f = 512)")
+for k, (kind, r) in enumerate(head_runs.items()):
+    inset(axes[0], r["d_p"], [0.08 + 0.47 * k, 0.55, 0.38, 0.38], f"{kind}: d̂_p vs d_q")
+boxes(axes[1], list(nf_runs.values()), [str(nf) for nf in nf_runs])
+axes[1].set_xlabel("n_f (length of the feature vector)")
+axes[1].set_title("(b) feature-vector length (cosine head)")
+shown = [nf for nf in inset_n_features if nf in nf_runs]
+for k, nf in enumerate(shown):
+    inset(axes[1], nf_runs[nf]["d_p"], [0.05 + 0.32 * k, 0.58, 0.22, 0.36], f"n_f = {nf}")
+for ax in axes:
+    top = max(max(r["history"]["loss"] + r["history"]["val_mae"]) for r in (*head_runs.values(), *nf_runs.values()))
+    ax.set_ylim(0, top * 1.9)
+fig.legend(handles, ["training", "validation"], loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.02))
+fig.suptitle(f"{dataset}: {input_size}×{input_size} px, {epochs} epochs, {regime} regime "
+             "(numbers under the boxes: median training / validation L_DE)")
+fig.tight_layout()
+artifacts.save_figure(fig, out / "figure-17.png")
+artifacts.write_record(
+    out, "figure-17", outputs=["figure-17.png"],
+    parameters=dict(profile=profile, dataset=dataset, n_features_list=n_features_list,
+                    feature_distances=feature_distances, input_size=input_size, regime=regime,
+                    batch_size=batch_size, epochs=epochs, n_test_pairs=n_test_pairs, seed=seed),
+    results={"feature_distance": {k: r["summary"] for k, r in head_runs.items()},
+             "n_features": {str(nf): r["summary"] for nf, r in nf_runs.items()}},
+)
