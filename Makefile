@@ -119,10 +119,11 @@ smoke: $(STAMP) ## The tiny profile end to end, and a check that every output ex
 lint: $(STAMP) ## hadolint on the Dockerfile
 	$(BIN)/hadolint Dockerfile
 
-bench: $(STAMP) ## Speed: projection (NUFFT vs real-space reference), recovery, alignment
+bench: $(STAMP) ## Speed: projection (NUFFT vs reference, ASTRA on GPU), recovery, alignment, distance learning
 	$(BIN)/python benchmarks/projection.py
 	$(BIN)/python benchmarks/recovery.py
 	$(BIN)/python benchmarks/alignment.py
+	$(BIN)/python benchmarks/siamese.py
 
 clean: ## Remove build/ and the tiny profile's outputs (keeps downloads and venv)
 	rm -rf build figures/tiny data/simulated/tiny

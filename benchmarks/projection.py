@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 
     from cryo_orient import data, rotations
     from cryo_orient.artifacts import save_text
-    from cryo_orient.projection import project, project_real_space
+    from cryo_orient.projection import astra_available, project, project_real_space
 
     volume, _ = data.load("5j0n", progress=False)
     rng = np.random.default_rng(0)
@@ -65,6 +65,15 @@ def main(argv=None) -> int:
         "targets": {"speedup_at_least": 10, "nufft_projections_per_s_at_least": 300},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
+    if astra_available():  # GPU machines only: ASTRA (CUDA) against NUFFT on the same orientations
+        project(volume, q[:8], backend="astra")
+        qa = q[: args.n_nufft]
+        t_astra = best_time(lambda: project(volume, qa, backend="astra"), args.repeats)
+        c = project(volume, qa, backend="astra")
+        d = project(volume, qa, backend="nufft", nthreads=args.threads)
+        result["astra_projections_per_s"] = len(qa) / t_astra
+        result["astra_over_nufft"] = result["astra_projections_per_s"] / nufft_rate
+        result["relative_difference_astra_vs_nufft"] = float(np.linalg.norm(c - d) / np.linalg.norm(d))
     ok = result["speedup"] >= 10 and nufft_rate >= 300
     print(f"projection, 5j0n at {a.shape[-1]}x{a.shape[-1]}, {args.threads} threads")
     print(f"  NUFFT (finufft, float32)      {nufft_rate:9.1f} projections/s")
@@ -72,6 +81,11 @@ def main(argv=None) -> int:
     print(f"  ratio NUFFT / reference       {result['speedup']:9.1f} x   (target >= 10)")
     print(f"  NUFFT target >= 300/s         {'met' if nufft_rate >= 300 else 'MISSED'}")
     print(f"  relative difference of the two projectors: {agreement:.3%} (interpolation error)")
+    if "astra_projections_per_s" in result:
+        print(f"  ASTRA (CUDA)                  {result['astra_projections_per_s']:9.1f} projections/s"
+              f"  ({result['astra_over_nufft']:.1f} x NUFFT; difference {result['relative_difference_astra_vs_nufft']:.2%})")
+    else:
+        print("  ASTRA: no usable CUDA GPU here, not measured")
     save_text(json.dumps(result, indent=2) + "\n", Path(args.out))
     print(f"  written to {args.out}")
     return 0 if ok else 1
