@@ -160,6 +160,9 @@ def test_astra_agrees_with_nufft():
     rng = np.random.default_rng(0)
     v = ndimage.gaussian_filter(rng.random((40, 44, 48)), 3)
     v[v < np.percentile(v, 60)] = 0
+    # Smooth the cut edges too: on the sharp-edged volume the two interpolations differ by 3.5 %
+    # (measured on an H200), as much as either differs from the trilinear reference.
+    v = ndimage.gaussian_filter(v, 1.5)
     q = rotations.uniform_so3(20, rng)
     a = project(v, q, backend="astra")
     n = project(v, q, backend="nufft")

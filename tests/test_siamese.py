@@ -22,6 +22,25 @@ def small_data():
     return p.astype(np.float32), q
 
 
+def _gpu_backend() -> bool:
+    """Whether Keras computes on a GPU (where JAX's kernels are not bit-for-bit repeatable)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU"))
+    return False
+
+
+cpu_repeatability = pytest.mark.skipif(
+    "_gpu_backend()", reason="same numbers for the same seed are promised on CPU (measured on an H200 with "
+    "JAX: losses differ in the 4th digit between identical runs)")
+
 TINY = dict(input_size=24, n_features=16, regime="batch", batch_size=40, epochs=3, seed=3)
 
 
@@ -126,6 +145,7 @@ def test_faithful_regime_counts_pairs(small_data):
     assert np.isfinite(result.history["val_mae"][0])
 
 
+@cpu_repeatability
 def test_same_seed_gives_the_same_numbers(small_data):
     a = _train(small_data)
     b = _train(small_data)
@@ -133,6 +153,7 @@ def test_same_seed_gives_the_same_numbers(small_data):
     assert a.history["val_mae"] == b.history["val_mae"]
 
 
+@cpu_repeatability
 @pytest.mark.parametrize("regime", ["batch", "faithful"])
 def test_an_interrupted_run_resumes_exactly(small_data, tmp_path, monkeypatch, regime):
     config = dict(regime=regime, pair_fraction=0.01)
