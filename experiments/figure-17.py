@@ -89,38 +89,38 @@ def boxes(ax, runs, labels):
         box.set_facecolor("tab:orange")
     for k, r in enumerate(runs):
         s = r["summary"]
-        ax.text(k, 0.02, f"{s['median_train_loss']:.2f}\n{s['median_val_mae']:.2f}", ha="center", va="bottom",
-                fontsize=7, transform=ax.get_xaxis_transform())
+        ax.text(k, 0.97, f"{s['median_train_loss']:.2f}\n{s['median_val_mae']:.2f}", ha="center", va="top",
+                fontsize=7.5, transform=ax.get_xaxis_transform())
     ax.set_xticks(x, labels)
     ax.set_ylabel("L_DE over epochs (MAE, rad)")
+    top = max(max(r["history"]["loss"] + r["history"]["val_mae"]) for r in runs)
+    ax.set_ylim(0, top * 1.25)
     return b1["boxes"][0], b2["boxes"][0]
 
 
-def inset(ax, d_p, where, title):
-    sub = ax.inset_axes(where)
-    sub.hexbin(d_q, d_p, gridsize=25, extent=(0, np.pi, 0, max(np.pi, float(np.max(d_p)))), mincnt=1, cmap="viridis")
-    sub.plot([0, np.pi], [0, np.pi], "k", lw=0.6)
-    sub.set_title(title, fontsize=7)
-    sub.tick_params(labelsize=6)
-
-
-fig, axes = plt.subplots(1, 2, figsize=(15, 5.8), gridspec_kw={"width_ratios": [1, 2.2]})
-handles = boxes(axes[0], list(head_runs.values()), list(head_runs))
-axes[0].set_title("(a) feature distance d_f (n_f = 512)")
-for k, (kind, r) in enumerate(head_runs.items()):
-    inset(axes[0], r["d_p"], [0.08 + 0.47 * k, 0.55, 0.38, 0.38], f"{kind}: d̂_p vs d_q")
-boxes(axes[1], list(nf_runs.values()), [str(nf) for nf in nf_runs])
-axes[1].set_xlabel("n_f (length of the feature vector)")
-axes[1].set_title("(b) feature-vector length (cosine head)")
-shown = [nf for nf in inset_n_features if nf in nf_runs]
-for k, nf in enumerate(shown):
-    inset(axes[1], nf_runs[nf]["d_p"], [0.05 + 0.32 * k, 0.58, 0.22, 0.36], f"n_f = {nf}")
-for ax in axes:
-    top = max(max(r["history"]["loss"] + r["history"]["val_mae"]) for r in (*head_runs.values(), *nf_runs.values()))
-    ax.set_ylim(0, top * 1.9)
-fig.legend(handles, ["training", "validation"], loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.02))
-fig.suptitle(f"{dataset}: {input_size}×{input_size} px, {epochs} epochs, {regime} regime "
-             "(numbers under the boxes: median training / validation L_DE)")
+shown = [("cosine, n_f = 512", head_runs["cosine"])] if "cosine" in head_runs else []
+shown += [(f"{kind}, n_f = 512", r) for kind, r in head_runs.items() if kind != "cosine"]
+shown += [(f"cosine, n_f = {nf}", nf_runs[nf]) for nf in inset_n_features if nf in nf_runs and nf != 512]
+fig = plt.figure(figsize=(15, 9))
+grid = fig.add_gridspec(2, max(len(shown), 3), height_ratios=[1.4, 1])
+ax_a = fig.add_subplot(grid[0, :1])
+ax_b = fig.add_subplot(grid[0, 1:])
+handles = boxes(ax_a, list(head_runs.values()), list(head_runs))
+ax_a.set_title("(a) feature distance d_f (n_f = 512)")
+boxes(ax_b, list(nf_runs.values()), [str(nf) for nf in nf_runs])
+ax_b.set_xlabel("n_f (length of the feature vector)")
+ax_b.set_title("(b) feature-vector length (cosine head)")
+ax_b.legend(handles, ["training", "validation"], loc="center right")
+for k, (title, r) in enumerate(shown):
+    ax = fig.add_subplot(grid[1, k])
+    top = max(np.pi, float(np.max(r["d_p"])))
+    ax.hexbin(d_q, r["d_p"], gridsize=30, extent=(0, np.pi, 0, top), mincnt=1, cmap="viridis")
+    ax.plot([0, np.pi], [0, np.pi], "k", lw=0.7)
+    ax.set(xlabel="d_q (rad)", ylabel="d̂_p" if k == 0 else None, xlim=(0, np.pi), ylim=(0, top),
+           title=f"{title}: test MAE {r['summary']['test_mae']:.3f}")
+    ax.title.set_fontsize(9)
+fig.suptitle(f"{dataset}: {input_size}×{input_size} px, {epochs} epochs, {regime} regime (numbers in the boxes' "
+             f"panels: median training / validation L_DE over epochs; bottom: {len(d_q)} test pairs)")
 fig.tight_layout()
 artifacts.save_figure(fig, out / "figure-17.png")
 artifacts.write_record(
