@@ -27,8 +27,8 @@ Three measurements, all on the machine it runs on (CPU, or the first GPU the Ker
 
 The baseline of each ratio (the faithful regime) is measured in the same process on the same
 machine. Defaults depend on whether the backend sees a GPU: on a GPU the paper's 116 px and
-5,000 projections; on a CPU a reduced (c) (29 px, 1,000 projections) so that the whole run takes
-about 10-15 minutes on 2 cores. Backend-agnostic (TensorFlow, JAX, PyTorch): only keras and
+5,000 projections; on a CPU a reduced (c) (29 px, as the cpu profile, 3 faithful epochs) so that the
+whole run takes about 12 minutes on 2 cores. Backend-agnostic (TensorFlow, JAX, PyTorch): only keras and
 keras.ops, and every timed step returns NumPy values, so asynchronous backends are waited for.
 Results are printed and written to build/bench/siamese.json.
 """
@@ -46,7 +46,7 @@ from pathlib import Path
 
 GPU_DEFAULTS = {"input_size": 116, "n_projections": 5000, "faithful_epochs": 20, "batch_epochs_cap": 300,
                 "train_batch": 256, "steps": 10, "warmup": 3}
-CPU_DEFAULTS = {"input_size": 29, "n_projections": 1000, "faithful_epochs": 12, "batch_epochs_cap": 150,
+CPU_DEFAULTS = {"input_size": 29, "n_projections": 5000, "faithful_epochs": 3, "batch_epochs_cap": 150,
                 "train_batch": 64, "steps": 3, "warmup": 1}
 QUICK = {"input_size": 29, "n_projections": 300, "faithful_epochs": 3, "batch_epochs_cap": 30,
          "train_batch": 32, "steps": 2, "warmup": 1, "sizes": "29", "forward_batch": 64,
