@@ -45,9 +45,9 @@ import time
 from pathlib import Path
 
 GPU_DEFAULTS = {"input_size": 116, "n_projections": 5000, "faithful_epochs": 20, "batch_epochs_cap": 300,
-                "train_batch": 256, "steps": 10, "warmup": 3}
+                "train_batch": 256, "steps": 10, "warmup": 3, "batch_size": "256,64"}
 CPU_DEFAULTS = {"input_size": 29, "n_projections": 5000, "faithful_epochs": 3, "batch_epochs_cap": 150,
-                "train_batch": 64, "steps": 3, "warmup": 1}
+                "train_batch": 64, "steps": 3, "warmup": 1, "batch_size": "32,256"}
 QUICK = {"input_size": 29, "n_projections": 300, "faithful_epochs": 3, "batch_epochs_cap": 30,
          "train_batch": 32, "steps": 2, "warmup": 1, "sizes": "29", "forward_batch": 64,
          "pair_batch": 64, "batch_size": "64,16"}
@@ -345,9 +345,9 @@ def main(argv=None) -> int:
                         + auto(GPU_DEFAULTS["train_batch"], CPU_DEFAULTS["train_batch"]))
     parser.add_argument("--pair-batch", type=int, default=256,
                         help="pairs per step of the faithful regime in (b) and (c) (256, the paper's)")
-    parser.add_argument("--batch-size", default="256,64",
+    parser.add_argument("--batch-size",
                         help="images B per step of the batch regime, comma-separated; (b) and (c) run each, "
-                             "the first is the headline (256,64)")
+                             "the first is the headline " + auto(GPU_DEFAULTS["batch_size"], CPU_DEFAULTS["batch_size"]))
     parser.add_argument("--warmup", type=int, help="untimed steps " + auto(GPU_DEFAULTS["warmup"], CPU_DEFAULTS["warmup"]))
     parser.add_argument("--steps", type=int, help="timed steps " + auto(GPU_DEFAULTS["steps"], CPU_DEFAULTS["steps"]))
     parser.add_argument("--input-size", type=int, help="input side in (c) "
