@@ -926,7 +926,9 @@ def embed(model, images, *, batch_size=256, progress=True) -> np.ndarray:
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, desc="embedding", unit="batch")
-    out = [np.asarray(encoder(images[k:k + batch_size], training=False), dtype=np.float32) for k in chunks]
+    # predict_on_batch runs the compiled inference function (an eager call is several times slower
+    # on JAX and TensorFlow alike, which matters for the per-epoch validation of short epochs).
+    out = [np.asarray(encoder.predict_on_batch(images[k:k + batch_size]), dtype=np.float32) for k in chunks]
     return np.concatenate(out) if out else np.zeros((0, encoder.output_shape[-1]), np.float32)
 
 
