@@ -57,7 +57,7 @@ d_q = rotations.distance(q[pairs[:, 0]], q[pairs[:, 1]])
 def run(n_features, kind):
     config = siamese.TrainingConfig(input_size=input_size, n_features=n_features, feature_distance=kind,
                                     regime=regime, batch_size=batch_size, epochs=epochs, seed=seed)
-    result = siamese.train_on_dataset(path, config, cache_dir=cache)
+    result = siamese.train_on_dataset(data, config, cache_dir=cache)
     features = siamese.embed(result.model, test_images, progress=False)
     d_p = siamese.feature_distances(features[pairs[:, 0]], features[pairs[:, 1]], kind)
     summary = {"n_features": n_features, "feature_distance": kind, "epochs": result.epochs,

@@ -56,8 +56,8 @@ if len(labels) != len(datasets):
 runs = {}
 for name in datasets:
     path = Path(sim_dir) / f"{name}.h5"
-    result = siamese.train_on_dataset(path, config, cache_dir=cache)
     data = simulate.load_dataset(path)
+    result = siamese.train_on_dataset(data, config, cache_dir=cache)
     _, _, test = splits.train_val_test_split(len(data["quaternions"]))
     test = np.sort(test)
     rng = np.random.default_rng([seed, 8])

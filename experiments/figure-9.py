@@ -73,8 +73,8 @@ def evaluate(name, fresh=False, recover_all=False):
     images included, as the authors' sweeps did (their leakage, measured here for comparison).
     """
     path = Path(sim_dir) / f"{name}.h5"
-    run = siamese.train_on_dataset(path, config, cache_dir=cache / "siamese", fresh_perturbation=fresh)
     data = simulate.load_dataset(path)
+    run = siamese.train_on_dataset(data, config, cache_dir=cache / "siamese", fresh_perturbation=fresh)
     _, _, test = splits.train_val_test_split(len(data["quaternions"]))
     test = np.arange(len(data["quaternions"])) if recover_all else np.sort(test)
     q_true = data["quaternions"][test]

@@ -17,20 +17,24 @@ def _parse_value(text: str):
         return text
 
 
-def _config_values(args) -> dict:
-    """Settings from ``--config`` (TOML or JSON) and ``--set key=value`` overrides."""
-    values: dict = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise SystemExit(f"error: config file {path} does not exist")
-        if path.suffix == ".json":
-            values.update(json.loads(path.read_text()))
-        else:
-            import tomllib
+def _config_file(path) -> dict:
+    """Settings from a TOML or JSON file (``--config``); an empty dict for ``None``."""
+    if not path:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"error: config file {path} does not exist")
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    import tomllib
 
-            values.update(tomllib.loads(path.read_text()))
-    for item in args.set or []:
+    return tomllib.loads(path.read_text())
+
+
+def _set_values(items) -> dict:
+    """``--set key=value`` overrides."""
+    values = {}
+    for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep:
             raise SystemExit(f"error: --set expects key=value, got {item!r}")
@@ -38,18 +42,23 @@ def _config_values(args) -> dict:
     return values
 
 
+def _config_values(args) -> dict:
+    """Settings from ``--config``, then ``--set`` overrides."""
+    return _config_file(args.config) | _set_values(args.set)
+
+
 def _simulation_values(args) -> dict:
+    """``--config``, then the profile's dataset section, then ``--set`` overrides."""
     from .profiles import load_profile
 
-    values = _config_values(argparse.Namespace(config=args.config, set=None))
+    values = _config_file(args.config)
     if args.profile:
         datasets = load_profile(args.profile)["datasets"]
         if args.dataset not in datasets:
             raise SystemExit(f"error: profile {args.profile!r} has no dataset {args.dataset!r}; "
                              f"it defines {sorted(datasets)}")
         values.update(datasets[args.dataset])
-    values.update(_config_values(argparse.Namespace(config=None, set=args.set)))
-    return values
+    return values | _set_values(args.set)
 
 
 def _cmd_simulate(args) -> int:
@@ -72,23 +81,14 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from . import simulate, siamese, splits
+    from . import siamese
 
     try:
         config = siamese.TrainingConfig.from_dict(_config_values(args))
+        result = siamese.train_on_dataset(args.dataset, config, out_dir=args.out,
+                                          fresh_perturbation=args.fresh_perturbation, progress=not args.quiet)
     except (TypeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
-    dataset = simulate.load_dataset(args.dataset)
-    perturbation = None
-    images = dataset["projections"]
-    if args.fresh_perturbation:
-        if "clean" not in dataset:
-            raise SystemExit(f"error: {args.dataset} has no clean projections; simulate it with --set store_clean=true")
-        perturbation, images = siamese.Perturbation.from_dataset(dataset), dataset["clean"]
-    q = dataset["quaternions"]
-    train_idx, val_idx, _ = splits.train_val_test_split(len(q))
-    result = siamese.train(images[train_idx], q[train_idx], images[val_idx], q[val_idx], config,
-                           out_dir=args.out, perturbation=perturbation, progress=not args.quiet)
     print(f"{args.out}: {result.epochs} epochs, {result.seconds:.0f} s, stop: {result.stop_reason}, "
           f"last train loss {result.history['loss'][-1]:.4f}, validation MAE {result.history['val_mae'][-1]:.4f}")
     return 0

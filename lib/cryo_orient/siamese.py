@@ -199,7 +199,8 @@ _CLASSES = {}
 
 
 def _custom(name):
-    """The custom Keras classes, defined on first use (importing this module does not import Keras)."""
+    """The custom Keras classes, defined (and registered for loading) together on first use, so
+    importing this module does not import Keras."""
     if not _CLASSES:
         keras = _keras()
         ops = keras.ops
@@ -753,7 +754,7 @@ def train(train_images, train_quaternions, val_images, val_quaternions, config=N
                                  "choose another out_dir or delete that one")
             if (out_dir / _checkpoint_name(config)).is_file() and (out_dir / "history.csv").is_file():
                 history = _read_history(out_dir / "history.csv")
-                _custom("FeatureDistance"), _custom("InBatchPairLoss")
+                _custom("FeatureDistance")  # registers the custom classes for loading
                 fit_model = keras.saving.load_model(out_dir / _checkpoint_name(config))
                 done_reason = previous.get("stop_reason")
         else:
@@ -782,10 +783,9 @@ def train(train_images, train_quaternions, val_images, val_quaternions, config=N
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.epochs, initial=start_epoch, desc=f"training ({config.regime})", unit="epoch")
+    last_epoch = start_epoch if done_reason is not None else config.epochs  # a finished run: no epochs
     try:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            if done_reason is not None:
-                break
+        for epoch in range(start_epoch + 1, last_epoch + 1):
             epoch_rng = np.random.default_rng([config.seed, 2, epoch])
             if perturbation is not None:
                 images = resize_images(perturbation.apply(train_images, epoch_rng), config.input_size)
@@ -846,33 +846,49 @@ def load_run(out_dir) -> TrainingResult:
                                     f"(or `cryo-orient train`) into {out_dir} first")
     run = json.loads((out_dir / "run.json").read_text())
     history = _read_history(out_dir / "history.csv")
-    _custom("FeatureDistance")
-    _custom("InBatchPairLoss")
+    _custom("FeatureDistance")  # registers the custom classes for loading
     model = keras.saving.load_model(out_dir / "model.keras")
     return TrainingResult(model=model, history=history, config=TrainingConfig.from_dict(run["identity"]["config"]),
                           seconds=history["seconds"][-1] if history["seconds"] else 0.0,
                           stop_reason=run.get("stop_reason") or "interrupted", out_dir=out_dir)
 
 
-def train_on_dataset(path, config=None, *, cache_dir, fresh_perturbation=False, progress=True) -> TrainingResult:
-    """Train on a simulated dataset's training split; cached under a key of its inputs.
+def train_on_dataset(dataset, config=None, *, cache_dir=None, out_dir=None, fresh_perturbation=False,
+                     progress=True) -> TrainingResult:
+    """Train on a simulated dataset's training split (validated on its validation split).
 
-    The split is Table 1's (:func:`cryo_orient.splits.train_val_test_split`). The run lives in
-    ``cache_dir/<key>/`` where the key hashes the dataset's content key, the config and the
-    perturbation, so a re-run loads the finished model, an interrupted one resumes, and any change
-    trains anew. ``fresh_perturbation=True`` trains on the dataset's *clean* projections (simulate
-    it with ``store_clean = true``) with new noise and shifts of the dataset's kind every batch.
+    Parameters
+    ----------
+    dataset : path or dict
+        A file written by :func:`cryo_orient.simulate.simulate_dataset`, or what
+        :func:`cryo_orient.simulate.load_dataset` returned for it (so a caller that reads it
+        anyway does not read it twice).
+    config : TrainingConfig or dict, optional
+    cache_dir, out_dir : path
+        Exactly one: ``out_dir`` is the run folder itself; with ``cache_dir`` the run lives in
+        ``cache_dir/<key>/``, the key hashing the dataset's content key, the config and the
+        perturbation, so a re-run loads the finished model, an interrupted one resumes, and any
+        change trains anew.
+    fresh_perturbation : bool
+        Train on the dataset's *clean* projections (simulate it with ``store_clean = true``) with
+        new noise and shifts of the dataset's kind every batch.
+
+    The split is Table 1's (:func:`cryo_orient.splits.train_val_test_split`).
     """
     import hashlib
 
     from . import simulate, splits
 
+    if (cache_dir is None) == (out_dir is None):
+        raise ValueError("give exactly one of cache_dir (a folder of cached runs) and out_dir (the run folder)")
     config = config if isinstance(config, TrainingConfig) else TrainingConfig.from_dict(dict(config or {}))
-    dataset = simulate.load_dataset(path)
+    source = "the dataset" if isinstance(dataset, dict) else str(dataset)
+    if not isinstance(dataset, dict):
+        dataset = simulate.load_dataset(dataset)
     perturbation = None
     if fresh_perturbation:
         if "clean" not in dataset:
-            raise ValueError(f"{path} has no clean projections, which fresh noise and shifts need; "
+            raise ValueError(f"{source} has no clean projections, which fresh noise and shifts need; "
                              "simulate it with store_clean = true")
         perturbation = Perturbation.from_dataset(dataset)
         images = dataset["clean"]
@@ -880,10 +896,11 @@ def train_on_dataset(path, config=None, *, cache_dir, fresh_perturbation=False, 
         images = dataset["projections"]
     q = dataset["quaternions"]
     train_idx, val_idx, _ = splits.train_val_test_split(len(q))
-    key = json.dumps(jsonable({"dataset": dataset["attrs"]["cache_key"], "config": config.to_dict(),
-                               "perturbation": None if perturbation is None else dataclasses.asdict(perturbation)}),
-                     sort_keys=True)
-    out_dir = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if out_dir is None:
+        key = json.dumps(jsonable({"dataset": dataset["attrs"]["cache_key"], "config": config.to_dict(),
+                                   "perturbation": None if perturbation is None else dataclasses.asdict(perturbation)}),
+                         sort_keys=True)
+        out_dir = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
     return train(images[train_idx], q[train_idx], images[val_idx], q[val_idx], config, out_dir=out_dir,
                  perturbation=perturbation, progress=progress)
 
