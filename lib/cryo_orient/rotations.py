@@ -36,9 +36,9 @@ Relation to the paper's code
       matrix is ``C @ R^T @ C`` with ``C = Rx(pi)``. That quaternion differs from ours, but
       geodesic distances are invariant under inversion and conjugation, so the paper's
       distance labels equal ours.
-    * The angles plausibly correspond to RELION's ``(rot, tilt, psi) = (theta1, theta2,
-      theta3)`` up to RELION's sign conventions. This is not verified here; it is to be
-      confirmed against STAR files.
+    * RELION's ``(rot, tilt, psi)`` are the ZYZ angles of ``R^T``; in the paper's angles
+      ``(rot, tilt, psi) = (pi - theta1, theta2, pi - theta3)``. See :mod:`cryo_orient.relion`,
+      whose tests pin it against RELION's ``Euler_angles2matrix``.
 
 Nothing here imports TensorFlow at import time: only :func:`distance_tf` needs it, and it
 imports it when called.

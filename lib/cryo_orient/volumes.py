@@ -1,0 +1,87 @@
+"""Moving volumes rigidly: resampling under a rotation or reflection, and rigid alignment.
+
+Coordinates are ``(x, y, z)`` vectors about the voxel ``n // 2`` of each axis, as in
+:mod:`cryo_orient.projection`; arrays are indexed ``[z, y, x]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+__all__ = ["transform_volume", "refine_alignment", "correlation"]
+
+
+def _check_matrix(matrix):
+    M = np.asarray(matrix, dtype=np.float64)
+    if M.shape != (3, 3) or not np.allclose(M @ M.T, np.eye(3), atol=1e-6):
+        raise ValueError(f"matrix must be a 3×3 orthogonal matrix (rotation or reflection), got {M!r}")
+    return M
+
+
+def transform_volume(volume, matrix, shape=None, *, order=1) -> np.ndarray:
+    """``W(x) = V(M x)`` on a grid of ``shape`` (default: the volume's), zero outside.
+
+    Parameters
+    ----------
+    volume : array_like, shape (nz, ny, nx)
+        Not modified.
+    matrix : array_like, shape (3, 3)
+        Orthogonal ``M`` acting on ``(x, y, z)`` column vectors.
+    shape : tuple of 3 ints, optional
+        Output grid; both grids are centred at their ``n // 2`` voxels.
+    order : int
+        Spline order of the interpolation (1 = trilinear).
+    """
+    v = np.asarray(volume, dtype=np.float64)
+    if v.ndim != 3:
+        raise ValueError(f"volume must be 3-D [z, y, x], got shape {v.shape}")
+    M = _check_matrix(matrix)
+    shape = v.shape if shape is None else tuple(int(n) for n in shape)
+    flip = np.eye(3)[::-1]  # (x, y, z) <-> array order (z, y, x)
+    A = flip @ M @ flip
+    c_out = np.array(shape) // 2
+    c_in = np.array(v.shape) // 2
+    offset = c_in - A @ c_out
+    return ndimage.affine_transform(v, A, offset=offset, output_shape=shape, order=order, mode="constant",
+                                    cval=0.0, prefilter=order > 1)
+
+
+def correlation(a, b, mask=None) -> float:
+    """Pearson correlation of two volumes (optionally inside a mask)."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if mask is not None:
+        keep = np.asarray(mask, dtype=bool).ravel()
+        a, b = a[keep], b[keep]
+    a = a - a.mean()
+    b = b - b.mean()
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denom) if denom > 0 else 0.0
+
+
+def refine_alignment(volume, reference, matrix, *, max_iter=200):
+    """Polish ``M`` (keeping its determinant) to maximise ``correlation(V(M x), reference)``.
+
+    Local search (Nelder–Mead over a rotation vector applied on the left of ``M``) from a
+    starting ``M``, e.g. :func:`cryo_orient.gauge.volume_frame`'s. Returns ``(M, correlation)``.
+    """
+    from scipy.optimize import minimize
+
+    ref = np.asarray(reference, dtype=np.float64)
+    M0 = _check_matrix(matrix)
+
+    def moved(vec):
+        return Rotation.from_rotvec(vec).as_matrix() @ M0
+
+    def negative(vec):
+        return -correlation(transform_volume(volume, moved(vec), ref.shape), ref)
+
+    res = minimize(negative, np.zeros(3), method="Nelder-Mead",
+                   options={"maxiter": max_iter, "xatol": 1e-4, "fatol": 1e-6,
+                            "initial_simplex": np.vstack([np.zeros(3), 0.03 * np.eye(3)])})
+    start = -negative(np.zeros(3))
+    if -res.fun <= start:
+        return M0, start
+    return moved(res.x), -float(res.fun)
