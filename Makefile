@@ -31,9 +31,9 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export DATA_MIRROR
 
 # Figures that later issues add; `make figure-N` for them says so instead of failing obscurely.
-PENDING := figure-1 figure-2 figure-3 figure-4 figure-10 figure-11 figure-13
-IMPLEMENTED := figure-5 figure-6 figure-7 figure-8 figure-9 figure-12 figure-14 figure-15 figure-16 \
-               figure-17 figure-18 table-1
+PENDING := figure-1 figure-2 figure-3 figure-4
+IMPLEMENTED := figure-5 figure-6 figure-7 figure-8 figure-9 figure-10 figure-11 figure-12 figure-13 \
+               figure-14 figure-15 figure-16 figure-17 figure-18 table-1
 
 # Read the profile only for goals that need it: write build/<profile>/params/*.json (rewritten
 # only when their content changes) and build/<profile>/profile.mk (targets and dependencies).
@@ -85,7 +85,10 @@ figure-6: ## Example 5j0n projections: clean, noisy, shifted, shifted + noisy
 figure-7: ## Orientation recovery from perturbed distances: E_OR and L_OR against sigma
 figure-8: ## Distance learning: L_DE per epoch, estimated against true distance on test pairs
 figure-9: ## Sensitivity of distance learning to noise and shifts, with recovery errors
+figure-10: ## The whole pipeline: L_OR over steps and E_OR histograms from estimated distances
+figure-11: ## Reconstructions (true, random, recovered, no-ground-truth orientations) and FSC curves
 figure-12: ## The four orientation samplings (sphere, d_q, Euler and quaternion histograms)
+figure-13: ## The whole pipeline on non-uniform (uniform Euler) orientations
 figure-14: ## Orientation recovery from exact distances: L_OR over steps
 figure-15: ## Recovered orientations before and after alignment
 figure-16: ## Euclidean distance between raw projections against d_q (the baseline)
@@ -98,6 +101,8 @@ $(PENDING):
 
 # Figure 15 shows the orientations that Figure 14 recovered.
 $(BUILD)/notebooks/figure-15.ipynb: $(BUILD)/notebooks/figure-14.ipynb
+# Figure 11 reads the pipeline cases that figure 10 computes (cached), so run them in turn.
+$(BUILD)/notebooks/figure-11.ipynb: $(BUILD)/notebooks/figure-10.ipynb
 
 $(SIM_DIR)/%.h5: $(BUILD)/params/dataset-%.json | $(STAMP)
 	$(BIN)/cryo-orient simulate --config $< --out $@

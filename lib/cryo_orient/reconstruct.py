@@ -103,20 +103,23 @@ class _ToeplitzNormal:
         # Put K(r) at index r mod L on each axis (negative offsets wrap to the end).
         index = [np.arange(-(n - 1), n) % length for n, length in zip(self.shape, self.padded)]
         circulant[np.ix_(*index)] = kernel
-        self.transfer = scipy.fft.rfftn(circulant, workers=self.workers)
+        # Single precision halves the cost of the FFTs that dominate each iteration; the
+        # operator stays accurate to ~1e-6 relative, far below what CG's iterates resolve.
+        self.transfer = scipy.fft.rfftn(circulant, workers=self.workers).astype(np.complex64)
 
     def __call__(self, v):
         import scipy.fft
 
-        spectrum = scipy.fft.rfftn(v, s=self.padded, workers=self.workers)
+        spectrum = scipy.fft.rfftn(np.asarray(v, dtype=np.float32), s=self.padded, workers=self.workers)
         out = scipy.fft.irfftn(spectrum * self.transfer, s=self.padded, workers=self.workers)
-        return out[tuple(slice(0, n) for n in self.shape)]
+        return out[tuple(slice(0, n) for n in self.shape)].astype(np.float64)
 
 
 def normal_operator(quaternions, size, shape, *, eps=1e-9, nthreads=None):
     """The operator ``v ↦ AᵀA v`` of :func:`reconstruct`'s NUFFT backend, as a callable.
 
-    Equal to ``backproject(remove_detector_nyquist(project(v)))`` up to the NUFFT tolerance.
+    Equal to ``backproject(remove_detector_nyquist(project(v)))`` up to the NUFFT tolerance and
+    single-precision FFTs (about 1e-6 relative).
     """
     matrices = projection._rotation_matrices(quaternions)
     return _ToeplitzNormal(matrices, projection._check_size(size, shape), shape, eps, nthreads)

@@ -196,6 +196,9 @@ class SimulationConfig:
     def __post_init__(self):
         object.__setattr__(self, "coverage", tuple(float(c) for c in self.coverage))
         object.__setattr__(self, "offset", tuple(float(c) for c in self.offset))
+        if self.snr_db is not None and self.noise_variance == 0.0:
+            # The default variance yields to an SNR (TOML profiles have no null to unset it).
+            object.__setattr__(self, "noise_variance", None)
         problems = []
         if not isinstance(self.n_projections, int) or self.n_projections < 1:
             problems.append(f"n_projections must be a positive integer, got {self.n_projections!r}")

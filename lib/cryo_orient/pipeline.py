@@ -1,0 +1,293 @@
+"""The whole method on one simulated dataset, stage by stage, each stage cached.
+
+simulate (done before, :mod:`cryo_orient.simulate`) → train the distance estimator → embed the
+test split → recover its orientations → align them to the truth (evaluation) and, separately,
+choose their gauge from the projections alone → reconstruct → FSC against the true map.
+
+Reconstructions use the test split's projections: the *clean* ones (the paper reconstructed
+from noiseless projections even for its σ² = 16 runs) and the *noisy* ones (what a user has).
+They are computed on the detector's cube (``size³``: the box a user would reconstruct in; the
+gauge-free volume may come out rotated, so the map's own box would not hold it), then resampled
+onto the true map's grid to compute the FSC: identity for orientations expressed in the true
+frame, the rigid motion (rotation, possibly with a mirror) found from the orientations and
+polished on the map for the gauge-free volume.
+
+Every stage's result is stored under a key of its inputs in ``cache_dir``: a re-run with the
+same inputs loads it, a changed input recomputes what depends on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import alignment, fsc, gauge, reconstruct, recovery, rotations, siamese, simulate, splits, volumes
+from .artifacts import atomic_output, jsonable
+
+__all__ = ["PipelineConfig", "run_case", "split_projections"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of every stage after simulation (unknown keys in :meth:`from_dict` are errors)."""
+
+    training: dict = dataclasses.field(default_factory=dict)
+    recovery_mode: str = "improved"
+    recovery_restarts: int = 3
+    recovery_max_steps: int = 20000
+    reconstruction_iterations: int = 100
+    reconstruction_backend: str = "nufft"
+    gauge_images: int = 400
+    gauge_pairs: int = 4000
+    gauge_candidates: int = 3000
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PipelineConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown pipeline config key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(np.ascontiguousarray(part).tobytes())
+            h.update(str((part.dtype, part.shape)).encode())
+        else:
+            h.update(json.dumps(jsonable(part), sort_keys=True).encode())
+    return h.hexdigest()[:20]
+
+
+def _cached_arrays(path: Path, compute):
+    """Load ``path`` (.npz) if present, else save what ``compute()`` returns (dict of arrays)."""
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError):
+            pass  # a corrupt cache entry is recomputed
+    value = compute()
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **value)
+    return value
+
+
+def split_projections(dataset: dict):
+    """Raw (unstandardised) clean and noisy projections of the test split, and its indices.
+
+    The clean ones are the stored ``clean`` array, or, for a dataset without noise and shifts,
+    its projections themselves.
+    """
+    _, _, test = splits.train_val_test_split(len(dataset["quaternions"]))
+    test = np.sort(test)
+    attrs = dataset["attrs"]
+    mean, std = float(attrs["standardization_mean"]), float(attrs["standardization_std"])
+    noisy = dataset["projections"][test].astype(np.float64) * std + mean
+    if "clean" in dataset:
+        clean = dataset["clean"][test].astype(np.float64)
+    elif float(attrs["noise_variance"]) == 0 and not np.any(dataset["shifts"]):
+        clean = noisy
+    else:
+        raise ValueError("the dataset has noise or shifts but no clean projections; simulate it with "
+                         "store_clean = true to reconstruct from noiseless images")
+    return test, clean, noisy
+
+
+def _volume(dataset):
+    config = simulate.SimulationConfig.from_dict(dataset["attrs"]["config"])
+    volume, voxel_size, _ = simulate._volume_source(config)
+    return np.asarray(volume, dtype=np.float64), float(voxel_size) if voxel_size else 1.0
+
+
+def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> dict:
+    """Run every stage on one dataset; return orientations, volumes, FSC curves and numbers.
+
+    Parameters
+    ----------
+    dataset_path : path
+        A simulated dataset (:func:`cryo_orient.simulate.simulate_dataset`), P projections.
+    config : PipelineConfig or dict
+    cache_dir : path
+        Where stages are cached (the estimator under ``siamese/``, the rest under ``pipeline/``).
+    progress : bool
+        Progress bars for the long stages.
+    log : callable
+        Receives one line per finished stage.
+
+    Returns
+    -------
+    dict
+        ``q_true``, ``q_recovered``, ``q_aligned``, ``q_gauge`` (test split), ``losses`` (L_OR per
+        step), ``errors`` (per-orientation error after alignment), ``volumes`` (name → volume on
+        the map grid), ``cube_volumes`` (name → reconstruction on the detector cube), ``fsc``
+        (name → :class:`cryo_orient.fsc.FSCResult`), ``summary`` (JSON-able numbers), the true map
+        and its voxel size.
+    """
+    config = config if isinstance(config, PipelineConfig) else PipelineConfig.from_dict(dict(config))
+    cache = Path(cache_dir)
+    data = simulate.load_dataset(dataset_path)
+    training = siamese.TrainingConfig.from_dict(config.training)
+    run = siamese.train_on_dataset(data, training, cache_dir=cache / "siamese", progress=progress)
+    log(f"estimator: {run.epochs} epochs, val MAE {run.history['val_mae'][-1]:.3f} ({run.out_dir})")
+
+    test, clean, noisy = split_projections(data)
+    q_true = data["quaternions"][test]
+    n = len(test)
+    stage_dir = cache / "pipeline"
+
+    features = siamese.embed(run.model, siamese.resize_images(data["projections"][test], training.input_size),
+                             progress=False)
+    recovery_key = _digest("recovery", str(run.out_dir), config.recovery_mode, config.recovery_restarts,
+                           config.recovery_max_steps, config.seed, features)
+
+    def recover():
+        result = recovery.recover(siamese.distance_function(features, training.feature_distance), n,
+                                  mode=config.recovery_mode, restarts=config.recovery_restarts,
+                                  max_steps=config.recovery_max_steps, rng=np.random.default_rng([config.seed, 10]),
+                                  progress=progress)
+        return {"quaternions": result.quaternions, "losses": result.losses,
+                "seconds": np.array(result.seconds), "final_loss": np.array(result.final_loss)}
+
+    rec = _cached_arrays(stage_dir / f"recovery-{recovery_key}.npz", recover)
+    q_rec = rec["quaternions"]
+    aligned = alignment.align(q_true, q_rec)
+    log(f"recovery: L_OR {float(rec['final_loss']):.4f}, E_OR mean {aligned.mean_error:.3f} / "
+        f"median {aligned.median_error:.3f} rad")
+
+    # Pairs for the loss at the truth: how well the estimated distances fit the true orientations.
+    pair_rng = np.random.default_rng([config.seed, 11])
+    i, j = pair_rng.integers(0, n, size=(2, 200_000))
+    d_p = siamese.feature_distances(features[i], features[j], training.feature_distance)
+    d_q = rotations.distance(q_true[i], q_true[j])
+
+    gauge_key = _digest("gauge", recovery_key, config.gauge_images, config.gauge_pairs, config.gauge_candidates,
+                        config.seed, noisy)
+
+    def choose():
+        choice = gauge.choose_gauge(noisy, q_rec, n_images=config.gauge_images, n_pairs=config.gauge_pairs,
+                                    n_candidates=config.gauge_candidates,
+                                    rng=np.random.default_rng([config.seed, 12]), progress=progress)
+        return {"quaternions": choice.quaternions, "left": choice.left, "conjugated": np.array(choice.conjugated),
+                "score": np.array(choice.score), "score_q": np.array(choice.branch_scores["q"]),
+                "score_conjugate": np.array(choice.branch_scores["conjugate"])}
+
+    chosen = _cached_arrays(stage_dir / f"gauge-{gauge_key}.npz", choose)
+    q_gauge = chosen["quaternions"]
+    frame = gauge.volume_frame(alignment.align(q_true, q_gauge))
+    log(f"gauge from common lines: conjugate branch {bool(chosen['conjugated'])}, distance of the chosen left "
+        f"factor from a consistent one {frame['gauge_error']:.3f} rad, mirrored volume {frame['mirrored']}")
+
+    truth, voxel_size = _volume(data)
+    size = clean.shape[-1]
+    cube = (size, size, size)
+    attrs_config = data["attrs"]["config"]
+    q_random = rotations.sample_orientations(n, "uniform_euler", attrs_config["coverage"], attrs_config["offset"],
+                                             rng=np.random.default_rng([config.seed, 13]))
+    sets = {
+        "truth": (clean, q_true),
+        "random": (clean, q_random),
+        "recovered": (clean, aligned.aligned),
+        "recovered_noisy_images": (noisy, aligned.aligned),
+        "gauge": (clean, q_gauge),
+        "gauge_noisy_images": (noisy, q_gauge),
+    }
+    cube_volumes, volumes_on_map, curves = {}, {}, {}
+    for name, (images, q) in sets.items():
+        key = _digest("reconstruction", images, q, cube, config.reconstruction_iterations,
+                      config.reconstruction_backend)
+
+        def build(images=images, q=q):
+            result = reconstruct.reconstruct(images, q, cube, config.reconstruction_backend,
+                                             iterations=config.reconstruction_iterations,
+                                             tol=0.0, progress=progress)
+            return {"volume": result.volume.astype(np.float32), "seconds": np.array(result.seconds)}
+
+        volume = _cached_arrays(stage_dir / f"volume-{key}.npz", build)["volume"].astype(np.float64)
+        cube_volumes[name] = volume
+        if name.startswith("gauge"):
+            M, _ = volumes.refine_alignment(volume, truth, frame["matrix"])
+        else:
+            M = np.eye(3)
+        volumes_on_map[name] = volumes.transform_volume(volume, M, truth.shape)
+        curves[name] = fsc.fsc(volumes_on_map[name], truth, voxel_size)
+        s = curves[name].summary()
+        log(f"reconstruction '{name}': FSC 0.5 at {s['resolution_0.5']:.1f} Å, 0.143 at {s['resolution_0.143']:.1f} Å")
+
+    summary = {
+        "n_test": int(n),
+        "estimator": {"run_dir": str(run.out_dir), "epochs": run.epochs, "seconds": run.seconds,
+                      "final_train_loss": run.history["loss"][-1], "final_val_mae": run.history["val_mae"][-1]},
+        "test_pair_mae": float(np.mean(np.abs(d_p - d_q))),
+        "L_at_true_orientations": float(np.mean((d_p - d_q) ** 2)),
+        "L_OR": float(rec["final_loss"]), "recovery_steps": int(len(rec["losses"])),
+        "recovery_seconds": float(rec["seconds"]),
+        "E_OR_mean": aligned.mean_error, "E_OR_median": aligned.median_error, "reflected": aligned.reflected,
+        "gauge": {"conjugated": bool(chosen["conjugated"]), "score": float(chosen["score"]),
+                  "score_q": float(chosen["score_q"]), "score_conjugate": float(chosen["score_conjugate"]),
+                  "gauge_error": frame["gauge_error"], "mirrored": frame["mirrored"],
+                  "needed_reflection": frame["reflected"]},
+        "voxel_size": voxel_size, "reconstruction_box": list(cube),
+        "fsc": {name: curve.summary() for name, curve in curves.items()},
+    }
+    return {"q_true": q_true, "q_recovered": q_rec, "q_aligned": aligned.aligned, "q_gauge": q_gauge,
+            "losses": rec["losses"], "errors": aligned.errors, "volumes": volumes_on_map,
+            "cube_volumes": cube_volumes, "fsc": curves, "summary": summary, "truth": truth,
+            "voxel_size": voxel_size, "test_indices": test}
+
+
+def _map_origin(dataset) -> np.ndarray:
+    """Header origin ``(x, y, z)`` in Å of the dataset's true map (zeros when unknown)."""
+    import mrcfile
+
+    from . import data
+
+    name = dataset["attrs"]["config"]["volume"]
+    try:
+        path = data.fetch(name, progress=False) if name in data.REGISTRY else Path(name)
+        with mrcfile.open(path, header_only=True, permissive=True) as m:
+            o = m.header.origin
+            return np.array([float(o.x), float(o.y), float(o.z)])
+    except (OSError, ValueError, data.DataError):  # a map built from a model (5a1a), or no header
+        return np.zeros(3)
+
+
+def write_outputs(result: dict, dataset_path, out_dir) -> list[Path]:
+    """Write a case's volumes as MRC files and its orientations as RELION STAR files.
+
+    ``<name>.mrc`` for every reconstruction on the true map's grid (the map's voxel size and
+    origin, so it overlays the map in Chimera); ``gauge_as_reconstructed.mrc``, the gauge-free
+    volume on the detector cube as it came out (possibly rotated or mirrored: no ground truth
+    touched it), centred on the same point; ``orientations_aligned.star`` and
+    ``orientations_gauge.star`` for the test projections (RELION convention, see
+    :mod:`cryo_orient.relion`).
+    """
+    from . import data, relion
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = simulate.load_dataset(dataset_path, projections=False)
+    voxel = result["voxel_size"]
+    origin = _map_origin(dataset)
+    written = []
+    for name, volume in result["volumes"].items():
+        written.append(data.write_volume(out / f"{name}.mrc", volume.astype(np.float32), voxel, origin=origin))
+    cube = result["cube_volumes"]["gauge"]
+    shift = (np.array(result["truth"].shape)[::-1] // 2 - np.array(cube.shape)[::-1] // 2) * voxel
+    written.append(data.write_volume(out / "gauge_as_reconstructed.mrc", cube.astype(np.float32), voxel,
+                                     origin=origin + shift))
+    size = int(dataset["attrs"]["config"]["size"] or cube.shape[0])
+    for name, q in (("aligned", result["q_aligned"]), ("gauge", result["q_gauge"])):
+        written.append(relion.write_star(out / f"orientations_{name}.star", q, pixel_size=voxel, image_size=size))
+    return written
