@@ -124,8 +124,9 @@ smoke: $(STAMP) ## The tiny profile end to end, and a check that every output ex
 lint: $(STAMP) ## hadolint on the Dockerfile
 	$(BIN)/hadolint Dockerfile
 
-bench: $(STAMP) ## Speed: projection (NUFFT vs reference, ASTRA on GPU), recovery, alignment, distance learning
+bench: $(STAMP) ## Speed: projection (NUFFT vs reference, ASTRA on GPU), recovery, alignment, reconstruction, distance learning
 	$(BIN)/python benchmarks/projection.py
+	$(BIN)/python benchmarks/reconstruction.py
 	$(BIN)/python benchmarks/recovery.py
 	$(BIN)/python benchmarks/alignment.py
 	$(BIN)/python benchmarks/siamese.py

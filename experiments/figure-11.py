@@ -28,7 +28,8 @@
 # `reconstruction_iterations` iterations (the paper: 100 CGLS iterations with ASTRA), in the
 # detector's cube; FSC in one-voxel shells on the true map's grid, no mask (the paper used the
 # EMDB FSC server against the original map). Volumes and RELION STAR files of each case are in
-# `build/<profile>/pipeline/<case>/`.
+# `build/<profile>/pipeline/<case>/`. The 70S ribosome's map (the cpu profile's stand-in for 5a1a)
+# has no voxel size in its header; 1 Å is assumed, so its resolutions are in voxels.
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -91,8 +92,12 @@ def views(volume):
     panels = [volume.sum(axis=a) for a in range(3)]
     panels = [(p - p.min()) / (np.ptp(p) or 1.0) for p in panels]
     height = max(p.shape[0] for p in panels)
-    padded = [np.pad(p, ((0, height - p.shape[0]), (0, 2)), constant_values=1.0) for p in panels]
+    padded = [np.pad(p, ((0, height - p.shape[0]), (0, 2)), constant_values=np.nan) for p in panels]
     return np.hstack(padded)
+
+
+volume_cmap = plt.get_cmap("gray_r").copy()
+volume_cmap.set_bad("white")  # the gaps between the three views
 
 
 curve_styles = [("truth", "clean", "true orientations", dict(color="k")),
@@ -111,7 +116,7 @@ for r, (protein, clean_name, noisy_name, noisy_label) in enumerate(zip(proteins,
     clean, noisy = cases[clean_name], cases[noisy_name]
     for c, (title, case, volume_name) in enumerate(columns(clean, noisy, noisy_label)):
         ax = axes[r, c]
-        ax.imshow(views(case["volumes"][volume_name]), cmap="gray_r", origin="lower")
+        ax.imshow(views(case["volumes"][volume_name]), cmap=volume_cmap, origin="lower")
         res = case["fsc"][volume_name].resolution(0.5)[0]
         ax.set_title(f"{title}\nFSC 0.5: {res:.1f} Å", fontsize=9)
         ax.set_xticks([])

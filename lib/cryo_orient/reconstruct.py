@@ -149,7 +149,7 @@ def _check_inputs(projections, quaternions, shape):
     return p, q, shape
 
 
-def _reconstruct_nufft(p, q, shape, iterations, tol, regularization, x0, eps, nthreads, progress):
+def _reconstruct_nufft(p, q, shape, iterations, tol, regularization, x0, eps, nthreads, progress, callback):
     from tqdm.auto import tqdm
 
     matrices = projection._rotation_matrices(q)
@@ -184,6 +184,8 @@ def _reconstruct_nufft(p, q, shape, iterations, tol, regularization, x0, eps, nt
             rr = rr_new
             k += 1
             residuals.append(np.sqrt(rr) / rhs_norm)
+            if callback is not None:
+                callback(k, x.copy())
             bar.update(1)
             bar.set_postfix(residual=f"{residuals[-1]:.2e}")
     if residuals[-1] <= tol:
@@ -214,7 +216,8 @@ def _reconstruct_astra(p, q, shape, iterations):
 
 
 def reconstruct(projections, quaternions, shape, backend="auto", *, iterations=100, tol=1e-4,
-                regularization=0.0, x0=None, eps=1e-9, nthreads=None, progress=False) -> Reconstruction:
+                regularization=0.0, x0=None, eps=1e-9, nthreads=None, progress=False,
+                callback=None) -> Reconstruction:
     """Reconstruct a volume from projections at known orientations (least squares).
 
     Parameters
@@ -244,6 +247,9 @@ def reconstruct(projections, quaternions, shape, backend="auto", *, iterations=1
         Threads for finufft and the FFTs (default: all cores).
     progress : bool
         Show a progress bar per iteration.
+    callback : callable, optional
+        NUFFT backend: called as ``callback(iteration, volume)`` after every iteration (a copy of
+        the iterate), e.g. to follow the FSC.
 
     Returns
     -------
@@ -262,12 +268,12 @@ def reconstruct(projections, quaternions, shape, backend="auto", *, iterations=1
     backend = projection.resolve_backend(backend)
     start = time.perf_counter()
     if backend == "astra":
-        if regularization or x0 is not None:
-            raise ValueError("the ASTRA backend (CGLS3D_CUDA) supports neither regularization nor x0; "
+        if regularization or x0 is not None or callback is not None:
+            raise ValueError("the ASTRA backend (CGLS3D_CUDA) supports neither regularization, x0 nor callback; "
                              "use backend='nufft' for those")
         volume = _reconstruct_astra(p, q, shape, iterations)
         return Reconstruction(volume, backend, int(iterations), np.empty(0), "iterations",
                               time.perf_counter() - start, 0.0)
     volume, residuals, stop, k = _reconstruct_nufft(p, q, shape, int(iterations), float(tol),
-                                                    float(regularization), x0, eps, nthreads, progress)
+                                                    float(regularization), x0, eps, nthreads, progress, callback)
     return Reconstruction(volume, backend, k, residuals, stop, time.perf_counter() - start, float(regularization))
