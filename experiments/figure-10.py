@@ -31,8 +31,7 @@ profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
 datasets = ["5j0n-full-so3", "5j0n-full-so3-noise16", "ribosome-quarter-so3", "ribosome-quarter-so3-snr-12db"]
-labels = ["5j0n, noiseless", "5j0n, sigma^2 = 16", "70S ribosome (stand-in for 5a1a), noiseless",
-          "70S ribosome (stand-in for 5a1a), SNR -12 dB"]
+labels = ["5j0n, noiseless", "5j0n, sigma^2 = 16", "70S ribosome (stand-in for 5a1a), noiseless", "70S ribosome (stand-in for 5a1a), SNR -12 dB"]
 input_size = 16
 n_features = 32
 regime = "batch"

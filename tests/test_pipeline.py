@@ -73,3 +73,33 @@ def test_split_projections_needs_clean_images_for_noisy_data(dataset):
 def test_unknown_pipeline_key_is_an_error():
     with pytest.raises(ValueError, match="unknown pipeline config key"):
         pipeline.PipelineConfig.from_dict({"recovery_restart": 3})
+
+
+def test_cli_stages_chain(dataset, capsys):
+    from cryo_orient import cli
+
+    path, folder = dataset
+    out = folder / "cli"
+    out.mkdir()
+    run, emb, rec = out / "run", out / "test.npz", out / "recovered.npz"
+    assert cli.main(["train", "--dataset", str(path), "--out", str(run), "--set", "input_size=16",
+                     "--set", "n_features=8", "--set", "regime=batch", "--set", "batch_size=8",
+                     "--set", "epochs=1", "--quiet"]) == 0
+    assert cli.main(["embed", "--model", str(run), "--dataset", str(path), "--out", str(emb), "--quiet"]) == 0
+    assert cli.main(["recover", "--embeddings", str(emb), "--out", str(rec), "--restarts", "1",
+                     "--max-steps", "200", "--quiet"]) == 0
+    star = out / "gauge.star"
+    assert cli.main(["gauge", "--dataset", str(path), "--orientations", str(rec), "--out", str(star),
+                     "--candidates", "30", "--quiet"]) == 0
+    for name, orientations, images in (("truth", "truth", "clean"), ("gauge", str(star), "noisy")):
+        assert cli.main(["reconstruct", "--dataset", str(path), "--orientations", orientations, "--images", images,
+                         "--box", "map", "--iterations", "5", "--backend", "nufft",
+                         "--out", str(out / f"{name}.mrc"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["fsc", str(out / "truth.mrc"), str(folder / "blobs.mrc"), "--out", str(out / "fsc.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "FSC 0.5:" in printed and "FSC 0.143:" in printed
+    assert (out / "fsc.csv").read_text().startswith("frequency_per_angstrom,fsc,voxels")
+    with pytest.raises(SystemExit, match="orientations but the chosen split"):
+        cli.main(["reconstruct", "--dataset", str(path), "--orientations", str(rec), "--split", "all",
+                  "--out", str(out / "x.mrc")])

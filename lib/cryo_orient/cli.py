@@ -116,6 +116,129 @@ def _cmd_embed(args) -> int:
     return 0
 
 
+def _split_index(n, split):
+    import numpy as np
+
+    from . import splits
+
+    train_idx, val_idx, test_idx = splits.train_val_test_split(n)
+    return {"all": np.arange(n), "train": train_idx, "val": val_idx, "test": np.sort(test_idx)}[split]
+
+
+def _read_orientations(path, n):
+    """Quaternions from a STAR file (RELION angles) or an .npz holding ``quaternions``."""
+    import numpy as np
+
+    from . import relion
+
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"error: no orientation file at {path}")
+    if path.suffix == ".star":
+        q = relion.read_star(path)["quaternions"]
+    else:
+        with np.load(path) as f:
+            if "quaternions" not in f:
+                raise SystemExit(f"error: {path} holds no 'quaternions' array (written by `cryo-orient recover`?)")
+            q = f["quaternions"]
+    if len(q) != n:
+        raise SystemExit(f"error: {path} holds {len(q)} orientations but the chosen split has {n} images; "
+                         "use the same --split as when they were made")
+    return q
+
+
+def _raw_images(dataset, index, which):
+    """Unstandardised noisy images, or the clean ones (stored, or the images of a noiseless set)."""
+    attrs = dataset["attrs"]
+    if which == "noisy":
+        return dataset["projections"][index] * float(attrs["standardization_std"]) + float(attrs["standardization_mean"])
+    if "clean" in dataset:
+        return dataset["clean"][index]
+    if float(attrs["noise_variance"] or 0) == 0 and not dataset["shifts"].any():
+        return _raw_images(dataset, index, "noisy")
+    raise SystemExit("error: the dataset has no clean projections (simulate with store_clean = true) "
+                     "or use --images noisy")
+
+
+def _cmd_recover(args) -> int:
+    import numpy as np
+
+    from . import recovery, siamese
+    from .artifacts import atomic_output
+
+    with np.load(args.embeddings) as f:
+        features, index, kind = f["features"], f["index"], str(f["feature_distance"])
+    result = recovery.recover(siamese.distance_function(features, kind), len(features), restarts=args.restarts,
+                              max_steps=args.max_steps, rng=args.seed, progress=not args.quiet)
+    with atomic_output(args.out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, quaternions=result.quaternions, losses=result.losses, index=index)
+    print(f"{args.out}: {len(features)} orientations, L_OR {result.final_loss:.4g} after {result.steps} steps "
+          f"({result.stop_reason})")
+    return 0
+
+
+def _cmd_gauge(args) -> int:
+    from . import gauge, relion, simulate
+
+    dataset = simulate.load_dataset(args.dataset)
+    index = _split_index(len(dataset["quaternions"]), args.split)
+    q = _read_orientations(args.orientations, len(index))
+    images = _raw_images(dataset, index, "noisy")
+    choice = gauge.choose_gauge(images, q, n_candidates=args.candidates, rng=args.seed, progress=not args.quiet)
+    relion.write_star(args.out, choice.quaternions, pixel_size=float(dataset["attrs"]["voxel_size"]),
+                      image_size=images.shape[-1])
+    print(f"{args.out}: gauge chosen from common lines (conjugate branch {choice.conjugated}, score "
+          f"{choice.score:.4f}; other branch {min(choice.branch_scores.values()):.4f})")
+    return 0
+
+
+def _cmd_reconstruct(args) -> int:
+    import numpy as np
+
+    from . import data, reconstruct, simulate
+
+    dataset = simulate.load_dataset(args.dataset)
+    index = _split_index(len(dataset["quaternions"]), args.split)
+    q = (dataset["quaternions"][index] if args.orientations == "truth"
+         else _read_orientations(args.orientations, len(index)))
+    images = _raw_images(dataset, index, args.images)
+    size = images.shape[-1]
+    shape = tuple(int(n) for n in dataset["attrs"]["volume_shape"]) if args.box == "map" else (size,) * 3
+    try:
+        result = reconstruct.reconstruct(images, q, shape, args.backend, iterations=args.iterations,
+                                         progress=not args.quiet)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"error: {err}") from err
+    voxel = float(dataset["attrs"]["voxel_size"]) or 1.0
+    data.write_volume(args.out, result.volume.astype(np.float32), voxel)
+    print(f"{args.out}: {shape} volume from {len(images)} {args.images} images, {result.iterations} iterations "
+          f"({result.backend}, {result.seconds:.0f} s)")
+    return 0
+
+
+def _cmd_fsc(args) -> int:
+    from . import data, fsc
+
+    a, voxel = data.load_volume(args.volume_a)
+    b, _ = data.load_volume(args.volume_b)
+    voxel = args.voxel_size or voxel
+    try:
+        curve = fsc.fsc(a, b, voxel, mask="soft_sphere" if args.mask else None)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+    for threshold in fsc.THRESHOLDS:
+        res, crossed = curve.resolution(threshold)
+        print(f"FSC {threshold}: {res:.2f} Å" + ("" if crossed else " (not crossed before Nyquist)"))
+    if args.out:
+        from .artifacts import save_text
+
+        rows = ["frequency_per_angstrom,fsc,voxels"] + [f"{f:.6g},{c:.6g},{n}" for f, c, n in
+                                                        zip(curve.frequency, curve.correlation, curve.counts)]
+        save_text("\n".join(rows) + "\n", args.out)
+    return 0
+
+
 def _cmd_fetch(args) -> int:
     from . import data
 
@@ -189,6 +312,47 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--out", required=True, help="the .npz file to write (features, index, quaternions)")
     emb.add_argument("--quiet", action="store_true")
     emb.set_defaults(func=_cmd_embed)
+
+    rec = sub.add_parser("recover", help="recover orientations from feature vectors (Eq. 4)")
+    rec.add_argument("--embeddings", required=True, help="an .npz written by `cryo-orient embed`")
+    rec.add_argument("--out", required=True, help="the .npz to write (quaternions, losses, index)")
+    rec.add_argument("--restarts", type=int, default=3, help="independent runs; the lowest final loss wins")
+    rec.add_argument("--max-steps", type=int, default=20000)
+    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--quiet", action="store_true")
+    rec.set_defaults(func=_cmd_recover)
+
+    gau = sub.add_parser("gauge", help="fix the gauge of recovered orientations by common lines (no ground truth)")
+    gau.add_argument("--dataset", required=True)
+    gau.add_argument("--orientations", required=True, help="an .npz from `cryo-orient recover` or a STAR file")
+    gau.add_argument("--split", choices=("all", "train", "val", "test"), default="test")
+    gau.add_argument("--out", required=True, help="the RELION STAR file to write")
+    gau.add_argument("--candidates", type=int, default=3000, help="grid size over SO(3) per branch")
+    gau.add_argument("--seed", type=int, default=0)
+    gau.add_argument("--quiet", action="store_true")
+    gau.set_defaults(func=_cmd_gauge)
+
+    recon = sub.add_parser("reconstruct", help="reconstruct a volume from a split's projections")
+    recon.add_argument("--dataset", required=True)
+    recon.add_argument("--orientations", required=True,
+                       help="a STAR file, an .npz with quaternions, or 'truth' (the simulated orientations)")
+    recon.add_argument("--split", choices=("all", "train", "val", "test"), default="test")
+    recon.add_argument("--images", choices=("clean", "noisy"), default="noisy")
+    recon.add_argument("--box", choices=("detector", "map"), default="detector",
+                       help="the detector's cube (default) or the true map's grid")
+    recon.add_argument("--iterations", type=int, default=100)
+    recon.add_argument("--backend", choices=("auto", "nufft", "astra"), default="auto")
+    recon.add_argument("--out", required=True, help="the MRC file to write")
+    recon.add_argument("--quiet", action="store_true")
+    recon.set_defaults(func=_cmd_reconstruct)
+
+    fs = sub.add_parser("fsc", help="Fourier shell correlation of two maps and the resolution at 0.5 / 0.143")
+    fs.add_argument("volume_a")
+    fs.add_argument("volume_b")
+    fs.add_argument("--voxel-size", type=float, help="Å per voxel (default: volume_a's header)")
+    fs.add_argument("--mask", action="store_true", help="apply a soft spherical mask first")
+    fs.add_argument("--out", help="write the curve as CSV")
+    fs.set_defaults(func=_cmd_fsc)
 
     check = sub.add_parser("check-outputs", help="check that every target of a profile wrote its outputs")
     check.add_argument("--profile", required=True)
