@@ -27,7 +27,8 @@
 # Reconstruction: CG on the normal equations with the NUFFT projector (`cryo_orient.reconstruct`),
 # `reconstruction_iterations` iterations (the paper: 100 CGLS iterations with ASTRA), in the
 # detector's cube; FSC in one-voxel shells on the true map's grid, no mask (the paper used the
-# EMDB FSC server against the original map). Volumes and RELION STAR files of each case are in
+# EMDB FSC server against the original map). No post-processing: the paper set negative voxels to 0
+# and rescaled to the map's maximum before its FSC (the rescaling leaves an FSC unchanged). Volumes and RELION STAR files of each case are in
 # `build/<profile>/pipeline/<case>/`. The 70S ribosome's map (the cpu profile's stand-in for 5a1a)
 # has no voxel size in its header; 1 Å is assumed, so its resolutions are in voxels.
 

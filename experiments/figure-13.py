@@ -66,7 +66,7 @@ ax.axhline(s["L_at_true_orientations"], color="tab:blue", ls=":", lw=1, label="L
 ax.set(xlabel="recovery step", ylabel="L_OR", yscale="log", title=f"(a) 5j0n, uniform Euler angles ({s['n_test']} test projections)")
 ax.legend(loc="upper right", fontsize=8)
 ax.text(0.03, 0.04, f"L_DE train {s['estimator']['final_train_loss']:.3f}, val {s['estimator']['final_val_mae']:.3f}\n"
-        f"L_OR {s['L_OR']:.4f}\nE_OR median {s['E_OR_median']:.3f}, mean {s['E_OR_mean']:.3f} rad",
+        f"L_OR {s['L_OR']:.4g}\nE_OR median {s['E_OR_median']:.3f}, mean {s['E_OR_mean']:.3f} rad",
         transform=ax.transAxes, fontsize=8, va="bottom", bbox=dict(boxstyle="round", fc="white", ec="0.7"))
 inset = ax.inset_axes([0.55, 0.38, 0.42, 0.38])
 inset.hist(case["errors"], bins=40, color="tab:red", alpha=0.8)
