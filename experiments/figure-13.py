@@ -29,6 +29,7 @@ n_features = 32
 regime = "batch"
 batch_size = 8
 epochs = 2
+fresh_noise = True
 recovery_restarts = 3
 recovery_max_steps = 20000
 reconstruction_iterations = 5
@@ -50,7 +51,7 @@ out = Path(out_dir)
 config = pipeline.PipelineConfig(
     training=dict(input_size=input_size, n_features=n_features, regime=regime, batch_size=batch_size,
                   epochs=epochs, seed=seed),
-    recovery_restarts=recovery_restarts, recovery_max_steps=recovery_max_steps,
+    fresh_noise=fresh_noise, recovery_restarts=recovery_restarts, recovery_max_steps=recovery_max_steps,
     reconstruction_iterations=reconstruction_iterations, reconstruction_backend=reconstruction_backend,
     gauge_images=gauge_images, gauge_pairs=gauge_pairs,
     gauge_candidates=gauge_candidates, seed=seed)
