@@ -110,7 +110,7 @@ curve_styles = [("truth", "clean", "true orientations", dict(color="k")),
                 ("gauge", "clean", "no GT, noiseless", dict(color="tab:blue", ls=":")),
                 ("gauge_noisy_images", "noisy", "no GT, {noisy}, noisy images", dict(color="tab:purple", ls="-."))]
 
-fig, axes = plt.subplots(len(proteins), 6, figsize=(25, 3.9 * len(proteins)), squeeze=False,
+fig, axes = plt.subplots(len(proteins), 6, figsize=(28, 3.6 * len(proteins)), squeeze=False,
                          gridspec_kw={"width_ratios": [1.6] * 5 + [1.4]})
 rows = []
 for r, (protein, clean_name, noisy_name, noisy_label) in enumerate(zip(proteins, noiseless_datasets, noisy_datasets,
@@ -135,7 +135,8 @@ for r, (protein, clean_name, noisy_name, noisy_label) in enumerate(zip(proteins,
     for threshold in (0.5, 0.143):
         ax.axhline(threshold, color="0.5", lw=0.6, ls=":")
     ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC", ylim=(-0.1, 1.02), title=f"FSC with the true map ({protein})")
-    ax.legend(fontsize=6.5, title="resolution at 0.5 / 0.143", title_fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, title="resolution at 0.5 / 0.143", title_fontsize=7.5, loc="center left",
+              bbox_to_anchor=(1.02, 0.5))
     for case_name, case in ((clean_name, clean), (noisy_name, noisy)):
         for volume_name, curve in case["fsc"].items():
             s = curve.summary()
