@@ -105,7 +105,7 @@ for k, (name, label) in enumerate(zip(datasets, labels)):
         f = fixed[name]
         ax.text(0.03, 0.22, f"trained on the fixed noisy copy instead:\nval {f['estimator']['final_val_mae']:.3f}, "
                 f"E_OR median {f['E_OR_median']:.3f}, mean {f['E_OR_mean']:.3f} rad", transform=ax.transAxes, fontsize=7,
-                va="bottom", color="0.3")
+                va="bottom", color="0.3", bbox=dict(boxstyle="round", fc="white", ec="0.85", alpha=0.9))
     inset = ax.inset_axes([0.55, 0.38, 0.42, 0.38])
     inset.hist(case["errors"], bins=40, color="tab:red", alpha=0.8)
     inset.axvline(s["E_OR_median"], color="k", lw=1.2, label="median")
