@@ -103,6 +103,7 @@ volume_cmap.set_bad("white")  # the gaps between the three views
 
 
 curve_styles = [("truth", "clean", "true orientations", dict(color="k")),
+                ("truth_noisy_images", "noisy", "true orientations, {noisy}, noisy images", dict(color="k", ls="--")),
                 ("random", "clean", "random orientations", dict(color="0.6")),
                 ("recovered", "clean", "recovered, noiseless", dict(color="tab:blue")),
                 ("recovered", "noisy", "recovered, {noisy}", dict(color="tab:red")),

@@ -36,7 +36,8 @@ def test_run_case_end_to_end(dataset):
     first = pipeline.run_case(path, SETTINGS, cache_dir=cache, progress=False, log=lambda s: None)
     n = first["summary"]["n_test"]
     assert n == 20 and first["q_recovered"].shape == (n, 4) and first["q_gauge"].shape == (n, 4)
-    assert set(first["fsc"]) == {"truth", "random", "recovered", "recovered_noisy_images", "gauge", "gauge_noisy_images"}
+    assert set(first["fsc"]) == {"truth", "truth_noisy_images", "random", "recovered", "recovered_noisy_images", "gauge",
+                                 "gauge_noisy_images"}
     for volume in first["volumes"].values():
         assert volume.shape == (16, 16, 16) and np.all(np.isfinite(volume))
     # The true orientations reconstruct the map better than random ones.

@@ -202,6 +202,7 @@ def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> di
                                              rng=np.random.default_rng([config.seed, 13]))
     sets = {
         "truth": (clean, q_true),
+        "truth_noisy_images": (noisy, q_true),  # what the noise alone costs
         "random": (clean, q_random),
         "recovered": (clean, aligned.aligned),
         "recovered_noisy_images": (noisy, aligned.aligned),
