@@ -101,6 +101,32 @@ def test_cli_stages_chain(dataset, capsys):
     printed = capsys.readouterr().out
     assert "FSC 0.5:" in printed and "FSC 0.143:" in printed
     assert (out / "fsc.csv").read_text().startswith("frequency_per_angstrom,fsc,voxels")
-    with pytest.raises(SystemExit, match="orientations but the chosen split"):
+    with pytest.raises(SystemExit, match="other images than the chosen split"):
         cli.main(["reconstruct", "--dataset", str(path), "--orientations", str(rec), "--split", "all",
                   "--out", str(out / "x.mrc")])
+
+
+def test_shifted_datasets_are_refused(dataset):
+    path, _ = dataset
+    data = load_dataset(path)
+    data["shifts"] = data["shifts"] + 1.0
+    with pytest.raises(ValueError, match="shifted"):
+        pipeline.split_projections(data)
+
+
+def test_corrupt_cache_entry_is_recomputed(tmp_path):
+    entry = tmp_path / "stage.npz"
+    entry.write_bytes(b"PK\x03\x04 truncated")
+    value = pipeline._cached_arrays(entry, lambda: {"x": np.arange(3)})
+    np.testing.assert_array_equal(value["x"], np.arange(3))
+    np.testing.assert_array_equal(pipeline._cached_arrays(entry, lambda: {"x": np.zeros(1)})["x"], np.arange(3))
+
+
+def test_cli_refuses_orientations_of_other_images(dataset, tmp_path):
+    from cryo_orient import cli
+
+    path, _ = dataset
+    fake = tmp_path / "rec.npz"
+    np.savez(fake, quaternions=np.tile([0, 0, 0, 1.0], (20, 1)), losses=np.zeros(3), index=np.arange(20))
+    with pytest.raises(SystemExit, match="other images"):
+        cli.main(["reconstruct", "--dataset", str(path), "--orientations", str(fake), "--out", str(tmp_path / "v.mrc")])

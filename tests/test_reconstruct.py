@@ -114,3 +114,8 @@ def test_astra_cgls_agrees_with_nufft():
     gpu = reconstruct(p, q, vol.shape, "astra", iterations=100).volume
     assert np.corrcoef(cpu.ravel(), gpu.ravel())[0, 1] > 0.98
     assert fsc.fsc(gpu, vol, 1.0).resolution(0.5)[0] < 3.0
+
+
+def test_no_data_gives_the_zero_volume():
+    res = reconstruct(np.zeros((3, 8, 8)), rotations.uniform_so3(3, rng=0), (8, 8, 8), "nufft", x0=np.ones((8, 8, 8)))
+    assert not res.volume.any() and res.stop_reason == "tolerance"

@@ -125,22 +125,26 @@ def _split_index(n, split):
     return {"all": np.arange(n), "train": train_idx, "val": val_idx, "test": np.sort(test_idx)}[split]
 
 
-def _read_orientations(path, n):
-    """Quaternions from a STAR file (RELION angles) or an .npz holding ``quaternions``."""
+def _read_orientations(path, index):
+    """Quaternions from a STAR file (RELION angles) or an .npz of `cryo-orient recover`."""
     import numpy as np
 
     from . import relion
 
-    path = Path(path)
+    path, n = Path(path), len(index)
     if not path.is_file():
         raise SystemExit(f"error: no orientation file at {path}")
     if path.suffix == ".star":
         q = relion.read_star(path)["quaternions"]
     else:
         with np.load(path) as f:
-            if "quaternions" not in f:
-                raise SystemExit(f"error: {path} holds no 'quaternions' array (written by `cryo-orient recover`?)")
+            if "quaternions" not in f or "losses" not in f:
+                raise SystemExit(f"error: {path} is not an output of `cryo-orient recover` (quaternions, losses, "
+                                 "index); an `embed` file holds the true orientations, not recovered ones")
             q = f["quaternions"]
+            if "index" in f and not np.array_equal(np.sort(f["index"]), np.sort(index)):
+                raise SystemExit(f"error: {path} was recovered for other images than the chosen split's; "
+                                 "use the same --split (and dataset) as for `cryo-orient embed`")
     if len(q) != n:
         raise SystemExit(f"error: {path} holds {len(q)} orientations but the chosen split has {n} images; "
                          "use the same --split as when they were made")
@@ -150,14 +154,17 @@ def _read_orientations(path, n):
 def _raw_images(dataset, index, which):
     """Unstandardised noisy images, or the clean ones (stored, or the images of a noiseless set)."""
     attrs = dataset["attrs"]
+    if which == "noisy" and dataset["shifts"].any():
+        raise SystemExit("error: the dataset's projections are shifted and no stage estimates shifts, so they "
+                         "would blur the result; use --images clean (stored with store_clean = true)")
     if which == "noisy":
         return dataset["projections"][index] * float(attrs["standardization_std"]) + float(attrs["standardization_mean"])
     if "clean" in dataset:
         return dataset["clean"][index]
     if float(attrs["noise_variance"] or 0) == 0 and not dataset["shifts"].any():
         return _raw_images(dataset, index, "noisy")
-    raise SystemExit("error: the dataset has no clean projections (simulate with store_clean = true) "
-                     "or use --images noisy")
+    raise SystemExit("error: the dataset has no clean projections; simulate it with store_clean = true"
+                     + ("" if dataset["shifts"].any() else ", or use --images noisy"))
 
 
 def _cmd_recover(args) -> int:
@@ -183,7 +190,7 @@ def _cmd_gauge(args) -> int:
 
     dataset = simulate.load_dataset(args.dataset)
     index = _split_index(len(dataset["quaternions"]), args.split)
-    q = _read_orientations(args.orientations, len(index))
+    q = _read_orientations(args.orientations, index)
     images = _raw_images(dataset, index, "noisy")
     choice = gauge.choose_gauge(images, q, n_candidates=args.candidates, rng=args.seed, progress=not args.quiet)
     relion.write_star(args.out, choice.quaternions, pixel_size=float(dataset["attrs"]["voxel_size"]),
@@ -201,7 +208,7 @@ def _cmd_reconstruct(args) -> int:
     dataset = simulate.load_dataset(args.dataset)
     index = _split_index(len(dataset["quaternions"]), args.split)
     q = (dataset["quaternions"][index] if args.orientations == "truth"
-         else _read_orientations(args.orientations, len(index)))
+         else _read_orientations(args.orientations, index))
     images = _raw_images(dataset, index, args.images)
     size = images.shape[-1]
     shape = tuple(int(n) for n in dataset["attrs"]["volume_shape"]) if args.box == "map" else (size,) * 3

@@ -919,3 +919,17 @@ def load(name_or_datafile, cache_dir=None, mirror=None, progress=True):
     )
     write_volume(built, volume, voxel_size, origin=origin)
     return volume, voxel_size
+
+
+def map_file(name_or_datafile, cache_dir=None, mirror=None, progress=True) -> Path:
+    """Path of the MRC file that :func:`load` reads for an entry (its header has the origin).
+
+    A map entry's verified download; for an atomic-model entry, the map built from it (built
+    now if it is not cached yet).
+    """
+    datafile = _resolve(name_or_datafile)
+    if datafile.kind == "map":
+        return fetch(datafile, cache_dir, mirror, progress)
+    load(datafile, cache_dir, mirror, progress)  # builds and caches the map, or raises why not
+    model_path, sha = _fetch(datafile, cache_dir, mirror, progress, DEFAULT_TIMEOUT)
+    return model_path.with_name(_built_map_name(datafile, sha))

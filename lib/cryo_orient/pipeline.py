@@ -21,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from . import alignment, fsc, gauge, reconstruct, recovery, rotations, siamese, simulate, splits, volumes
+from . import alignment, fsc, gauge, projection, reconstruct, recovery, rotations, siamese, simulate, splits, volumes
 from .artifacts import atomic_output, jsonable
 
 __all__ = ["PipelineConfig", "run_case", "split_projections"]
@@ -76,8 +77,8 @@ def _cached_arrays(path: Path, compute):
         try:
             with np.load(path, allow_pickle=False) as f:
                 return {k: f[k] for k in f.files}
-        except (OSError, ValueError):
-            pass  # a corrupt cache entry is recomputed
+        except (OSError, ValueError, zipfile.BadZipFile):
+            pass  # a corrupt (e.g. truncated) cache entry is recomputed
     value = compute()
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as fh:
@@ -91,6 +92,9 @@ def split_projections(dataset: dict):
     The clean ones are the stored ``clean`` array, or, for a dataset without noise and shifts,
     its projections themselves.
     """
+    if np.any(dataset["shifts"]):
+        raise ValueError("the dataset's projections are shifted, and this pipeline (as the paper's) estimates no "
+                         "shifts: reconstructing from them would blur the map; use a dataset without shifts")
     _, _, test = splits.train_val_test_split(len(dataset["quaternions"]))
     test = np.sort(test)
     attrs = dataset["attrs"]
@@ -98,10 +102,10 @@ def split_projections(dataset: dict):
     noisy = dataset["projections"][test].astype(np.float64) * std + mean
     if "clean" in dataset:
         clean = dataset["clean"][test].astype(np.float64)
-    elif float(attrs["noise_variance"]) == 0 and not np.any(dataset["shifts"]):
+    elif float(attrs["noise_variance"] or 0) == 0:
         clean = noisy
     else:
-        raise ValueError("the dataset has noise or shifts but no clean projections; simulate it with "
+        raise ValueError("the dataset is noisy and has no clean projections; simulate it with "
                          "store_clean = true to reconstruct from noiseless images")
     return test, clean, noisy
 
@@ -154,8 +158,9 @@ def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> di
 
     features = siamese.embed(run.model, siamese.resize_images(data["projections"][test], training.input_size),
                              progress=False)
-    recovery_key = _digest("recovery", str(run.out_dir), config.recovery_mode, config.recovery_restarts,
-                           config.recovery_max_steps, config.seed, features)
+    # The estimator's run folder is named by a hash of its dataset, config and perturbation.
+    recovery_key = _digest("recovery", Path(run.out_dir).name, data["attrs"]["cache_key"], test,
+                           config.recovery_mode, config.recovery_restarts, config.recovery_max_steps, config.seed)
 
     def recover():
         result = recovery.recover(siamese.distance_function(features, training.feature_distance), n,
@@ -200,6 +205,7 @@ def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> di
     attrs_config = data["attrs"]["config"]
     q_random = rotations.sample_orientations(n, "uniform_euler", attrs_config["coverage"], attrs_config["offset"],
                                              rng=np.random.default_rng([config.seed, 13]))
+    backend = projection.resolve_backend(config.reconstruction_backend)
     sets = {
         "truth": (clean, q_true),
         "truth_noisy_images": (noisy, q_true),  # what the noise alone costs
@@ -211,11 +217,10 @@ def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> di
     }
     cube_volumes, volumes_on_map, curves = {}, {}, {}
     for name, (images, q) in sets.items():
-        key = _digest("reconstruction", images, q, cube, config.reconstruction_iterations,
-                      config.reconstruction_backend)
+        key = _digest("reconstruction", images, q, cube, config.reconstruction_iterations, backend)
 
         def build(images=images, q=q):
-            result = reconstruct.reconstruct(images, q, cube, config.reconstruction_backend,
+            result = reconstruct.reconstruct(images, q, cube, backend,
                                              iterations=config.reconstruction_iterations,
                                              tol=0.0, progress=progress)
             return {"volume": result.volume.astype(np.float32), "seconds": np.array(result.seconds)}
@@ -244,7 +249,7 @@ def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> di
                   "score_q": float(chosen["score_q"]), "score_conjugate": float(chosen["score_conjugate"]),
                   "gauge_error": frame["gauge_error"], "mirrored": frame["mirrored"],
                   "needed_reflection": frame["reflected"]},
-        "voxel_size": voxel_size, "reconstruction_box": list(cube),
+        "voxel_size": voxel_size, "reconstruction_box": list(cube), "reconstruction_backend": backend,
         "fsc": {name: curve.summary() for name, curve in curves.items()},
     }
     return {"q_true": q_true, "q_recovered": q_rec, "q_aligned": aligned.aligned, "q_gauge": q_gauge,
@@ -254,19 +259,16 @@ def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> di
 
 
 def _map_origin(dataset) -> np.ndarray:
-    """Header origin ``(x, y, z)`` in Å of the dataset's true map (zeros when unknown)."""
+    """Header origin ``(x, y, z)`` in Å of the dataset's true map."""
     import mrcfile
 
     from . import data
 
     name = dataset["attrs"]["config"]["volume"]
-    try:
-        path = data.fetch(name, progress=False) if name in data.REGISTRY else Path(name)
-        with mrcfile.open(path, header_only=True, permissive=True) as m:
-            o = m.header.origin
-            return np.array([float(o.x), float(o.y), float(o.z)])
-    except (OSError, ValueError, data.DataError):  # a map built from a model (5a1a), or no header
-        return np.zeros(3)
+    path = data.map_file(name, progress=False) if name in data.REGISTRY else Path(name)
+    with mrcfile.open(path, header_only=True) as m:
+        o = m.header.origin
+        return np.array([float(o.x), float(o.y), float(o.z)])
 
 
 def write_outputs(result: dict, dataset_path, out_dir) -> list[Path]:

@@ -17,9 +17,12 @@ Backends
     the Toeplitz operator differ from ``backproject ∘ project``. Without them it is exact (tested).
 ``"astra"`` (GPU)
     ASTRA's ``CGLS3D_CUDA`` with the paper's ``parallel3d_vec`` geometry (the paper ran 100
-    iterations, 300 for 5a1a). Tikhonov regularisation and the tolerance are not available there.
+    iterations, 300 for 5a1a). It runs exactly ``iterations`` steps: ``tol``, ``eps``,
+    ``nthreads`` and ``progress`` do not apply, and regularisation, ``x0`` and ``callback`` are
+    errors.
 ``"auto"``
-    ``"astra"`` when a CUDA GPU is usable, else ``"nufft"``.
+    ``"astra"`` when a CUDA GPU is usable, else ``"nufft"``; always ``"nufft"`` when
+    regularisation, ``x0`` or ``callback`` is given.
 
 Stopping rule (NUFFT backend): stop when the normal-equation residual ``‖Aᵀb − (AᵀA + λI) v‖``
 falls below ``tol × ‖Aᵀb‖``, or after ``iterations`` steps. On noisy or misoriented data CG
@@ -162,9 +165,9 @@ def _reconstruct_nufft(p, q, shape, iterations, tol, regularization, x0, eps, nt
         return normal(v) + regularization * v
 
     rhs_norm = np.linalg.norm(rhs)
+    if rhs_norm == 0:  # Aᵀb = 0: the minimum-norm least-squares solution is 0, whatever x0
+        return np.zeros(shape), np.zeros(1), "tolerance", 0
     x = np.zeros(shape) if x0 is None else np.array(x0, dtype=np.float64)
-    if rhs_norm == 0:
-        return x, np.zeros(1), "tolerance", 0
     r = rhs - apply(x) if x0 is not None else rhs.copy()
     d = r.copy()
     rr = float(np.vdot(r, r))
@@ -265,10 +268,12 @@ def reconstruct(projections, quaternions, shape, backend="auto", *, iterations=1
         raise ValueError(f"regularization must be a non-negative number, got {regularization!r}")
     if x0 is not None and np.shape(x0) != shape:
         raise ValueError(f"x0 must have the volume shape {shape}, got {np.shape(x0)}")
-    backend = projection.resolve_backend(backend)
+    nufft_only = bool(regularization) or x0 is not None or callback is not None
+    # "auto" must not turn a call that works on a CPU into an error on a GPU machine.
+    backend = "nufft" if backend == "auto" and nufft_only else projection.resolve_backend(backend)
     start = time.perf_counter()
     if backend == "astra":
-        if regularization or x0 is not None or callback is not None:
+        if nufft_only:
             raise ValueError("the ASTRA backend (CGLS3D_CUDA) supports neither regularization, x0 nor callback; "
                              "use backend='nufft' for those")
         volume = _reconstruct_astra(p, q, shape, iterations)
