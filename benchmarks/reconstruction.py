@@ -26,7 +26,7 @@ import numpy as np
 
 from cryo_orient import data, fsc, projection, rotations, volumes
 from cryo_orient.artifacts import save_text
-from cryo_orient.reconstruct import reconstruct, remove_detector_nyquist
+from cryo_orient.reconstruct import conjugate_gradients, reconstruct, remove_detector_nyquist
 
 SIZE = 116
 PLATEAU = 0.002
@@ -80,17 +80,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rhs = projection.backproject(remove_detector_nyquist(images), q, cube, "nufft")
     base_setup = time.perf_counter() - t0
-    x, r = np.zeros(cube), rhs.copy()
-    d, rr = r.copy(), float(np.vdot(r, r))
     t0 = time.perf_counter()
-    for _ in range(args.baseline_iterations):
-        Ad = normal(d)
-        alpha = rr / float(np.vdot(d, Ad))
-        x += alpha * d
-        r -= alpha * Ad
-        rr_new = float(np.vdot(r, r))
-        d = r + (rr_new / rr) * d
-        rr = rr_new
+    x, *_ = conjugate_gradients(normal, rhs, iterations=args.baseline_iterations)
     base_per_iteration = (time.perf_counter() - t0) / args.baseline_iterations
     base_to_plateau = base_setup + plateau * base_per_iteration
     agree = volumes.correlation(x, reconstruct(images, q, cube, "nufft", iterations=args.baseline_iterations,

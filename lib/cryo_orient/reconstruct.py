@@ -39,7 +39,7 @@ import numpy as np
 
 from . import projection
 
-__all__ = ["Reconstruction", "reconstruct", "normal_operator", "remove_detector_nyquist"]
+__all__ = ["Reconstruction", "conjugate_gradients", "reconstruct", "normal_operator", "remove_detector_nyquist"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,8 +153,6 @@ def _check_inputs(projections, quaternions, shape):
 
 
 def _reconstruct_nufft(p, q, shape, iterations, tol, regularization, x0, eps, nthreads, progress, callback):
-    from tqdm.auto import tqdm
-
     matrices = projection._rotation_matrices(q)
     size = p.shape[-1]
     normal = _ToeplitzNormal(matrices, size, shape, eps, nthreads)
@@ -164,11 +162,25 @@ def _reconstruct_nufft(p, q, shape, iterations, tol, regularization, x0, eps, nt
     def apply(v):
         return normal(v) + regularization * v
 
+    return conjugate_gradients(apply, rhs, x0=x0, iterations=iterations, tol=tol, callback=callback,
+                               progress=progress)
+
+
+def conjugate_gradients(apply, rhs, *, x0=None, iterations=100, tol=0.0, callback=None, progress=False):
+    """Conjugate gradients for ``apply(x) = rhs`` with ``apply`` symmetric positive semi-definite.
+
+    Stops after ``iterations`` steps or when ``‖rhs − apply(x)‖ ≤ tol ‖rhs‖``; calls
+    ``callback(k, x)`` (a copy) after step ``k``. Returns ``(x, relative residuals per step,
+    stop reason, steps)``. With ``rhs = 0`` the minimum-norm solution 0 is returned, whatever ``x0``.
+    """
+    from tqdm.auto import tqdm
+
+    shape = np.shape(rhs)
     rhs_norm = np.linalg.norm(rhs)
-    if rhs_norm == 0:  # Aᵀb = 0: the minimum-norm least-squares solution is 0, whatever x0
+    if rhs_norm == 0:
         return np.zeros(shape), np.zeros(1), "tolerance", 0
     x = np.zeros(shape) if x0 is None else np.array(x0, dtype=np.float64)
-    r = rhs - apply(x) if x0 is not None else rhs.copy()
+    r = rhs - apply(x) if x0 is not None else np.array(rhs, dtype=np.float64)
     d = r.copy()
     rr = float(np.vdot(r, r))
     residuals = [np.sqrt(rr) / rhs_norm]

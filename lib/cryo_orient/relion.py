@@ -46,6 +46,7 @@ import numpy as np
 
 from . import rotations
 from .artifacts import atomic_output
+from .data import _positive
 
 __all__ = [
     "quaternions_to_relion",
@@ -108,16 +109,6 @@ def _quaternions(q, name="quaternions") -> np.ndarray:
             "rotations; drop them or use (0, 0, 0, 1) for the identity"
         )
     return q / norms
-
-
-def _positive(name, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value}")
-    return value
 
 
 def _finite(name, value) -> float:
