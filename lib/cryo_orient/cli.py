@@ -152,19 +152,12 @@ def _read_orientations(path, index):
 
 
 def _raw_images(dataset, index, which):
-    """Unstandardised noisy images, or the clean ones (stored, or the images of a noiseless set)."""
-    attrs = dataset["attrs"]
-    if which == "noisy" and dataset["shifts"].any():
-        raise SystemExit("error: the dataset's projections are shifted and no stage estimates shifts, so they "
-                         "would blur the result; use --images clean (stored with store_clean = true)")
-    if which == "noisy":
-        return dataset["projections"][index] * float(attrs["standardization_std"]) + float(attrs["standardization_mean"])
-    if "clean" in dataset:
-        return dataset["clean"][index]
-    if float(attrs["noise_variance"] or 0) == 0 and not dataset["shifts"].any():
-        return _raw_images(dataset, index, "noisy")
-    raise SystemExit("error: the dataset has no clean projections; simulate it with store_clean = true"
-                     + ("" if dataset["shifts"].any() else ", or use --images noisy"))
+    from .pipeline import raw_images
+
+    try:
+        return raw_images(dataset, index, which)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
 
 
 def _cmd_recover(args) -> int:

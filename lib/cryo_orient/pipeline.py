@@ -29,7 +29,7 @@ import numpy as np
 from . import alignment, fsc, gauge, projection, reconstruct, recovery, rotations, siamese, simulate, splits, volumes
 from .artifacts import atomic_output, jsonable
 
-__all__ = ["PipelineConfig", "run_case", "split_projections"]
+__all__ = ["PipelineConfig", "raw_images", "run_case", "split_projections"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,28 +86,36 @@ def _cached_arrays(path: Path, compute):
     return value
 
 
-def split_projections(dataset: dict):
-    """Raw (unstandardised) clean and noisy projections of the test split, and its indices.
+def raw_images(dataset: dict, index, which: str) -> np.ndarray:
+    """Raw (unstandardised) ``"noisy"`` or ``"clean"`` projections of the images ``index``.
 
-    The clean ones are the stored ``clean`` array, or, for a dataset without noise and shifts,
-    its projections themselves.
+    The clean ones are the stored ``clean`` array or, for a dataset without noise and shifts, its
+    projections themselves. Shifted noisy images are refused: no stage estimates shifts.
     """
-    if np.any(dataset["shifts"]):
-        raise ValueError("the dataset's projections are shifted, and this pipeline (as the paper's) estimates no "
-                         "shifts: reconstructing from them would blur the map; use a dataset without shifts")
+    attrs, shifted = dataset["attrs"], bool(np.any(dataset["shifts"]))
+    if which not in ("noisy", "clean"):
+        raise ValueError(f"which must be 'noisy' or 'clean', got {which!r}")
+    if which == "noisy":
+        if shifted:
+            raise ValueError("the dataset's projections are shifted, and no stage here (as in the paper) estimates "
+                             "shifts: reconstructing from them would blur the map; use its clean projections "
+                             "(store_clean = true) or a dataset without shifts")
+        mean, std = float(attrs["standardization_mean"]), float(attrs["standardization_std"])
+        return dataset["projections"][index].astype(np.float64) * std + mean
+    if "clean" in dataset:
+        return dataset["clean"][index].astype(np.float64)
+    if float(attrs["noise_variance"] or 0) == 0 and not shifted:
+        return raw_images(dataset, index, "noisy")
+    raise ValueError("the dataset has no clean projections; simulate it with store_clean = true to reconstruct "
+                     "from noiseless images" + ("" if shifted else ", or use its noisy images"))
+
+
+def split_projections(dataset: dict):
+    """The test split's indices and its raw clean and noisy projections (see :func:`raw_images`)."""
     _, _, test = splits.train_val_test_split(len(dataset["quaternions"]))
     test = np.sort(test)
-    attrs = dataset["attrs"]
-    mean, std = float(attrs["standardization_mean"]), float(attrs["standardization_std"])
-    noisy = dataset["projections"][test].astype(np.float64) * std + mean
-    if "clean" in dataset:
-        clean = dataset["clean"][test].astype(np.float64)
-    elif float(attrs["noise_variance"] or 0) == 0:
-        clean = noisy
-    else:
-        raise ValueError("the dataset is noisy and has no clean projections; simulate it with "
-                         "store_clean = true to reconstruct from noiseless images")
-    return test, clean, noisy
+    noisy = raw_images(dataset, test, "noisy")
+    return test, raw_images(dataset, test, "clean"), noisy
 
 
 def _volume(dataset):
