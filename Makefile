@@ -30,14 +30,12 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # Offline machines: a folder holding the registered input files (see data/README.md).
 export DATA_MIRROR
 
-# Figures that later issues add; `make figure-N` for them says so instead of failing obscurely.
-PENDING := figure-1 figure-2 figure-3 figure-4
-IMPLEMENTED := figure-5 figure-6 figure-7 figure-8 figure-9 figure-10 figure-11 figure-12 figure-13 \
+IMPLEMENTED := figure-1 figure-2 figure-3 figure-4 figure-5 figure-6 figure-7 figure-8 figure-9 figure-10 figure-11 figure-12 figure-13 \
                figure-14 figure-15 figure-16 figure-17 figure-18 table-1
 
 # Read the profile only for goals that need it: write build/<profile>/params/*.json (rewritten
 # only when their content changes) and build/<profile>/profile.mk (targets and dependencies).
-PROFILE_GOALS := $(filter-out help install lock clean clean-all lint test test-unit smoke bench $(PENDING),$(or $(MAKECMDGOALS),help))
+PROFILE_GOALS := $(filter-out help install lock clean clean-all lint test test-unit smoke bench,$(or $(MAKECMDGOALS),help))
 ifneq ($(PROFILE_GOALS),)
   $(shell $(PYTHON) lib/cryo_orient/profiles.py sync $(PROFILE) >&2)
   ifneq ($(.SHELLSTATUS),0)
@@ -46,8 +44,8 @@ ifneq ($(PROFILE_GOALS),)
   include $(BUILD)/profile.mk
 endif
 
-.PHONY: help install lock reproduce simulate test test-unit smoke lint bench clean clean-all \
-        $(IMPLEMENTED) $(PENDING)
+.PHONY: help install lock reproduce report simulate test test-unit smoke lint bench compare clean clean-all \
+        $(IMPLEMENTED)
 
 help: ## List the targets
 	@echo "Usage: make TARGET [PROFILE=tiny|cpu|paper] (default PROFILE=cpu)"
@@ -72,14 +70,28 @@ lock: ## Re-pin requirements/{cpu,gpu}.lock from requirements/*.in (needs uv)
 	cd requirements && for l in cpu gpu; do \
 	  uv pip compile $$l.in -o $$l.lock --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header -q; done
 
-reproduce: $(addprefix $(BUILD)/notebooks/,$(addsuffix .ipynb,$(PROFILE_TARGETS))) ## Every implemented figure and table of PROFILE into figures/PROFILE/
-	@echo "figures/$(PROFILE)/ is up to date: $(PROFILE_TARGETS)"
+PROFILE_NOTEBOOKS = $(addprefix $(BUILD)/notebooks/,$(addsuffix .ipynb,$(PROFILE_TARGETS)))
+REPORT := $(FIG_DIR)/REPORT.md
+
+reproduce: $(PROFILE_NOTEBOOKS) $(REPORT) ## Every figure and table of PROFILE, and the report, into figures/PROFILE/
+	@echo "figures/$(PROFILE)/ is up to date: $(PROFILE_TARGETS) and REPORT.md"
+
+report: $(REPORT) ## figures/PROFILE/REPORT.md and .html: our numbers beside the paper's, verdicts, run times
+
+# The report reads every record of the profile (and the optional comparison's, once built) and the
+# one file that holds the paper's values.
+$(REPORT): $(PROFILE_NOTEBOOKS) experiments/paper-reference.toml $(wildcard $(FIG_DIR)/compare.json) $(PKG_SRC) | $(STAMP)
+	$(BIN)/cryo-orient report --profile $(PROFILE)
 
 simulate: $(PROFILE_DATASETS) ## Simulate the datasets of PROFILE into data/simulated/PROFILE/
 
 $(IMPLEMENTED): %: $(BUILD)/notebooks/%.ipynb
 	@echo "$* -> $(FIG_DIR)/"
 
+figure-1: ## Imaging geometry, drawn from the projection convention (volume, ray, detector, angles)
+figure-2: ## Intuition: projections, their orientation distances, and orientations recovered from them
+figure-3: ## Method overview: distance estimation, then orientation recovery (real thumbnails)
+figure-4: ## Distance learning: the Siamese network and its loss, drawn from the model
 figure-5: ## Density maps used, rendered (orthogonal projections and isosurfaces)
 figure-6: ## Example 5j0n projections: clean, noisy, shifted, shifted + noisy
 figure-7: ## Orientation recovery from perturbed distances: E_OR and L_OR against sigma
@@ -95,9 +107,6 @@ figure-16: ## Euclidean distance between raw projections against d_q (the baseli
 figure-17: ## Design choices: cosine vs Euclidean feature distance, feature-vector length
 figure-18: ## The CNN architecture, drawn from the model (layer shapes, parameters)
 table-1: ## Train/validation/test split and pair counts
-
-$(PENDING):
-	@echo "$@ is not implemented yet: it comes with a later issue (see README.md, 'Figures')." >&2; exit 2
 
 # Figure 15 shows the orientations that Figure 14 recovered.
 $(BUILD)/notebooks/figure-15.ipynb: $(BUILD)/notebooks/figure-14.ipynb
@@ -130,6 +139,24 @@ bench: $(STAMP) ## Speed: projection (NUFFT vs reference, ASTRA on GPU), recover
 	$(BIN)/python benchmarks/recovery.py
 	$(BIN)/python benchmarks/alignment.py
 	$(BIN)/python benchmarks/siamese.py
+
+# Optional: our pipeline against common lines (ASPIRE-Python's synchronization voting) on the same
+# projections. ASPIRE lives in its own venv, never in the default install; the notebook runs in the
+# main one and calls experiments/compare/aspire_orientations.py with $(COMPARE_VENV)/bin/python.
+COMPARE_VENV := .venv-compare
+
+$(COMPARE_VENV)/.installed: requirements/compare.lock
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(COMPARE_VENV)
+	$(COMPARE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(COMPARE_VENV)/bin/python -m pip install --quiet -r requirements/compare.lock
+	touch $@
+
+compare: $(BUILD)/notebooks/compare.ipynb ## Optional: vs common lines (ASPIRE sync voting), E_OR vs SNR, time, FSC (own venv)
+	@echo "compare -> $(FIG_DIR)/compare.png, compare.md"
+
+$(BUILD)/notebooks/compare.ipynb: $(COMPARE_VENV)/.installed experiments/compare/aspire_orientations.py \
+                                  experiments/compare/aspire_convention.py experiments/compare/aspire_runner.py
 
 clean: ## Remove build/ and the tiny profile's outputs (keeps downloads and venv)
 	rm -rf build figures/tiny data/simulated/tiny

@@ -130,3 +130,21 @@ def test_cli_refuses_orientations_of_other_images(dataset, tmp_path):
     np.savez(fake, quaternions=np.tile([0, 0, 0, 1.0], (20, 1)), losses=np.zeros(3), index=np.arange(20))
     with pytest.raises(SystemExit, match="other images"):
         cli.main(["reconstruct", "--dataset", str(path), "--orientations", str(fake), "--out", str(tmp_path / "v.mrc")])
+
+
+def test_reconstruct_on_map_is_run_cases_reconstruction(dataset, tmp_path):
+    # Orientations from elsewhere (experiments/compare.py: ASPIRE's, aligned) are reconstructed and
+    # compared exactly as run_case's "recovered" volume.
+    path, folder = dataset
+    case = pipeline.run_case(path, SETTINGS, cache_dir=folder / "cache", progress=False, log=lambda s: None)
+    _, clean, _ = pipeline.split_projections(load_dataset(path))
+    out = pipeline.reconstruct_on_map(clean, case["q_aligned"], SETTINGS, case["truth"], case["voxel_size"],
+                                      cache_dir=tmp_path)
+    np.testing.assert_allclose(out["volume"], case["cube_volumes"]["recovered"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["fsc"].correlation, case["fsc"]["recovered"].correlation, atol=1e-4)
+    assert out["volume_on_map"].shape == case["truth"].shape
+    cached = list(tmp_path.glob("volume-*.npz"))
+    assert len(cached) == 1 and (folder / "cache" / "pipeline" / cached[0].name).is_file()  # the same key
+    again = pipeline.reconstruct_on_map(clean, case["q_aligned"], SETTINGS, case["truth"], case["voxel_size"],
+                                        cache_dir=tmp_path)
+    np.testing.assert_array_equal(again["volume"], out["volume"])

@@ -108,3 +108,19 @@ def test_datasets_a_notebook_reads_by_default_are_dependencies(project):
     notebook.write_text(notebook.read_text().replace('"5j0n-half-noise25"]', '"5j0n-half-noise30"]'))
     with pytest.raises(profiles.ProfileError, match="5j0n-half-noise30"):
         profiles.sync("tiny", root=project)
+
+
+def test_optional_targets_are_synced_but_not_reproduced(project):
+    # `make compare` (ASPIRE, its own venv) must not be part of `make reproduce`: its parameters and
+    # dataset dependencies are written, but it is listed apart from PROFILE_TARGETS.
+    assert "compare" in profiles.OPTIONAL_TARGETS
+    targets = profiles.sync("tiny", root=project)
+    assert "compare" in targets
+    assert (project / "build" / "tiny" / "params" / "compare.json").is_file()
+    mk = (project / "build" / "tiny" / "profile.mk").read_text().splitlines()
+    reproduced = next(line for line in mk if line.startswith("PROFILE_TARGETS := ")).split()[2:]
+    optional = next(line for line in mk if line.startswith("OPTIONAL_TARGETS := ")).split()[2:]
+    assert "compare" not in reproduced and optional == ["compare"]
+    assert {"figure-10", "figure-11"} <= set(reproduced)
+    assert any(line.startswith("build/tiny/notebooks/compare.ipynb: ") and "5j0n-full-so3-noise4.h5" in line
+               for line in mk)

@@ -247,14 +247,42 @@ def _cmd_fetch(args) -> int:
     return 0
 
 
-def _cmd_check_outputs(args) -> int:
-    """Every target of a profile left a non-empty figure (or table) and its JSON record."""
-    from .profiles import load_profile
+def _report_targets(profile_name: str) -> list[str]:
+    """The targets a profile's report covers: every target of ``make reproduce``, and optional
+    ones (``make compare``) once they have been built."""
+    from .profiles import OPTIONAL_TARGETS, load_profile
 
-    profile = load_profile(args.profile)
+    profile = load_profile(profile_name)
+    out_dir = Path("figures") / profile_name
+    return [t for t in profile if t != "datasets"
+            and (t not in OPTIONAL_TARGETS or (out_dir / f"{t}.json").is_file())]
+
+
+def _cmd_report(args) -> int:
+    """Write figures/<profile>/REPORT.md and REPORT.html."""
+    from . import report
+
+    try:
+        paths = report.write_report(args.profile, reference_path=args.reference,
+                                    targets=_report_targets(args.profile))
+    except report.ReportError as err:
+        raise SystemExit(f"error: {err}") from err
+    print("wrote " + ", ".join(str(p) for p in paths))
+    if args.readme:
+        changed = report.update_readme(args.readme, report.headline_for(args.profile, reference_path=args.reference))
+        print(f"{args.readme}: headline table {'updated' if changed else 'unchanged'}")
+    return 0
+
+
+def _cmd_check_outputs(args) -> int:
+    """Every target of a profile left a non-empty figure (or table), its JSON record, and a
+    section in the report."""
+    from . import report
+
+    targets = _report_targets(args.profile)
     out_dir = Path("figures") / args.profile
     problems = []
-    for target in (t for t in profile if t != "datasets"):
+    for target in targets:
         record = out_dir / f"{target}.json"
         if not record.is_file():
             problems.append(f"{record} is missing")
@@ -266,10 +294,11 @@ def _cmd_check_outputs(args) -> int:
                 problems.append(f"{path} (listed in {record}) is missing or empty")
         if not meta.get("outputs"):
             problems.append(f"{record} lists no outputs")
+    problems += report.check_report(out_dir, targets)
     if problems:
         print("missing outputs:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
-    print(f"figures/{args.profile}: all {len(profile) - 1} targets have their outputs")
+    print(f"figures/{args.profile}: all {len(targets)} targets have their outputs and a section in {report.REPORT_NAME}")
     return 0
 
 
@@ -354,7 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--out", help="write the curve as CSV")
     fs.set_defaults(func=_cmd_fsc)
 
-    check = sub.add_parser("check-outputs", help="check that every target of a profile wrote its outputs")
+    rep = sub.add_parser("report", help="write figures/<profile>/REPORT.md and .html: ours beside the paper's numbers")
+    rep.add_argument("--profile", required=True)
+    rep.add_argument("--reference", default="experiments/paper-reference.toml",
+                     help="the file holding the paper's reference values")
+    rep.add_argument("--readme", help="also write the headline table into this README (between its markers)")
+    rep.set_defaults(func=_cmd_report)
+
+    check = sub.add_parser("check-outputs", help="check that every target of a profile wrote its outputs and report")
     check.add_argument("--profile", required=True)
     check.set_defaults(func=_cmd_check_outputs)
     return parser

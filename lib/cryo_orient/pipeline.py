@@ -29,7 +29,7 @@ import numpy as np
 from . import alignment, fsc, gauge, projection, reconstruct, recovery, rotations, siamese, simulate, splits, volumes
 from .artifacts import atomic_output, jsonable
 
-__all__ = ["PipelineConfig", "raw_images", "run_case", "split_projections"]
+__all__ = ["PipelineConfig", "raw_images", "reconstruct_on_map", "run_case", "split_projections"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +223,7 @@ def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> di
         "gauge": (clean, q_gauge),
         "gauge_noisy_images": (noisy, q_gauge),
     }
-    cube_volumes, volumes_on_map, curves = {}, {}, {}
+    cube_volumes, volumes_on_map, curves, seconds = {}, {}, {}, {}
     for name, (images, q) in sets.items():
         key = _digest("reconstruction", images, q, cube, config.reconstruction_iterations, backend)
 
@@ -233,7 +233,9 @@ def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> di
                                              tol=0.0, progress=progress)
             return {"volume": result.volume.astype(np.float32), "seconds": np.array(result.seconds)}
 
-        volume = _cached_arrays(stage_dir / f"volume-{key}.npz", build)["volume"].astype(np.float64)
+        arrays = _cached_arrays(stage_dir / f"volume-{key}.npz", build)
+        volume = arrays["volume"].astype(np.float64)
+        seconds[name] = float(arrays["seconds"])
         cube_volumes[name] = volume
         if name.startswith("gauge"):
             M, _ = volumes.refine_alignment(volume, truth, frame["matrix"])
@@ -258,12 +260,42 @@ def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> di
                   "gauge_error": frame["gauge_error"], "mirrored": frame["mirrored"],
                   "needed_reflection": frame["reflected"]},
         "voxel_size": voxel_size, "reconstruction_box": list(cube), "reconstruction_backend": backend,
+        "reconstruction_seconds": seconds,
         "fsc": {name: curve.summary() for name, curve in curves.items()},
     }
     return {"q_true": q_true, "q_recovered": q_rec, "q_aligned": aligned.aligned, "q_gauge": q_gauge,
             "losses": rec["losses"], "errors": aligned.errors, "volumes": volumes_on_map,
             "cube_volumes": cube_volumes, "fsc": curves, "summary": summary, "truth": truth,
             "voxel_size": voxel_size, "test_indices": test}
+
+
+def reconstruct_on_map(images, quaternions, config, truth, voxel_size, *, cache_dir, progress=False) -> dict:
+    """Reconstruct from ``images`` at ``quaternions`` given in the true map's frame, as :func:`run_case`
+    does for its ``"recovered"`` volumes, and compare the result with the true map.
+
+    For orientations from elsewhere (another method's, aligned to the truth): the same box (the
+    detector's cube), solver, iterations, backend and cache key as :func:`run_case`'s
+    reconstructions (cached as ``volume-<key>.npz`` in ``cache_dir``), placed on the map's grid by
+    the identity, FSC in one-voxel shells. Returns ``volume`` (the cube), ``volume_on_map``,
+    ``fsc`` (:class:`cryo_orient.fsc.FSCResult`) and ``seconds`` (of the reconstruction when it ran).
+    """
+    config = config if isinstance(config, PipelineConfig) else PipelineConfig.from_dict(dict(config))
+    images = np.asarray(images, dtype=np.float64)
+    size = images.shape[-1]
+    cube = (size, size, size)
+    backend = projection.resolve_backend(config.reconstruction_backend)
+    key = _digest("reconstruction", images, quaternions, cube, config.reconstruction_iterations, backend)
+
+    def build():
+        result = reconstruct.reconstruct(images, quaternions, cube, backend, iterations=config.reconstruction_iterations,
+                                         tol=0.0, progress=progress)
+        return {"volume": result.volume.astype(np.float32), "seconds": np.array(result.seconds)}
+
+    arrays = _cached_arrays(Path(cache_dir) / f"volume-{key}.npz", build)
+    volume = arrays["volume"].astype(np.float64)
+    on_map = volumes.transform_volume(volume, np.eye(3), np.shape(truth))
+    return {"volume": volume, "volume_on_map": on_map, "fsc": fsc.fsc(on_map, truth, voxel_size),
+            "seconds": float(arrays["seconds"])}
 
 
 def _map_origin(dataset) -> np.ndarray:

@@ -13,7 +13,8 @@ when that target's settings change (so Make rebuilds exactly what a profile edit
     python lib/cryo_orient/profiles.py sync PROFILE
 
 It writes ``build/<profile>/params/<target>.json`` and ``build/<profile>/profile.mk`` (the
-targets, the datasets and the dependencies of each target on the datasets it reads).
+targets, the optional targets (:data:`OPTIONAL_TARGETS`, not part of ``make reproduce``), the
+datasets and the dependencies of each target on the datasets it reads).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from pathlib import Path
 
 #: Keys every notebook receives from the pipeline rather than from the profile.
 PIPELINE_KEYS = ("profile", "out_dir", "sim_dir")
+
+#: Targets that ``make reproduce`` leaves out (they need more than the default install: ``make
+#: compare`` has its own venv with ASPIRE). Their parameter files and dataset dependencies are
+#: written as for any target, but they are listed as ``OPTIONAL_TARGETS`` in ``profile.mk``, not in
+#: ``PROFILE_TARGETS``; each is built by its own ``make <target>``.
+OPTIONAL_TARGETS = ("compare",)
 
 
 class ProfileError(ValueError):
@@ -139,7 +146,8 @@ def sync(profile_name: str, root=".") -> list[str]:
         _write_if_changed(build / "params" / f"{target}.json", json.dumps(values, indent=2, sort_keys=True) + "\n")
     sim = f"data/simulated/{profile_name}"
     lines = [
-        f"PROFILE_TARGETS := {' '.join(params)}",
+        f"PROFILE_TARGETS := {' '.join(t for t in params if t not in OPTIONAL_TARGETS)}",
+        f"OPTIONAL_TARGETS := {' '.join(t for t in params if t in OPTIONAL_TARGETS)}",
         f"PROFILE_DATASETS := {' '.join(f'{sim}/{d}.h5' for d in profile['datasets'])}",
     ]
     for target, values in params.items():

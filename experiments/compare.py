@@ -1,0 +1,245 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Side by side with the standard method: common lines (ASPIRE synchronization voting)
+#
+# Not a figure of the paper: the comparison it leaves to the reader. On the same simulated
+# projections (the test split of 5j0n with SO(3)-uniform full coverage, 1,650 images under the cpu
+# profile) and at several noise levels, orientations are estimated (i) by our whole pipeline
+# (`cryo_orient.pipeline.run_case`, with exactly figure 10's settings of the profile, so its cached
+# cases are reused) and (ii) by common lines with ASPIRE-Python's `CLSyncVoting` (Shkolnisky &
+# Singer 2012; Singer et al. 2010), run on the same raw noisy images in its own environment
+# (`.venv-compare`, `experiments/compare/aspire_orientations.py`). Both are aligned to the true
+# orientations with the same O(4) alignment (`cryo_orient.alignment.align`), which removes the
+# global rotation and handedness that neither method can know, and reconstructed with the same
+# solver from the same images (the clean test projections, as figure 11's "recovered", and the
+# noisy ones); FSC against the true map.
+#
+# ASPIRE's convention (see `experiments/compare/aspire_convention.py`): its `Volume.project(R_A)`
+# equals our projection at `R = R_A^T` with the same image and volume indexing, so its rotations
+# are transposed into ours. No image transpose or flip is applied (checked: all 16 candidates on a
+# random volume; only this one reproduces our projections).
+#
+# Run time: ASPIRE's is the common-lines matrix, the voting and the rotations (single process, this
+# machine, after Fourier-downsampling the images to `aspire_downsample` px). Ours is the estimator's
+# training (on the training split) plus orientation recovery; the embedding of the test images
+# (seconds) is not timed. Both exclude the reconstruction. ASPIRE settings: `n_theta` rays per
+# image (1 degree apart at 360), `n_rad` radial points (0: ASPIRE's ceil(L/2)), no 1-D shift search
+# (`aspire_max_shift = 0`: the images are centred, and our pipeline does not search shifts either;
+# ASPIRE's default, 0.15 L, multiplies the common-line search by the number of shifts).
+
+# %% tags=["parameters"]
+profile = "tiny"
+out_dir = "figures/tiny"
+sim_dir = "data/simulated/tiny"
+datasets = ["5j0n-full-so3", "5j0n-full-so3-noise1", "5j0n-full-so3-noise4", "5j0n-full-so3-noise16"]
+labels = ["5j0n, noiseless", "5j0n, noise variance 1", "5j0n, noise variance 4", "5j0n, noise variance 16"]
+input_size = 16
+n_features = 32
+regime = "batch"
+batch_size = 8
+epochs = 2
+fresh_noise = True
+recovery_restarts = 3
+recovery_max_steps = 20000
+reconstruction_iterations = 5
+reconstruction_backend = "nufft"
+gauge_images = 400
+gauge_pairs = 500
+gauge_candidates = 200
+seed = 0
+aspire_python = ".venv-compare/bin/python"
+aspire_n_theta = 360
+aspire_n_rad = 0
+aspire_max_shift = 0.0
+aspire_downsample = 58
+
+# %%
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from cryo_orient import alignment, artifacts, pipeline, simulate
+
+sys.path.insert(0, str(Path("experiments") / "compare"))
+import aspire_convention  # noqa: E402  (plain numpy; also imported by the ASPIRE script)
+import aspire_runner  # noqa: E402
+
+out = Path(out_dir)
+cache = Path("build") / profile / "cache"
+if len(labels) != len(datasets):
+    raise ValueError(f"need one label per dataset, got {len(labels)} labels for {len(datasets)} datasets")
+# Figure 10's configuration, so that its cached cases are reused.
+config = pipeline.PipelineConfig(
+    training=dict(input_size=input_size, n_features=n_features, regime=regime, batch_size=batch_size,
+                  epochs=epochs, seed=seed),
+    fresh_noise=fresh_noise, recovery_restarts=recovery_restarts, recovery_max_steps=recovery_max_steps,
+    reconstruction_iterations=reconstruction_iterations, reconstruction_backend=reconstruction_backend,
+    gauge_images=gauge_images, gauge_pairs=gauge_pairs,
+    gauge_candidates=gauge_candidates, seed=seed)
+aspire_settings = dict(n_theta=aspire_n_theta, n_rad=aspire_n_rad, max_shift=aspire_max_shift,
+                       downsample=aspire_downsample)
+
+
+# %%
+rows, curves, reference = [], {}, {}
+for name, label in zip(datasets, labels):
+    print(f"== {name}")
+    path = Path(sim_dir) / f"{name}.h5"
+    case = pipeline.run_case(path, config, cache_dir=cache, progress=False)
+    data = simulate.load_dataset(path)
+    test, clean, noisy = pipeline.split_projections(data)
+    if not np.array_equal(test, case["test_indices"]):
+        raise RuntimeError("run_case's test split differs from pipeline.split_projections'")
+    attrs, s = data["attrs"], case["summary"]
+    noise, signal = float(attrs["noise_variance"] or 0), float(attrs["signal_variance"])
+    common = {"dataset": name, "label": label, "noise_variance": noise,
+              "snr_db": float(10 * np.log10(signal / noise)) if noise > 0 else None}
+
+    result = aspire_runner.cached_orientations(aspire_python, path, str(attrs["cache_key"]), test, aspire_settings,
+                                               cache / "compare")
+    aligned = alignment.align(case["q_true"], aspire_convention.aspire_to_quaternions(result["rotations"]))
+    print(f"ASPIRE: {result['seconds']:.0f} s, E_OR median {np.degrees(aligned.median_error):.2f}, "
+          f"mean {np.degrees(aligned.mean_error):.2f} deg")
+    ours = {"recovered": case["fsc"]["recovered"], "recovered_noisy_images": case["fsc"]["recovered_noisy_images"]}
+    theirs = {which: pipeline.reconstruct_on_map(images, aligned.aligned, config, case["truth"], case["voxel_size"],
+                                                 cache_dir=cache / "compare")["fsc"]
+              for which, images in (("recovered", clean), ("recovered_noisy_images", noisy))}
+    curves[name] = {"siamese": ours, "aspire-cl-sync-voting": theirs}
+    for method, e_median, e_mean, seconds, fscs, extra in (
+            ("siamese", s["E_OR_median"], s["E_OR_mean"], s["estimator"]["seconds"] + s["recovery_seconds"], ours,
+             {"training_seconds": s["estimator"]["seconds"], "recovery_seconds": s["recovery_seconds"]}),
+            ("aspire-cl-sync-voting", aligned.median_error, aligned.mean_error, result["seconds"], theirs,
+             {"aspire_seconds": result["seconds"], "aspire_common_lines_seconds": result["seconds_clmatrix"],
+              "aspire_voting_seconds": result["seconds_voting"],
+              "aspire_version": result["aspire_version"], "aspire_parameters": result["parameters"]})):
+        rows.append(common | {
+            "method": method, "E_OR_median_deg": float(np.degrees(e_median)), "E_OR_mean_deg": float(np.degrees(e_mean)),
+            "seconds": float(seconds),
+            "fsc_0.5_angstrom": fscs["recovered"].resolution(0.5)[0],
+            "fsc_0.143_angstrom": fscs["recovered"].resolution(0.143)[0],
+            "fsc_noisy_images_0.5_angstrom": fscs["recovered_noisy_images"].resolution(0.5)[0],
+            "fsc_noisy_images_0.143_angstrom": fscs["recovered_noisy_images"].resolution(0.143)[0],
+            "reflected": bool(aligned.reflected) if method != "siamese" else bool(s["reflected"]),
+        } | extra)
+    reference[name] = {"fsc_0.5_angstrom": case["fsc"]["truth"].resolution(0.5)[0],
+                       "fsc_0.143_angstrom": case["fsc"]["truth"].resolution(0.143)[0],
+                       "fsc_noisy_images_0.5_angstrom": case["fsc"]["truth_noisy_images"].resolution(0.5)[0],
+                       "fsc_noisy_images_0.143_angstrom": case["fsc"]["truth_noisy_images"].resolution(0.143)[0]}
+    nyquist = 2 * case["voxel_size"]
+    n_test = len(test)
+    del case, data, clean, noisy
+
+# %%
+METHODS = {"siamese": ("ours: Siamese distances + recovery", "tab:blue", "o"),
+           "aspire-cl-sync-voting": ("common lines: ASPIRE sync voting", "tab:red", "s")}
+finite = [r["snr_db"] for r in rows if r["snr_db"] is not None]
+noiseless_x = (max(finite) if finite else 0.0) + 6.0  # where the noiseless case sits on the SNR axis
+
+
+def xpos(row):
+    return noiseless_x if row["snr_db"] is None else row["snr_db"]
+
+
+def series(method, key):
+    sel = sorted((r for r in rows if r["method"] == method), key=xpos)
+    return np.array([xpos(r) for r in sel]), np.array([r[key] for r in sel], dtype=float)
+
+
+fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+ax = axes[0]
+for method, (label, color, marker) in METHODS.items():
+    x, med = series(method, "E_OR_median_deg")
+    ax.plot(x, med, color=color, marker=marker, label=f"{label}, median")
+    x, mean = series(method, "E_OR_mean_deg")
+    ax.plot(x, mean, color=color, marker=marker, ls="--", mfc="white", label=f"{label}, mean")
+ax.set(ylabel="E_OR after alignment (degrees)", yscale="log", title="(a) orientation error")
+ax.legend(fontsize=7.5)
+
+ax = axes[1]
+x, ours_total = series("siamese", "seconds")
+_, ours_rec = series("siamese", "recovery_seconds")
+x2, theirs = series("aspire-cl-sync-voting", "seconds")
+_, voting = series("aspire-cl-sync-voting", "aspire_voting_seconds")
+ax.plot(x, ours_total, color="tab:blue", marker="o", label="ours: training + recovery")
+ax.plot(x, ours_rec, color="tab:blue", marker="o", ls=":", mfc="white", label="ours: recovery only")
+ax.plot(x2, theirs, color="tab:red", marker="s", label="ASPIRE: common lines + voting + rotations")
+ax.plot(x2, voting, color="tab:red", marker="s", ls=":", mfc="white", label="ASPIRE: voting only")
+ax.set(ylabel="seconds (this machine)", yscale="log", title="(b) run time to orientations")
+ax.legend(fontsize=7.5)
+
+ax = axes[2]
+for method, (label, color, marker) in METHODS.items():
+    x, res = series(method, "fsc_0.5_angstrom")
+    ax.plot(x, res, color=color, marker=marker, label=f"{label}, clean images")
+    x, res = series(method, "fsc_noisy_images_0.5_angstrom")
+    ax.plot(x, res, color=color, marker=marker, ls="--", mfc="white", label=f"{label}, noisy images")
+ref_x = np.array([noiseless_x if r["snr_db"] is None else r["snr_db"] for r in rows if r["method"] == "siamese"])
+for key, ls, label in (("fsc_0.5_angstrom", "-", "true orientations, clean images"),
+                       ("fsc_noisy_images_0.5_angstrom", "--", "true orientations, noisy images")):
+    ref = np.array([reference[r["dataset"]][key] for r in rows if r["method"] == "siamese"])
+    order = np.argsort(ref_x)
+    ax.plot(ref_x[order], ref[order], color="0.55", ls=ls, lw=1, label=label)
+ax.axhline(nyquist, color="0.6", lw=0.8, ls=":", label=f"Nyquist ({nyquist:.1f} Å)")
+ax.set(ylabel="FSC 0.5 resolution (Å, lower is better)", title="(c) reconstruction: FSC 0.5 with the true map")
+ax.legend(fontsize=7)
+
+ticks = sorted(set(xpos(r) for r in rows))
+for ax in axes:
+    ax.set_xticks(ticks, [("noiseless" if t == noiseless_x else f"{t:.0f}") for t in ticks])
+    ax.set_xlabel("SNR (dB)")
+    ax.grid(alpha=0.3, which="both", lw=0.5)
+first_aspire = next(r for r in rows if r["method"] == "aspire-cl-sync-voting")
+fig.suptitle(f"Our pipeline against common lines (ASPIRE {first_aspire['aspire_version']} CLSyncVoting), the same "
+             f"{n_test} test projections at each noise level ({', '.join(datasets)})", fontsize=10)
+fig.tight_layout()
+artifacts.save_figure(fig, out / "compare.png")
+
+# %%
+def fmt(value, digits=2):
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+params = first_aspire["aspire_parameters"]
+lines = [
+    "# Our pipeline against common lines (ASPIRE synchronization voting)",
+    "",
+    f"Profile `{profile}`, {n_test} test projections per dataset, the same images for both methods. "
+    "E_OR: geodesic error after the O(4) alignment to the truth (degrees). Time: ours is the estimator's "
+    "training plus orientation recovery; ASPIRE's is common lines, voting and rotations "
+    f"(`n_theta` = {params['n_theta']}, `n_rad` = {params['n_rad']}, images Fourier-downsampled to "
+    f"{params['image_size']} px, no shift search). FSC with the true map, from the clean test "
+    "projections (as figure 11's \"recovered\") and from the noisy ones; resolutions in Å.",
+    "",
+    "| dataset | SNR (dB) | method | E_OR median (°) | E_OR mean (°) | time (s) | FSC 0.5 (Å) | FSC 0.143 (Å) "
+    "| FSC 0.5, noisy images (Å) | FSC 0.143, noisy images (Å) |",
+    "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+]
+for r in rows:
+    snr = "∞ (noiseless)" if r["snr_db"] is None else f"{r['snr_db']:.1f}"
+    lines.append(f"| {r['dataset']} | {snr} | {r['method']} | {fmt(r['E_OR_median_deg'])} | {fmt(r['E_OR_mean_deg'])} "
+                 f"| {fmt(r['seconds'], 0)} | {fmt(r['fsc_0.5_angstrom'], 1)} | {fmt(r['fsc_0.143_angstrom'], 1)} "
+                 f"| {fmt(r['fsc_noisy_images_0.5_angstrom'], 1)} | {fmt(r['fsc_noisy_images_0.143_angstrom'], 1)} |")
+lines += ["", "With the true orientations (reference): " + "; ".join(
+    f"{name}: {fmt(ref['fsc_0.5_angstrom'], 1)} / {fmt(ref['fsc_0.143_angstrom'], 1)} Å (clean images), "
+    f"{fmt(ref['fsc_noisy_images_0.5_angstrom'], 1)} / {fmt(ref['fsc_noisy_images_0.143_angstrom'], 1)} Å (noisy images)"
+    for name, ref in reference.items()) + f" (FSC 0.5 / 0.143; Nyquist {nyquist:.1f} Å).", ""]
+artifacts.save_text("\n".join(lines), out / "compare.md")
+print("\n".join(lines))
+
+artifacts.write_record(
+    out, "compare", outputs=["compare.png", "compare.md"],
+    parameters=dict(profile=profile, datasets=datasets, labels=labels, pipeline=config.to_dict(),
+                    aspire=aspire_settings | {"python": aspire_python, "resolved": params}),
+    results={"rows": rows, "true_orientations": reference, "n_test": n_test, "nyquist_angstrom": nyquist},
+)
