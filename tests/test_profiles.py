@@ -90,7 +90,11 @@ def test_check_outputs(tmp_path, monkeypatch, capsys):
     out.mkdir(parents=True)
     for target in profiles.target_params("tiny", profiles.load_profile("tiny")):
         (out / f"{target}.png").write_bytes(b"x")
-        (out / f"{target}.json").write_text(json.dumps({"outputs": [f"{target}.png"]}))
+        (out / f"{target}.json").write_text(json.dumps({"outputs": [f"{target}.png"], "results": {}}))
+    # Every figure is there, but the report is not yet.
+    assert cli_main(["check-outputs", "--profile", "tiny"]) == 1
+    assert "REPORT.md is missing" in capsys.readouterr().err
+    assert cli_main(["report", "--profile", "tiny"]) == 0
     assert cli_main(["check-outputs", "--profile", "tiny"]) == 0
     (out / "figure-6.png").write_bytes(b"")
     assert cli_main(["check-outputs", "--profile", "tiny"]) == 1
