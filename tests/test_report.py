@@ -177,8 +177,10 @@ def test_missing_or_broken_reference_file(tmp_path):
 
 def test_write_report_and_check(setup, tmp_path):
     ref_path, figs, _ = setup
-    (figs / "figure-2.json").write_text(json.dumps(_record("figure-2", {"seed": 3}, {})))
+    (figs / "figure-2.json").write_text(json.dumps(_record("figure-2", {"seed": 3}, {},
+                                                           outputs=["figure-2.png", "figure-2.md"])))
     (figs / "figure-2.png").write_bytes(b"png")
+    (figs / "figure-2.md").write_text("# A table\n\n| a |\n|---|\n| 1 |\n")
     targets = ["figure-10", "figure-7", "figure-2", "table-1"]
     md, page = report.write_report("cpu", fig_dir=figs, reference_path=ref_path, targets=targets,
                                    experiments_dir=tmp_path, notebooks_dir=tmp_path)
@@ -189,6 +191,7 @@ def test_write_report_and_check(setup, tmp_path):
     assert "| reproduced | 2 |" in text and "| not comparable | 1 |" in text
     assert "| Loss | squared | absolute | the code |" in text
     assert "seed 3" in text and "![figure-2](figure-2.png)" in text
+    assert "\n### A table\n" in text and "| a |" in text  # a table output, its heading demoted
     assert "### Headline numbers" in text and "E_OR median" in text
     assert "<table>" in page.read_text() and "<img" in page.read_text()
     problems = report.check_report(figs, targets)

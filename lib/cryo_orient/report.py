@@ -418,7 +418,8 @@ def _figure_section(target: str, record: dict | None, rows: list[Comparison], fi
             if name.endswith(".png"):
                 parts.append(f"![{target}]({name})\n")
             elif name.endswith(".md") and path.is_file():
-                parts.append(path.read_text().strip() + "\n")
+                # Its headings go under the section's own.
+                parts.append(re.sub(r"(?m)^#", "###", path.read_text().strip()) + "\n")
             else:
                 parts.append(f"Data: [`{name}`]({name})\n")
         params = record.get("parameters", {})
