@@ -225,17 +225,7 @@ def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> di
     }
     cube_volumes, volumes_on_map, curves, seconds = {}, {}, {}, {}
     for name, (images, q) in sets.items():
-        key = _digest("reconstruction", images, q, cube, config.reconstruction_iterations, backend)
-
-        def build(images=images, q=q):
-            result = reconstruct.reconstruct(images, q, cube, backend,
-                                             iterations=config.reconstruction_iterations,
-                                             tol=0.0, progress=progress)
-            return {"volume": result.volume.astype(np.float32), "seconds": np.array(result.seconds)}
-
-        arrays = _cached_arrays(stage_dir / f"volume-{key}.npz", build)
-        volume = arrays["volume"].astype(np.float64)
-        seconds[name] = float(arrays["seconds"])
+        volume, seconds[name] = _cached_volume(images, q, config, backend, stage_dir, progress)
         cube_volumes[name] = volume
         if name.startswith("gauge"):
             M, _ = volumes.refine_alignment(volume, truth, frame["matrix"])
@@ -280,10 +270,19 @@ def reconstruct_on_map(images, quaternions, config, truth, voxel_size, *, cache_
     ``fsc`` (:class:`cryo_orient.fsc.FSCResult`) and ``seconds`` (of the reconstruction when it ran).
     """
     config = config if isinstance(config, PipelineConfig) else PipelineConfig.from_dict(dict(config))
-    images = np.asarray(images, dtype=np.float64)
+    backend = projection.resolve_backend(config.reconstruction_backend)
+    volume, seconds = _cached_volume(np.asarray(images, dtype=np.float64), quaternions, config, backend,
+                                     Path(cache_dir), progress)
+    on_map = volumes.transform_volume(volume, np.eye(3), np.shape(truth))
+    return {"volume": volume, "volume_on_map": on_map, "fsc": fsc.fsc(on_map, truth, voxel_size),
+            "seconds": seconds}
+
+
+def _cached_volume(images, quaternions, config, backend, cache_dir, progress) -> tuple[np.ndarray, float]:
+    """The least-squares volume in the detector's cube (cached under a key of its inputs) and the
+    seconds its reconstruction took when it ran."""
     size = images.shape[-1]
     cube = (size, size, size)
-    backend = projection.resolve_backend(config.reconstruction_backend)
     key = _digest("reconstruction", images, quaternions, cube, config.reconstruction_iterations, backend)
 
     def build():
@@ -292,10 +291,7 @@ def reconstruct_on_map(images, quaternions, config, truth, voxel_size, *, cache_
         return {"volume": result.volume.astype(np.float32), "seconds": np.array(result.seconds)}
 
     arrays = _cached_arrays(Path(cache_dir) / f"volume-{key}.npz", build)
-    volume = arrays["volume"].astype(np.float64)
-    on_map = volumes.transform_volume(volume, np.eye(3), np.shape(truth))
-    return {"volume": volume, "volume_on_map": on_map, "fsc": fsc.fsc(on_map, truth, voxel_size),
-            "seconds": float(arrays["seconds"])}
+    return arrays["volume"].astype(np.float64), float(arrays["seconds"])
 
 
 def _map_origin(dataset) -> np.ndarray:
