@@ -119,3 +119,11 @@ def test_astra_cgls_agrees_with_nufft():
 def test_no_data_gives_the_zero_volume():
     res = reconstruct(np.zeros((3, 8, 8)), rotations.uniform_so3(3, rng=0), (8, 8, 8), "nufft", x0=np.ones((8, 8, 8)))
     assert not res.volume.any() and res.stop_reason == "tolerance"
+
+
+def test_reruns_are_bit_identical():
+    rng = np.random.default_rng(0)
+    q = rotations.uniform_so3(200, rng=1)
+    p = rng.standard_normal((200, 64, 64))
+    runs = [reconstruct(p, q, (45, 45, 45), "nufft", iterations=3).volume for _ in range(3)]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])

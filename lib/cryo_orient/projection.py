@@ -183,7 +183,7 @@ def _backproject_nufft(projections, matrices, shape, eps, batch_size, nthreads, 
     _, _, weight = _slice_frequencies(size)
     scale = (weight / size**2).astype(real_dtype)
     out = np.zeros(shape, dtype=np.float64)
-    opts = {} if nthreads is None else {"nthreads": int(nthreads)}
+    opts = {"nthreads": 1 if nthreads is None else int(nthreads)}  # reproducible: see backproject
     plan = finufft.Plan(1, tuple(shape), eps=_nufft_eps(eps, real_dtype), isign=+1, dtype=cdtype, **opts)
     with _progress(len(matrices), progress, "backproject") as bar:
         for sl in _batches(len(matrices), batch_size):
@@ -320,8 +320,12 @@ def backproject(projections, quaternions, shape, backend="auto", *, eps=None, ba
         The orientations the images were projected along.
     shape : tuple of 3 ints
         The volume shape ``(nz, ny, nx)``.
-    backend, eps, batch_size, nthreads, progress
+    backend, eps, batch_size, progress
         As in :func:`project`.
+    nthreads : int, optional
+        Threads for finufft's spreading (default 1). finufft adds the threads' contributions to
+        the grid in an order that depends on timing, so with more than one thread the result
+        changes in the last digits from run to run; one thread keeps reruns bit-identical.
 
     Returns
     -------

@@ -100,7 +100,8 @@ class _ToeplitzNormal:
         self.workers = nthreads
         kernel_shape = tuple(2 * n - 1 for n in self.shape)  # r from -(N-1) to N-1
         pts, w = _kept_points(matrices, size)
-        opts = {} if nthreads is None else {"nthreads": int(nthreads)}
+        # One spreading thread unless asked: multithreaded spreading is not bit-reproducible.
+        opts = {"nthreads": 1 if nthreads is None else int(nthreads)}
         kernel = finufft.nufft3d1(*pts, w.astype(np.complex128), kernel_shape, eps=eps, isign=+1, **opts).real
         circulant = np.zeros(self.padded)
         # Put K(r) at index r mod L on each axis (negative offsets wrap to the end).
@@ -259,7 +260,9 @@ def reconstruct(projections, quaternions, shape, backend="auto", *, iterations=1
     eps : float
         NUFFT tolerance.
     nthreads : int, optional
-        Threads for finufft and the FFTs (default: all cores).
+        Threads for finufft and the FFTs. By default the two type-1 transforms (the Toeplitz kernel
+        and ``Aᵀp``) spread with one thread, so that reruns are bit-identical (finufft's
+        multithreaded spreading adds in a timing-dependent order), and the FFTs use one worker.
     progress : bool
         Show a progress bar per iteration.
     callback : callable, optional
