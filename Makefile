@@ -153,7 +153,9 @@ $(COMPARE_VENV)/.installed: requirements/compare.lock
 	touch $@
 
 compare: $(BUILD)/notebooks/compare.ipynb ## Optional: vs common lines (ASPIRE sync voting), E_OR vs SNR, time, FSC (own venv)
-	@echo "compare -> $(FIG_DIR)/compare.png, compare.md"
+	@# The report shows the comparison: refresh it from the records already there.
+	$(BIN)/cryo-orient report --profile $(PROFILE)
+	@echo "compare -> $(FIG_DIR)/compare.png, compare.md, REPORT.md"
 
 $(BUILD)/notebooks/compare.ipynb: $(COMPARE_VENV)/.installed experiments/compare/aspire_orientations.py \
                                   experiments/compare/aspire_convention.py experiments/compare/aspire_runner.py
