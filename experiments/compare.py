@@ -69,7 +69,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import alignment, artifacts, pipeline, simulate
+from cryo_orient import alignment, artifacts, pipeline, rotations, simulate
 
 sys.path.insert(0, str(Path("experiments") / "compare"))
 import aspire_convention  # noqa: E402  (plain numpy; also imported by the ASPIRE script)
@@ -108,7 +108,9 @@ for name, label in zip(datasets, labels):
 
     result = aspire_runner.cached_orientations(aspire_python, path, str(attrs["cache_key"]), test, aspire_settings,
                                                cache / "compare")
-    aligned = alignment.align(case["q_true"], aspire_convention.aspire_to_quaternions(result["rotations"]))
+    q_aspire = rotations.matrix_to_quaternion(aspire_convention.nearest_rotation(
+        aspire_convention.aspire_to_matrices(result["rotations"])))
+    aligned = alignment.align(case["q_true"], q_aspire)
     print(f"ASPIRE: {result['seconds']:.0f} s, E_OR median {np.degrees(aligned.median_error):.2f}, "
           f"mean {np.degrees(aligned.mean_error):.2f} deg")
     ours = {"recovered": case["fsc"]["recovered"], "recovered_noisy_images": case["fsc"]["recovered_noisy_images"]}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["aspire_to_matrices", "matrices_to_aspire", "aspire_to_quaternions", "matrix_to_quaternion"]
+__all__ = ["aspire_to_matrices", "matrices_to_aspire", "nearest_rotation"]
 
 
 def _as_matrices(R) -> np.ndarray:
@@ -39,34 +39,10 @@ def matrices_to_aspire(R) -> np.ndarray:
     return np.swapaxes(_as_matrices(R), -1, -2).copy()
 
 
-def matrix_to_quaternion(R) -> np.ndarray:
-    """Scalar-last unit quaternions ``(x, y, z, w)`` with ``w >= 0`` of rotation matrices (Shepperd).
-
-    Nearly orthogonal input (an estimate) is projected on SO(3) by SVD first.
-    """
-    R = _as_matrices(R)
-    u, _, vt = np.linalg.svd(R)
+def nearest_rotation(R) -> np.ndarray:
+    """The rotation matrices nearest (Frobenius) to estimates ``R`` (SVD, determinant +1), so that
+    cryo_orient's strict ``rotations.matrix_to_quaternion`` accepts them."""
+    u, _, vt = np.linalg.svd(_as_matrices(R))
     d = np.sign(np.linalg.det(u @ vt))
     u[..., :, -1] *= d[..., None]
-    R = u @ vt
-    m00, m11, m22 = R[..., 0, 0], R[..., 1, 1], R[..., 2, 2]
-    # The four candidates, each accurate where its own diagonal term is large.
-    cand = np.stack([
-        np.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1],
-                  1 + m00 + m11 + m22], -1),
-        np.stack([1 + m00 - m11 - m22, R[..., 0, 1] + R[..., 1, 0], R[..., 0, 2] + R[..., 2, 0],
-                  R[..., 2, 1] - R[..., 1, 2]], -1),
-        np.stack([R[..., 0, 1] + R[..., 1, 0], 1 - m00 + m11 - m22, R[..., 1, 2] + R[..., 2, 1],
-                  R[..., 0, 2] - R[..., 2, 0]], -1),
-        np.stack([R[..., 0, 2] + R[..., 2, 0], R[..., 1, 2] + R[..., 2, 1], 1 - m00 - m11 + m22,
-                  R[..., 1, 0] - R[..., 0, 1]], -1),
-    ], -2)
-    pick = np.argmax(np.stack([m00 + m11 + m22, m00, m11, m22], -1), axis=-1)
-    q = np.take_along_axis(cand, pick[..., None, None], axis=-2)[..., 0, :]
-    q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    return np.where(q[..., 3:] < 0, -q, q)
-
-
-def aspire_to_quaternions(R_aspire) -> np.ndarray:
-    """Our quaternions (scalar-last, ``w >= 0``) of ASPIRE rotation matrices."""
-    return matrix_to_quaternion(aspire_to_matrices(R_aspire))
+    return u @ vt
