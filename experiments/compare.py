@@ -72,7 +72,7 @@ import numpy as np
 from cryo_orient import alignment, artifacts, pipeline, rotations, simulate
 
 sys.path.insert(0, str(Path("experiments") / "compare"))
-import aspire_convention  # noqa: E402  (plain numpy; also imported by the ASPIRE script)
+import aspire_convention  # noqa: E402  (plain numpy)
 import aspire_runner  # noqa: E402
 
 out = Path(out_dir)

@@ -111,7 +111,10 @@ def write_npz(path, result: dict, extra: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     parameters = {**result["parameters"], **extra}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, rotations=result["rotations"], seconds=np.float64(result["seconds"]),
                      seconds_clmatrix=np.float64(result["seconds_clmatrix"]),

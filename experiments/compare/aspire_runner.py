@@ -2,9 +2,9 @@
 
 ``experiments/compare.py`` calls :func:`cached_orientations` once per dataset. The result is
 stored as ``<cache_dir>/aspire-<dataset>-<key>.npz``, where the key hashes the dataset's cache key
-(its content), the image indices, the ASPIRE settings, the interpreter and the code of the two
-scripts; a re-run with the same inputs reads it back without starting ASPIRE. Standard library and
-numpy only (no cryo_orient), like the rest of this folder.
+(its content), the image indices, the ASPIRE settings, the interpreter and the script's code; a
+re-run with the same inputs reads it back without starting ASPIRE. Standard library and numpy
+only (no cryo_orient), like the rest of this folder.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "aspire_orientations.py"
-CODE = (SCRIPT, HERE / "aspire_convention.py")
+#: What the stored result depends on besides its inputs: the script (it imports nothing else of
+#: ours; the conversion to our convention is applied after loading, so it is not part of the key).
+CODE = (SCRIPT,)
 
 
 def cache_path(cache_dir, dataset_path, dataset_key: str, indices, settings: dict, python: str) -> Path:
