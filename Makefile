@@ -163,5 +163,5 @@ $(BUILD)/notebooks/compare.ipynb: $(COMPARE_VENV)/.installed experiments/compare
 clean: ## Remove build/ and the tiny profile's outputs (keeps downloads and venv)
 	rm -rf build figures/tiny data/simulated/tiny
 
-clean-all: clean ## Also remove the venv, simulated data and downloads
-	rm -rf $(VENV) data/simulated data/*.mrc data/*.gz data/*.star data/*.sha256
+clean-all: clean ## Also remove the venvs (.venv, .venv-compare), simulated data and downloads
+	rm -rf $(VENV) $(COMPARE_VENV) data/simulated data/*.mrc data/*.gz data/*.star data/*.sha256
