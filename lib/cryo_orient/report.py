@@ -315,26 +315,26 @@ def recorded_stage_seconds(records: dict) -> dict:
     """
     found: dict[str, set] = {stage: set() for stage in _STAGE_KEYS.values()}
 
-    def walk(node, parent_key=None):
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def walk(node):
         if isinstance(node, dict):
             for key, value in node.items():
-                if key in _STAGE_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if key in _STAGE_KEYS and number(value):
                     found[_STAGE_KEYS[key]].add(float(value))
                 elif key in _STAGE_KEYS and isinstance(value, dict):
-                    for v in value.values():
-                        if isinstance(v, (int, float)) and not isinstance(v, bool):
-                            found[_STAGE_KEYS[key]].add(float(v))
-                elif key == "seconds" and isinstance(value, (int, float)) and "steps" in node:
+                    found[_STAGE_KEYS[key]].update(float(v) for v in value.values() if number(v))
+                elif key == "seconds" and number(value) and "steps" in node:
                     # A recovery run records its steps and seconds (figures 7 and 14).
                     found[_STAGE_KEYS["recovery_seconds"]].add(float(value))
-                elif key == "estimator" and isinstance(value, dict) and isinstance(value.get("seconds"), (int, float)):
-                    found[_STAGE_KEYS["training_seconds"]].add(float(value["seconds"]))
-                    walk(value, key)
                 else:
-                    walk(value, key)
+                    if key == "estimator" and isinstance(value, dict) and number(value.get("seconds")):
+                        found[_STAGE_KEYS["training_seconds"]].add(float(value["seconds"]))
+                    walk(value)
         elif isinstance(node, list):
             for item in node:
-                walk(item, parent_key)
+                walk(item)
 
     for record in records.values():
         walk(record.get("results", {}))
@@ -470,11 +470,8 @@ def render_markdown(profile: str, fig_dir, reference: dict, records: dict, compa
     if reference.get("headline"):
         out.append("### Headline numbers\n")
         out.append(headline_table(comparisons, reference["headline"]))
-    for target in targets:
-        out.append(_figure_section(target, records.get(target), [c for c in comparisons if c.target == target],
-                                   fig_dir, experiments_dir, notebooks_dir))
-    unknown_targets = sorted({c.target for c in comparisons} - set(targets))
-    for target in unknown_targets:
+    # Targets the reference names but the profile does not build still get a ("not built") section.
+    for target in targets + sorted({c.target for c in comparisons} - set(targets)):
         out.append(_figure_section(target, records.get(target), [c for c in comparisons if c.target == target],
                                    fig_dir, experiments_dir, notebooks_dir))
     out.append("## Where the authors' text and code disagree\n")
