@@ -21,7 +21,7 @@ STAMP := $(VENV)/.installed-$(LOCK)
 BUILD := build/$(PROFILE)
 FIG_DIR := figures/$(PROFILE)
 SIM_DIR := data/simulated/$(PROFILE)
-PKG_SRC := $(wildcard lib/cryo_orient/*.py) pyproject.toml
+PKG_SRC := $(shell find lib/cryo_orient -name "*.py") pyproject.toml
 
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
@@ -37,7 +37,7 @@ IMPLEMENTED := figure-1 figure-2 figure-3 figure-4 figure-5 figure-6 figure-7 fi
 # only when their content changes) and build/<profile>/profile.mk (targets and dependencies).
 PROFILE_GOALS := $(filter-out help install lock clean clean-all lint test test-unit smoke bench,$(or $(MAKECMDGOALS),help))
 ifneq ($(PROFILE_GOALS),)
-  $(shell $(PYTHON) lib/cryo_orient/profiles.py sync $(PROFILE) >&2)
+  $(shell $(PYTHON) lib/cryo_orient/workflow/profiles.py sync $(PROFILE) >&2)
   ifneq ($(.SHELLSTATUS),0)
     $(error profile '$(PROFILE)' could not be read (message above); profiles live in experiments/profiles/)
   endif

@@ -63,7 +63,7 @@ def timed_run(recovery, distances, n, mode, seed, **kwargs):
 
 def measure(mode, q_true, seed, *, probe_eor=True):
     """Time to the loss and E_OR targets for one mode (see the module docstring)."""
-    from cryo_orient import alignment, recovery
+    from cryo_orient.orientation import alignment, recovery
 
     n = len(q_true)
     exact = recovery.exact_distances(q_true)
@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     import tensorflow as tf  # noqa: F401  (imported once here so no timing includes it)
 
     tf_import = time.perf_counter() - t
-    from cryo_orient import alignment, recovery, rotations
+    from cryo_orient.orientation import alignment, recovery
+    from cryo_orient.geometry import rotations
     from cryo_orient.artifacts import save_text
 
     # The truth's generator must differ from recover's (rng=seed): the same seed would start

@@ -149,7 +149,9 @@ def throughput(size, args, rng):
     import keras
     import numpy as np
 
-    from cryo_orient import rotations, siamese
+    from cryo_orient.geometry import rotations
+
+    from cryo_orient.estimation import siamese
 
     keras.utils.set_random_seed(0)
     model = siamese.build_model(size, 512)
@@ -221,7 +223,8 @@ def print_throughput(r):
 
 
 def dataset_split(args):
-    from cryo_orient import simulate, splits
+    from cryo_orient.simulation import simulate
+    from cryo_orient.data import splits
 
     config = simulate.SimulationConfig(volume="5j0n", n_projections=args.n_projections, sampling="uniform_so3",
                                        coverage=[2, 1, 2], seed=0)
@@ -260,7 +263,7 @@ def history_rows(history):
 def time_to_mae(args):
     import numpy as np
 
-    from cryo_orient import siamese
+    from cryo_orient.estimation import siamese
 
     split, data = dataset_split(args)
     common = {"input_size": args.input_size, "n_features": 512, "seed": args.seed}

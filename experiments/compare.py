@@ -14,11 +14,11 @@
 # Not a figure of the paper: the comparison it leaves to the reader. On the same simulated
 # projections (the test split of 5j0n with SO(3)-uniform full coverage, 1,650 images under the cpu
 # profile) and at several noise levels, orientations are estimated (i) by our whole pipeline
-# (`cryo_orient.pipeline.run_case`, with exactly figure 10's settings of the profile, so its cached
+# (`cryo_orient.workflow.pipeline.run_case`, with exactly figure 10's settings of the profile, so its cached
 # cases are reused) and (ii) by common lines with ASPIRE-Python's `CLSyncVoting` (Shkolnisky &
 # Singer 2012; Singer et al. 2010), run on the same raw noisy images in its own environment
 # (`.venv-compare`, `experiments/compare/aspire_orientations.py`). Both are aligned to the true
-# orientations with the same O(4) alignment (`cryo_orient.alignment.align`), which removes the
+# orientations with the same O(4) alignment (`cryo_orient.orientation.alignment.align`), which removes the
 # global rotation and handedness that neither method can know, and reconstructed with the same
 # solver from the same images (the clean test projections, as figure 11's "recovered", and the
 # noisy ones); FSC against the true map.
@@ -69,7 +69,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import alignment, artifacts, pipeline, rotations, simulate
+from cryo_orient.orientation import alignment
+
+from cryo_orient import artifacts
+
+from cryo_orient.workflow import pipeline
+
+from cryo_orient.geometry import rotations
+
+from cryo_orient.simulation import simulate
 
 sys.path.insert(0, str(Path("experiments") / "compare"))
 import aspire_convention  # noqa: E402  (plain numpy)

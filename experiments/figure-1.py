@@ -45,7 +45,11 @@ from matplotlib.collections import PolyCollection
 from matplotlib.transforms import Affine2D
 from skimage import measure
 
-from cryo_orient import artifacts, data, projection, rotations
+from cryo_orient import artifacts, data
+
+from cryo_orient.tomography import projection
+
+from cryo_orient.geometry import rotations
 
 vol = data.load(volume, progress=False)[0].astype(np.float64)
 t3, t2, t1 = theta

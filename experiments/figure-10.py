@@ -21,7 +21,7 @@
 # Cases: 5j0n with SO(3)-uniform full coverage, noiseless and σ² = 16; the second protein (under
 # the cpu profile the 70S ribosome stands in for 5a1a, whose map is not public) with "quarter"
 # coverage θ1 ∈ [0, 0.4π], noiseless and at the same SNR (−12 dB). Each stage is cached
-# (`cryo_orient.pipeline`), and figure 11 reads the same cases. Differences from the paper, on
+# (`cryo_orient.workflow.pipeline`), and figure 11 reads the same cases. Differences from the paper, on
 # purpose: recovery uses this library's settings with restarts (best final loss of
 # `recovery_restarts`, no ground truth involved), and the alignment is our closed-form + refined
 # one (the paper: FTRL over 6 Givens angles, 6 runs).
@@ -60,7 +60,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts, pipeline
+from cryo_orient import artifacts
+
+from cryo_orient.workflow import pipeline
 
 out = Path(out_dir)
 if len(labels) != len(datasets):

@@ -16,7 +16,7 @@
 # baseline), (c) the orientations recovered from noiseless projections and (d) from noisy ones,
 # both aligned to the truth as the paper did, and (e) beyond the paper, **without ground truth**:
 # the recovered orientations (noisy case) with their gauge chosen by common-line consistency
-# (`cryo_orient.gauge`), reconstructed from the noisy images a user would have. Each volume is
+# (`cryo_orient.orientation.gauge`), reconstructed from the noisy images a user would have. Each volume is
 # shown as its projections along z, y and x on the true map's grid; the gauge-free volume is first
 # placed on the true map by a rigid motion (rotation, possibly a mirror: both are physical), found
 # from the orientations and polished on the map. Last column: the FSC with the true map, with the
@@ -24,7 +24,7 @@
 #
 # As in the paper, (a)–(d) are reconstructed from the *noiseless* test projections; the table
 # (`figure-11.csv`) adds every orientation set reconstructed from the noisy projections too.
-# Reconstruction: CG on the normal equations with the NUFFT projector (`cryo_orient.reconstruct`),
+# Reconstruction: CG on the normal equations with the NUFFT projector (`cryo_orient.tomography.reconstruct`),
 # `reconstruction_iterations` iterations (the paper: 100 CGLS iterations with ASTRA), in the
 # detector's cube; FSC in one-voxel shells on the true map's grid, no mask (the paper used the
 # EMDB FSC server against the original map). No post-processing: the paper set negative voxels to 0
@@ -62,7 +62,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts, pipeline
+from cryo_orient import artifacts
+
+from cryo_orient.workflow import pipeline
 
 out = Path(out_dir)
 if not len(proteins) == len(noiseless_datasets) == len(noisy_datasets) == len(noisy_labels):

@@ -18,7 +18,7 @@
 # Euler-uniform [2, 1, 2] (`uniform_angles`), the "half" set, Euler-uniform [2, 0.4, 2], and the
 # "quarter, half in-plane" set, SO(3)-uniform restricted to [1, 0.4, 1].
 #
-# Our quaternions are those of R = Rz(θ3) Ry(θ2) Rz(θ1) (see `cryo_orient.rotations`); the paper's
+# Our quaternions are those of R = Rz(θ3) Ry(θ2) Rz(θ1) (see `cryo_orient.geometry.rotations`); the paper's
 # were those of C Rᵀ C with C = Rx(π), which is (−x, y, z, w) of ours: the x histogram is mirrored,
 # the others and every distance are the same.
 
@@ -43,7 +43,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts, rotations
+from cryo_orient import artifacts
+
+from cryo_orient.geometry import rotations
 
 colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
 streams = np.random.SeedSequence(seed).spawn(len(samplings))

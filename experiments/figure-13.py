@@ -11,7 +11,7 @@
 # %% [markdown]
 # # Figure 13: non-uniform orientation sampling (uniform Euler angles), 5j0n, noiseless
 #
-# The whole pipeline (`cryo_orient.pipeline`, as figures 10 and 11) on projections whose Euler
+# The whole pipeline (`cryo_orient.workflow.pipeline`, as figures 10 and 11) on projections whose Euler
 # angles, not orientations, are uniform: views crowd near the poles (θ2 near 0 and π). (a) L_OR
 # over recovery steps with the histogram of the per-orientation errors after alignment (median
 # and mean marked); (b) the FSC with the true map of reconstructions from the true, random,
@@ -45,7 +45,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts, pipeline
+from cryo_orient import artifacts
+
+from cryo_orient.workflow import pipeline
 
 out = Path(out_dir)
 config = pipeline.PipelineConfig(

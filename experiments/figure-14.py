@@ -34,7 +34,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import alignment, artifacts, recovery, rotations, splits
+from cryo_orient.orientation import alignment, recovery
+
+from cryo_orient import artifacts
+
+from cryo_orient.geometry import rotations
+
+from cryo_orient.data import splits
 
 out = Path(out_dir)
 q_all = rotations.sample_orientations(n_projections, method, coverage, rng=np.random.default_rng(seed))

@@ -13,7 +13,7 @@
 #
 # Orientations recovered from distances are defined only up to the O(4) transform that leaves
 # every distance unchanged (left and right quaternion multiplication, and conjugation). Before
-# alignment they look nothing like the truth; after `cryo_orient.alignment.align` (spectral
+# alignment they look nothing like the truth; after `cryo_orient.orientation.alignment.align` (spectral
 # initialisation, sign-aware Procrustes and geodesic refinement, both handedness) they coincide.
 # Shown for the Figure 14 run: true (green) and recovered (red) viewing directions, and the
 # histograms of the per-orientation error d_q(q_i, T q̂_i), with mean and median.
@@ -31,7 +31,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import alignment, artifacts, rotations
+from cryo_orient.orientation import alignment
+
+from cryo_orient import artifacts
+
+from cryo_orient.geometry import rotations
 
 out = Path(out_dir)
 saved = np.load(out / "figure-14.npz")

@@ -58,8 +58,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
-from cryo_orient import artifacts, rotations, siamese
-from cryo_orient.simulate import load_dataset
+from cryo_orient import artifacts
+
+from cryo_orient.geometry import rotations
+
+from cryo_orient.estimation import siamese
+from cryo_orient.simulation.simulate import load_dataset
 
 assert len(labels) == len(datasets), "one label per dataset"
 SMALL_DQ = 0.5  # rad: "near" pairs, where a usable distance must be small and tight

@@ -38,7 +38,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts, rotations, siamese, simulate, splits
+from cryo_orient import artifacts
+
+from cryo_orient.geometry import rotations
+
+from cryo_orient.estimation import siamese
+
+from cryo_orient.simulation import simulate
+
+from cryo_orient.data import splits
 
 out = Path(out_dir)
 cache = Path("build") / profile / "cache" / "siamese"

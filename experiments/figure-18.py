@@ -17,7 +17,7 @@
 # to the feature vector f ∈ ℝ^{n_f}; the head is d_f = 2 arccos(cos(f_i, f_j)).
 #
 # The paper drew its Fig. 18 by hand with PlotNeuralNet. Here every box, shape and parameter count
-# comes from the Keras model that `cryo_orient.siamese.build_model(input_size, n_features)` builds
+# comes from the Keras model that `cryo_orient.estimation.siamese.build_model(input_size, n_features)` builds
 # (through `siamese.layer_table`), so the figure cannot drift from the code. Boxes: the height
 # grows with the log of the spatial size, the width with the log of the number of channels; the
 # conv output is orange, the max-pooled output red. The paper's code pooled the last 1×1 map with
@@ -39,7 +39,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Polygon, Rectangle
 
-from cryo_orient import artifacts, siamese
+from cryo_orient import artifacts
+
+from cryo_orient.estimation import siamese
 
 model = siamese.build_model(input_size, n_features)
 table = siamese.layer_table(model)
@@ -184,7 +186,7 @@ fig.tight_layout()
 lines = [
     f"# Figure 18: encoder G_w of the Siamese model ({input_size}×{input_size} input, n_f = {n_features})",
     "",
-    f"Built by `cryo_orient.siamese.build_model({input_size}, {n_features})`; both branches use this one encoder. "
+    f"Built by `cryo_orient.estimation.siamese.build_model({input_size}, {n_features})`; both branches use this one encoder. "
     f"Head: `{head}` feature distance, no weights.",
     "",
     "| layer | type | kernel | filters | output shape | parameters |",

@@ -41,8 +41,12 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
-from cryo_orient import alignment, artifacts, recovery, rotations
-from cryo_orient.simulate import load_dataset
+from cryo_orient.orientation import alignment, recovery
+
+from cryo_orient import artifacts
+
+from cryo_orient.geometry import rotations
+from cryo_orient.simulation.simulate import load_dataset
 
 data = load_dataset(Path(sim_dir) / f"{dataset}.h5")
 q = data["quaternions"][:n_recover]

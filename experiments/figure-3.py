@@ -42,8 +42,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from cryo_orient import alignment, artifacts, data, pipeline, reconstruct, recovery, rotations, siamese, volumes
-from cryo_orient.simulate import load_dataset
+from cryo_orient.orientation import alignment, recovery
+
+from cryo_orient import artifacts, data
+
+from cryo_orient.workflow import pipeline
+
+from cryo_orient.tomography import reconstruct
+
+from cryo_orient.geometry import rotations, volumes
+
+from cryo_orient.estimation import siamese
+from cryo_orient.simulation.simulate import load_dataset
 
 ds = load_dataset(Path(sim_dir) / f"{dataset}.h5")
 q = ds["quaternions"][:n_recover]

@@ -40,8 +40,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Polygon, Rectangle
 
-from cryo_orient import artifacts, rotations, siamese
-from cryo_orient.simulate import load_dataset
+from cryo_orient import artifacts
+
+from cryo_orient.geometry import rotations
+
+from cryo_orient.estimation import siamese
+from cryo_orient.simulation.simulate import load_dataset
 
 ds = load_dataset(Path(sim_dir) / f"{dataset}.h5")
 i, j = pair

@@ -31,8 +31,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts, rotations
-from cryo_orient.simulate import load_dataset
+from cryo_orient import artifacts
+
+from cryo_orient.geometry import rotations
+from cryo_orient.simulation.simulate import load_dataset
 
 panels, results = [], {}
 for letter, name in zip("abcd", datasets):

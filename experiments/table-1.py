@@ -14,7 +14,7 @@
 # The paper splits P = 5,000 projections with scikit-learn (`test_size=0.33, random_state=42`,
 # then `test_size=0.25, random_state=1`) and trains on 1 % of the ordered pairs of each set,
 # drawn with replacement (so the count includes (i, i) pairs and both orders); the test set uses
-# all of its pairs. This notebook computes the table from `cryo_orient.splits` for the profile's P.
+# all of its pairs. This notebook computes the table from `cryo_orient.data.splits` for the profile's P.
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cryo_orient import artifacts, splits
+from cryo_orient import artifacts
+
+from cryo_orient.data import splits
 
 train, val, test = splits.train_val_test_split(n_projections, test_size, val_size, tuple(seeds))
 assert len(np.intersect1d(train, val)) == len(np.intersect1d(train, test)) == len(np.intersect1d(val, test)) == 0

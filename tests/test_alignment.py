@@ -1,4 +1,4 @@
-"""Tests of cryo_orient.alignment: O(4) factors, E_OR alignment, physical meaning of the gauge."""
+"""Tests of cryo_orient.orientation.alignment: O(4) factors, E_OR alignment, physical meaning of the gauge."""
 
 import json
 
@@ -7,8 +7,8 @@ import pytest
 from scipy.linalg import expm
 from scipy.optimize import minimize
 
-from cryo_orient import alignment as al
-from cryo_orient import rotations as rot
+from cryo_orient.orientation import alignment as al
+from cryo_orient.geometry import rotations as rot
 
 K = np.array([0.0, 0.0, 1.0, 0.0])  # quaternion of Rz(pi)
 J = np.diag([1.0, 1.0, -1.0])  # mirror through the plane z = 0

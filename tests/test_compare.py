@@ -17,8 +17,12 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryo_orient import pipeline, projection, rotations
-from cryo_orient.simulate import SimulationConfig, load_dataset, simulate_dataset
+from cryo_orient.workflow import pipeline
+
+from cryo_orient.tomography import projection
+
+from cryo_orient.geometry import rotations
+from cryo_orient.simulation.simulate import SimulationConfig, load_dataset, simulate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "experiments" / "compare"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cryo_orient import data
-from cryo_orient.data import DataError, DataFile
+from cryo_orient.data import DataError, DataFile, registry
 
 # Any UserWarning a test does not expect (with pytest.warns) is a failure.
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")
@@ -555,7 +555,7 @@ def test_load_builds_and_caches_map_from_model(tmp_path, monkeypatch):
     def must_not_rebuild(*args, **kwargs):
         raise AssertionError("the cached map should have been used")
 
-    monkeypatch.setattr(data, "density_from_model", must_not_rebuild)
+    monkeypatch.setattr(registry, "density_from_model", must_not_rebuild)
     again, _ = data.load(entry, cache_dir=cache, mirror=mirror, progress=False)
     np.testing.assert_array_equal(again, expected)
 

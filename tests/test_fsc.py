@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cryo_orient.fsc import fsc, soft_sphere_mask
+from cryo_orient.tomography.fsc import fsc, soft_sphere_mask
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,12 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryo_orient import pipeline, relion, rotations
-from cryo_orient.simulate import SimulationConfig, load_dataset, simulate_dataset
+from cryo_orient.workflow import pipeline
+
+from cryo_orient.data import relion
+
+from cryo_orient.geometry import rotations
+from cryo_orient.simulation.simulate import SimulationConfig, load_dataset, simulate_dataset
 
 
 @pytest.fixture(scope="module")

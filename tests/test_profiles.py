@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cryo_orient import profiles
+from cryo_orient.workflow import profiles
 from cryo_orient.cli import main as cli_main
-from cryo_orient.simulate import SimulationConfig
+from cryo_orient.simulation.simulate import SimulationConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_sync_rewrites_only_what_changed(project):
 
 def test_sync_runs_with_the_standard_library_only(project):
     # make calls it with a bare python before the venv exists.
-    out = subprocess.run([sys.executable, "-S", "-I", str(REPO / "lib" / "cryo_orient" / "profiles.py"), "sync", "tiny"],
+    out = subprocess.run([sys.executable, "-S", "-I", str(REPO / "lib" / "cryo_orient" / "workflow" / "profiles.py"), "sync", "tiny"],
                          cwd=project, capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
     assert out.returncode == 0, out.stderr
     assert (project / "build" / "tiny" / "profile.mk").is_file()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from cryo_orient import rotations
-from cryo_orient.projection import astra_available, backproject, default_size, project
+from cryo_orient.geometry import rotations
+from cryo_orient.tomography.projection import astra_available, backproject, default_size, project
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_nufft_agrees_with_the_real_space_reference_at_arbitrary_rotations():
     # centre or a transposed rotation would give errors of order 1.
     from scipy import ndimage
 
-    from cryo_orient.projection import project_real_space
+    from cryo_orient.tomography.projection import project_real_space
 
     rng = np.random.default_rng(2)
     v = np.zeros((20, 22, 24))

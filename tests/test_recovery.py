@@ -1,4 +1,4 @@
-"""Tests of cryo_orient.recovery: orientation recovery from pairwise distances (Eq. 4)."""
+"""Tests of cryo_orient.orientation.recovery: orientation recovery from pairwise distances (Eq. 4)."""
 
 import dataclasses
 import json
@@ -8,7 +8,9 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from cryo_orient import alignment, recovery, rotations as rot  # noqa: E402
+from cryo_orient.orientation import alignment, recovery
+
+from cryo_orient.geometry import rotations as rot  # noqa: E402
 
 
 def all_pair_distances(q):

@@ -5,15 +5,17 @@ from gemmi import cif
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from cryo_orient import projection, rotations
-from cryo_orient.relion import (
+from cryo_orient.tomography import projection
+
+from cryo_orient.geometry import rotations
+from cryo_orient.data.relion import (
     quaternions_to_relion,
     read_star,
     relion_to_quaternions,
     write_particle_stack,
     write_star,
 )
-from cryo_orient.simulate import shift_images
+from cryo_orient.simulation.simulate import shift_images
 
 
 def relion_matrix(rot, tilt, psi):

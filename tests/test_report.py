@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cryo_orient import report
+from cryo_orient.workflow import report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -240,7 +240,7 @@ def test_update_readme(tmp_path):
 @pytest.mark.parametrize("profile", ["tiny", "cpu", "paper"])
 def test_every_profile_builds_every_figure_and_table(profile):
     """`make reproduce` of any profile, hence its report, covers figures 1-18 and Table 1."""
-    from cryo_orient.profiles import load_profile
+    from cryo_orient.workflow.profiles import load_profile
 
     sections = set(load_profile(profile, root=ROOT))
     wanted = {f"figure-{n}" for n in range(1, 19)} | {"table-1"}

@@ -1,4 +1,4 @@
-"""Tests of cryo_orient.rotations: conventions, conversions, distances, sampling."""
+"""Tests of cryo_orient.geometry.rotations: conventions, conversions, distances, sampling."""
 
 import os
 import subprocess
@@ -11,7 +11,7 @@ from scipy import stats
 from scipy.spatial.transform import Rotation
 
 import cryo_orient
-from cryo_orient import rotations as rot
+from cryo_orient.geometry import rotations as rot
 
 FULL = np.array([2.0, 1.0, 2.0])
 IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
@@ -58,12 +58,12 @@ def test_import_does_not_load_tensorflow():
     lib = str(Path(cryo_orient.__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=lib + os.pathsep + os.environ.get("PYTHONPATH", ""))
     code = (
-        "import sys, cryo_orient.rotations as r; "
+        "import sys, cryo_orient.geometry.rotations as r; "
         "r.distance(r.uniform_so3(3, 0), r.uniform_so3(3, 1)); "
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert res.returncode == 0, "importing cryo_orient.rotations imported tensorflow\n" + res.stderr
+    assert res.returncode == 0, "importing cryo_orient.geometry.rotations imported tensorflow\n" + res.stderr
 
 
 # --------------------------------------------------------------------------------------------

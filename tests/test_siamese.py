@@ -5,7 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from cryo_orient import projection, rotations, siamese, simulate
+from cryo_orient.tomography import projection
+
+from cryo_orient.geometry import rotations
+
+from cryo_orient.estimation import siamese
+
+from cryo_orient.simulation import simulate
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryo_orient import simulate
+from cryo_orient.simulation import simulate
 from cryo_orient.cli import main as cli_main
-from cryo_orient.simulate import (
+from cryo_orient.simulation.simulate import (
     SimulationConfig,
     add_noise,
     load_dataset,

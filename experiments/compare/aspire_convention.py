@@ -4,17 +4,17 @@ Used by ``experiments/compare.py`` and the tests (main venv) on the rotations th
 ``aspire_orientations.py`` stores in ASPIRE's convention; numpy only, like everything in this folder.
 
 ASPIRE 0.14.3 (``aspire.volume.Volume.project`` and ``rotated_grids``): a volume array is indexed
-``[z, y, x]`` and an image ``[y, x]``, as ours (:mod:`cryo_orient.projection`), both centred at
+``[z, y, x]`` and an image ``[y, x]``, as ours (:mod:`cryo_orient.tomography.projection`), both centred at
 index ``n // 2``. The image's 2-D Fourier transform at ``(kx, ky)`` is the volume's at
 ``R_A @ (kx, ky, 0)`` (frequencies in ``(x, y, z)`` order). Ours is at ``R.T @ (kx, ky, 0)``, so
 the same images come from ``R_A = R.T``: no transpose or flip of the image axes. Checked
 numerically: ``Volume.project(R.T)`` of a random asymmetric volume reproduces
-``cryo_orient.projection.project(volume, q)`` with correlation 1.0000; every other of the 16
+``cryo_orient.tomography.projection.project(volume, q)`` with correlation 1.0000; every other of the 16
 combinations (``R`` or ``R.T``, times the 8 transposes/flips of the image) gives <= 0.69.
 The rotations that ``CLSyncVoting.estimate_rotations`` returns are in the convention of
 ``Volume.project`` (up to the global rotation and handedness common lines cannot fix).
 
-What the O(4) alignment (``cryo_orient.alignment.align``) can and cannot tell here: it absorbs
+What the O(4) alignment (``cryo_orient.orientation.alignment.align``) can and cannot tell here: it absorbs
 ``R`` against ``R.T`` (the reflection) and also any transpose or flip of all images *about their
 centre* (index ``n // 2``): such images are exact projections of the mirrored map at
 ``G R_i G`` with a fixed rotation ``G``, which ``q -> g q g`` undoes. Measured on 150 noiseless
@@ -39,7 +39,7 @@ def _as_matrices(R) -> np.ndarray:
 
 
 def aspire_to_matrices(R_aspire) -> np.ndarray:
-    """Our rotation matrices ``R`` (see cryo_orient.rotations) of ASPIRE's ``R_A``: ``R = R_A.T``."""
+    """Our rotation matrices ``R`` (see cryo_orient.geometry.rotations) of ASPIRE's ``R_A``: ``R = R_A.T``."""
     return np.swapaxes(_as_matrices(R_aspire), -1, -2).copy()
 
 

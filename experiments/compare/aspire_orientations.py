@@ -6,9 +6,9 @@ and h5py, and imports neither cryo_orient nor TensorFlow. ``experiments/compare.
     .venv-compare/bin/python experiments/compare/aspire_orientations.py \\
         --dataset data/simulated/cpu/5j0n-full-so3.h5 --indices test.npz --out aspire.npz
 
-It reads the dataset's HDF5 file directly (the layout of ``cryo_orient.simulate.simulate_dataset``),
+It reads the dataset's HDF5 file directly (the layout of ``cryo_orient.simulation.simulate.simulate_dataset``),
 takes the images at ``indices`` (``--indices``: an .npz with an ``indices`` array, the test split
-written by the main venv) as raw noisy images, exactly as ``cryo_orient.pipeline.raw_images(...,
+written by the main venv) as raw noisy images, exactly as ``cryo_orient.workflow.pipeline.raw_images(...,
 "noisy")`` (the stored standardised projections times ``standardization_std`` plus
 ``standardization_mean``), optionally Fourier-downsamples them, and runs
 ``aspire.abinitio.CLSyncVoting``: the common-lines matrix, the synchronization matrix by voting,

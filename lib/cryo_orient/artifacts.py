@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from cryo_orient import __version__
 
 
 @contextlib.contextmanager

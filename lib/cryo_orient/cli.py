@@ -49,7 +49,7 @@ def _config_values(args) -> dict:
 
 def _simulation_values(args) -> dict:
     """``--config``, then the profile's dataset section, then ``--set`` overrides."""
-    from .profiles import load_profile
+    from cryo_orient.workflow.profiles import load_profile
 
     values = _config_file(args.config)
     if args.profile:
@@ -62,7 +62,7 @@ def _simulation_values(args) -> dict:
 
 
 def _cmd_simulate(args) -> int:
-    from .simulate import SimulationConfig, simulate_dataset
+    from cryo_orient.simulation.simulate import SimulationConfig, simulate_dataset
 
     if bool(args.profile) != bool(args.dataset):
         raise SystemExit("error: --profile and --dataset go together")
@@ -81,7 +81,7 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from . import siamese
+    from cryo_orient.estimation import siamese
 
     try:
         config = siamese.TrainingConfig.from_dict(_config_values(args))
@@ -97,8 +97,12 @@ def _cmd_train(args) -> int:
 def _cmd_embed(args) -> int:
     import numpy as np
 
-    from . import simulate, siamese, splits
-    from .artifacts import atomic_output
+    from cryo_orient.simulation import simulate
+
+    from cryo_orient.estimation import siamese
+
+    from cryo_orient.data import splits
+    from cryo_orient.artifacts import atomic_output
 
     run = siamese.load_run(args.model)
     dataset = simulate.load_dataset(args.dataset)
@@ -119,7 +123,7 @@ def _cmd_embed(args) -> int:
 def _split_index(n, split):
     import numpy as np
 
-    from . import splits
+    from cryo_orient.data import splits
 
     train_idx, val_idx, test_idx = splits.train_val_test_split(n)
     return {"all": np.arange(n), "train": train_idx, "val": val_idx, "test": np.sort(test_idx)}[split]
@@ -129,7 +133,7 @@ def _read_orientations(path, index):
     """Quaternions from a STAR file (RELION angles) or an .npz of `cryo-orient recover`."""
     import numpy as np
 
-    from . import relion
+    from cryo_orient.data import relion
 
     path, n = Path(path), len(index)
     if not path.is_file():
@@ -152,7 +156,7 @@ def _read_orientations(path, index):
 
 
 def _raw_images(dataset, index, which):
-    from .pipeline import raw_images
+    from cryo_orient.workflow.pipeline import raw_images
 
     try:
         return raw_images(dataset, index, which)
@@ -163,8 +167,10 @@ def _raw_images(dataset, index, which):
 def _cmd_recover(args) -> int:
     import numpy as np
 
-    from . import recovery, siamese
-    from .artifacts import atomic_output
+    from cryo_orient.orientation import recovery
+
+    from cryo_orient.estimation import siamese
+    from cryo_orient.artifacts import atomic_output
 
     with np.load(args.embeddings) as f:
         features, index, kind = f["features"], f["index"], str(f["feature_distance"])
@@ -179,7 +185,9 @@ def _cmd_recover(args) -> int:
 
 
 def _cmd_gauge(args) -> int:
-    from . import gauge, relion, simulate
+    from cryo_orient.orientation import gauge
+    from cryo_orient.data import relion
+    from cryo_orient.simulation import simulate
 
     dataset = simulate.load_dataset(args.dataset)
     index = _split_index(len(dataset["quaternions"]), args.split)
@@ -196,7 +204,11 @@ def _cmd_gauge(args) -> int:
 def _cmd_reconstruct(args) -> int:
     import numpy as np
 
-    from . import data, reconstruct, simulate
+    from cryo_orient import data
+
+    from cryo_orient.tomography import reconstruct
+
+    from cryo_orient.simulation import simulate
 
     dataset = simulate.load_dataset(args.dataset)
     index = _split_index(len(dataset["quaternions"]), args.split)
@@ -218,7 +230,8 @@ def _cmd_reconstruct(args) -> int:
 
 
 def _cmd_fsc(args) -> int:
-    from . import data, fsc
+    from cryo_orient import data
+    from cryo_orient.tomography import fsc
 
     a, voxel = data.load_volume(args.volume_a)
     b, _ = data.load_volume(args.volume_b)
@@ -231,7 +244,7 @@ def _cmd_fsc(args) -> int:
         res, crossed = curve.resolution(threshold)
         print(f"FSC {threshold}: {res:.2f} Å" + ("" if crossed else " (not crossed before Nyquist)"))
     if args.out:
-        from .artifacts import save_text
+        from cryo_orient.artifacts import save_text
 
         rows = ["frequency_per_angstrom,fsc,voxels"] + [f"{f:.6g},{c:.6g},{n}" for f, c, n in
                                                         zip(curve.frequency, curve.correlation, curve.counts)]
@@ -240,7 +253,7 @@ def _cmd_fsc(args) -> int:
 
 
 def _cmd_fetch(args) -> int:
-    from . import data
+    from cryo_orient import data
 
     for name in args.names:
         print(data.fetch(name, cache_dir=args.cache_dir))
@@ -250,7 +263,7 @@ def _cmd_fetch(args) -> int:
 def _report_targets(profile_name: str) -> list[str]:
     """The targets a profile's report covers: every target of ``make reproduce``, and optional
     ones (``make compare``) once they have been built."""
-    from .profiles import OPTIONAL_TARGETS, load_profile
+    from cryo_orient.workflow.profiles import OPTIONAL_TARGETS, load_profile
 
     profile = load_profile(profile_name)
     out_dir = Path("figures") / profile_name
@@ -260,7 +273,7 @@ def _report_targets(profile_name: str) -> list[str]:
 
 def _cmd_report(args) -> int:
     """Write figures/<profile>/REPORT.md and REPORT.html."""
-    from . import report
+    from cryo_orient.workflow import report
 
     try:
         paths = report.write_report(args.profile, reference_path=args.reference,
@@ -277,7 +290,7 @@ def _cmd_report(args) -> int:
 def _cmd_check_outputs(args) -> int:
     """Every target of a profile left a non-empty figure (or table), its JSON record, and a
     section in the report."""
-    from . import report
+    from cryo_orient.workflow import report
 
     targets = _report_targets(args.profile)
     out_dir = Path("figures") / args.profile

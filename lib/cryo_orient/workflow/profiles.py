@@ -1,7 +1,7 @@
 """Experiment profiles: one TOML file per profile, one section per dataset and per figure.
 
 A profile (``experiments/profiles/<name>.toml``) holds every setting of a run of the experiments:
-``[datasets.<name>]`` sections are :class:`cryo_orient.simulate.SimulationConfig` values, and a
+``[datasets.<name>]`` sections are :class:`cryo_orient.simulation.simulate.SimulationConfig` values, and a
 ``[<target>]`` section (``[figure-6]``, ``[table-1]``, ...) holds the values of the ``parameters``
 cell of ``experiments/<target>.py``. Keys that the notebook does not declare are an error, so a
 typo cannot silently fall back to a default.

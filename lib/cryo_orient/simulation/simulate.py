@@ -1,7 +1,7 @@
 """Simulated cryo-EM datasets: projections, noise, shifts, standardisation, HDF5 files.
 
 The measurement model of the paper is ``p = S_t P_θ x + n`` (no CTF): the projection
-(:func:`project`, re-exported from :mod:`cryo_orient.projection`), an in-plane shift, and additive
+(:func:`project`, re-exported from :mod:`cryo_orient.tomography.projection`), an in-plane shift, and additive
 white Gaussian noise, followed by a global standardisation of the whole dataset.
 
 Two orders are offered, because the paper's is not the physical one:
@@ -29,10 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, rotations
-from ._rng import as_rng
-from .artifacts import atomic_output, git_commit
-from .projection import BACKENDS, default_size, project, resolve_backend
+from cryo_orient import __version__
+
+from cryo_orient.geometry import rotations
+from cryo_orient.validation import as_rng
+from cryo_orient.artifacts import atomic_output, git_commit
+from cryo_orient.tomography.projection import BACKENDS, default_size, project, resolve_backend
 
 __all__ = [
     "project",
@@ -242,7 +244,7 @@ class SimulationConfig:
 
 def _volume_source(config: SimulationConfig):
     """Load the volume and a fingerprint of its content for the cache key."""
-    from . import data
+    from cryo_orient import data
 
     if config.volume in data.REGISTRY:
         entry = data.REGISTRY[config.volume]

@@ -9,7 +9,7 @@ transforms of quaternions that preserve ``d_q(q_i, q_j) = 2 arccos |<q_i, q_j>|`
 
 :func:`align` computes that minimum, and the minimising ``T``, in about 0.1 s for
 n = 1,650 and without random restarts. Conventions (scalar-last quaternions, Hamilton
-products, projection geometry) are those of :mod:`cryo_orient.rotations`.
+products, projection geometry) are those of :mod:`cryo_orient.geometry.rotations`.
 
 The structure of O(4)
 ---------------------
@@ -111,7 +111,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import rotations
+from cryo_orient.geometry import rotations
 
 __all__ = [
     "Alignment",

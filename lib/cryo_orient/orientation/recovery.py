@@ -11,7 +11,7 @@ learned estimator plugs in there; at n = 100,000 no ``n x n`` matrix is ever for
 
 The solution is defined only up to the isometries of SO(3) (left and right multiplication and
 inversion; see the paper README, section 6 item 11): compare it with the truth after
-:func:`cryo_orient.alignment.align`, or through pairwise distances.
+:func:`cryo_orient.orientation.alignment.align`, or through pairwise distances.
 
 Two modes
 ---------
@@ -40,7 +40,7 @@ Two modes
 
 * initialisation uniform on SO(3), pairs with ``i != j`` (a pair ``(i, i)`` carries no
   information), batches of ``n`` pairs (at least 1,024, at most 65,536);
-* the stable geodesic :func:`cryo_orient.rotations.distance_tf` (atan2 form), finite with useful
+* the stable geodesic :func:`cryo_orient.geometry.rotations.distance_tf` (atan2 form), finite with useful
   gradients at ``d = 0`` and ``d = pi``;
 * dense Adam on the whole ``(n, 4)`` variable, rows renormalised after every step (a retraction
   onto the sphere, so that the learning rate is an angle and does not shrink as the norms grow,
@@ -94,8 +94,9 @@ from types import MappingProxyType
 
 import numpy as np
 
-from cryo_orient import rotations
-from cryo_orient._rng import as_rng
+from cryo_orient.geometry import rotations
+from cryo_orient.validation import as_rng
+from cryo_orient import validation
 from cryo_orient.artifacts import jsonable
 
 __all__ = [
@@ -214,28 +215,6 @@ class RecoveryResult:
 # --------------------------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _as_int(value, name, minimum):
-    try:
-        if isinstance(value, bool):  # True would silently mean 1.
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}.") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}.")
-    return value
-
-
-def _as_positive_float(value, name, *, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number; got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        need = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {need}; got {value}.")
-    return value
 
 
 def _as_unit_quaternions(q, name="q"):
@@ -452,7 +431,7 @@ def perturbed_distances(q, sigma, *, redrawn=True, rng=None, clip=None):
     """
     q = _as_unit_quaternions(q)
     n = len(q)
-    sigma = _as_positive_float(sigma, "sigma", allow_zero=True)
+    sigma = validation.real(sigma, "sigma", minimum=0.0)
     if not isinstance(redrawn, (bool, np.bool_)):
         raise TypeError(f"redrawn must be True or False; got {redrawn!r}.")
     clip = (not redrawn) if clip is None else bool(clip)
@@ -513,7 +492,7 @@ def pairwise_loss(distances, q, n_pairs=None, rng=None):
             total += float(np.dot(r, r))
             count += r.size
         return total / count
-    n_pairs = 1_000_000 if n_pairs is None else _as_int(n_pairs, "n_pairs", 1)
+    n_pairs = 1_000_000 if n_pairs is None else validation.integer(n_pairs, "n_pairs", 1)
     total = 0.0
     for start in range(0, n_pairs, _BLOCK_PAIRS):
         size = min(_BLOCK_PAIRS, n_pairs - start)
@@ -568,12 +547,12 @@ def _resolve_settings(mode, n, overrides):
             s[key] = value
     if s["batch_size"] is None:
         s["batch_size"] = _default_batch(n)
-    s["batch_size"] = _as_int(s["batch_size"], "batch_size", 1)
-    s["max_steps"] = _as_int(s["max_steps"], "max_steps", 1)
-    s["window"] = _as_int(s["window"], "window", 1)
-    s["learning_rate"] = _as_positive_float(s["learning_rate"], "learning_rate")
-    s["tol"] = _as_positive_float(s["tol"], "tol", allow_zero=True)
-    s["plateau_tol"] = _as_positive_float(s["plateau_tol"], "plateau_tol", allow_zero=True)
+    s["batch_size"] = validation.integer(s["batch_size"], "batch_size", 1)
+    s["max_steps"] = validation.integer(s["max_steps"], "max_steps", 1)
+    s["window"] = validation.integer(s["window"], "window", 1)
+    s["learning_rate"] = validation.real(s["learning_rate"], "learning_rate", minimum=0.0, strict=True)
+    s["tol"] = validation.real(s["tol"], "tol", minimum=0.0)
+    s["plateau_tol"] = validation.real(s["plateau_tol"], "plateau_tol", minimum=0.0)
     if s["dtype"] not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64'; got {s['dtype']!r}.")
     s["n"] = n
@@ -649,7 +628,7 @@ def recover(distances, n, *, mode="improved", rng=None, batch_size=None, learnin
     -------
     RecoveryResult
         Canonical unit quaternions (up to the gauge of Eq. 4: compare them with the truth after
-        :func:`cryo_orient.alignment.align`), per-step losses, and how and why the run stopped.
+        :func:`cryo_orient.orientation.alignment.align`), per-step losses, and how and why the run stopped.
 
     Raises
     ------
@@ -660,7 +639,7 @@ def recover(distances, n, *, mode="improved", rng=None, batch_size=None, learnin
         If the loss itself becomes non-finite.
     """
     started = time.perf_counter()
-    n = _as_int(n, "n", 2)
+    n = validation.integer(n, "n", 2)
     fn, is_matrix = _as_distance_fn(distances, n)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(step, loss); got {callback!r}.")
@@ -673,7 +652,7 @@ def recover(distances, n, *, mode="improved", rng=None, batch_size=None, learnin
     })
     s["distances"] = "matrix" if is_matrix else "callable"
     s["rng_seed"] = None if seed is None else int(seed)
-    s["restarts"] = _as_int(restarts, "restarts", 1)
+    s["restarts"] = validation.integer(restarts, "restarts", 1)
     init = init if init is not None else s["init"]
 
     import tensorflow as tf

@@ -2,7 +2,7 @@
 
 The recovery loss depends on orientations only through the distances ``d(q_i, q_j)``, which are
 invariant under ``q ↦ a q b`` and ``q ↦ a q̄ b`` for any unit quaternions ``a, b`` (the group
-O(4) acting on quaternions; see :mod:`cryo_orient.alignment`). Of that ambiguity only the right
+O(4) acting on quaternions; see :mod:`cryo_orient.orientation.alignment`). Of that ambiguity only the right
 factor ``b`` is physical: reconstructing with ``R_i R_b`` gives the same volume rotated by
 ``R_bᵀ``. The left factor ``a`` (three degrees of freedom) and the choice between ``q`` and
 ``q̄`` change which images are said to share which lines, and must be chosen from the data. The
@@ -11,7 +11,7 @@ paper chose them by aligning to the true orientations; this module chooses them 
 
 Common lines: by the Fourier slice theorem, the 2-D spectra of images ``i`` and ``j`` agree
 along one central line, the intersection of their slices. With rotations ``R_i`` (convention of
-:mod:`cryo_orient.projection`), the line's 3-D direction is ``c = R_iᵀ e_z × R_jᵀ e_z`` and it
+:mod:`cryo_orient.tomography.projection`), the line's 3-D direction is ``c = R_iᵀ e_z × R_jᵀ e_z`` and it
 lies in image ``i`` along ``R_i c`` (and in image ``j`` along ``R_j c``). For candidate
 orientations ``R'_i = A R_i`` (or ``A R_iᵀ``) the score is the mean, over random pairs, of the
 normalised correlation of the two images' spectra along the lines the candidate predicts. It is
@@ -28,8 +28,8 @@ import dataclasses
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from . import rotations
-from ._rng import as_rng
+from cryo_orient.geometry import rotations
+from cryo_orient.validation import as_rng
 
 __all__ = ["CommonLines", "GaugeChoice", "common_lines", "common_line_score", "choose_gauge"]
 
@@ -272,14 +272,14 @@ def volume_frame(alignment):
 
     Parameters
     ----------
-    alignment : cryo_orient.alignment.Alignment
+    alignment : cryo_orient.orientation.alignment.Alignment
         ``align(q_true, q_used)`` for the orientations ``q_used`` the volume was built with.
 
     Returns
     -------
     dict
         ``matrix``: the 3×3 ``M`` (±rotation) with ``V_true(x) ≈ V_used(M x)`` in ``(x, y, z)``
-        volume coordinates (use :func:`cryo_orient.volumes.transform_volume`);
+        volume coordinates (use :func:`cryo_orient.geometry.volumes.transform_volume`);
         ``mirrored``: whether the reconstruction is the mirror image (``det M = -1``);
         ``gauge_error``: rotation distance (rad) of the alignment's left factor from the
         nearest of the two gauges that give a consistent volume (identity or ``Rz(π)``; 0 when

@@ -53,9 +53,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rotations
-from ._rng import as_rng
-from .artifacts import atomic_output, jsonable, save_text
+from cryo_orient.geometry import rotations
+from cryo_orient.validation import as_rng
+from cryo_orient import validation
+from cryo_orient.artifacts import atomic_output, jsonable, save_text
 
 __all__ = [
     "FILTERS",
@@ -124,12 +125,6 @@ def _distance_ops(kind):
     return {"cosine": _cosine_distance_ops, "euclidean": _euclidean_distance_ops}[kind]
 
 
-def _check_choice(value, name, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
 def feature_distances(features_a, features_b, kind="cosine") -> np.ndarray:
     """Distances between rows of two feature arrays, with the model head's formula (NumPy).
 
@@ -145,7 +140,7 @@ def feature_distances(features_a, features_b, kind="cosine") -> np.ndarray:
     ndarray, shape (m,)
         ``2 arccos(clip(cos, ε, 1 − ε))`` or ``‖a − b‖`` (float64).
     """
-    _check_choice(kind, "kind", FEATURE_DISTANCES)
+    validation.choice(kind, "kind", FEATURE_DISTANCES)
     a = np.asarray(features_a, dtype=np.float64)
     b = np.asarray(features_b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2:
@@ -159,7 +154,7 @@ def feature_distances(features_a, features_b, kind="cosine") -> np.ndarray:
 
 
 def distance_function(features, kind="cosine"):
-    """A callable ``f(i, j) -> d_p`` on index arrays, for :func:`cryo_orient.recovery.recover`.
+    """A callable ``f(i, j) -> d_p`` on index arrays, for :func:`cryo_orient.orientation.recovery.recover`.
 
     The CNN ran once per projection (in :func:`embed`); every pair distance the recovery asks for
     is then a few flops on the stored features, instead of a CNN pass per pair and step.
@@ -211,7 +206,7 @@ def _custom(name):
             def __init__(self, kind="cosine", **kwargs):
                 kwargs.setdefault("dtype", "float32")
                 super().__init__(**kwargs)
-                self.kind = _check_choice(kind, "feature_distance", FEATURE_DISTANCES)
+                self.kind = validation.choice(kind, "feature_distance", FEATURE_DISTANCES)
 
             def call(self, inputs):
                 a, b = inputs
@@ -228,8 +223,8 @@ def _custom(name):
 
             def __init__(self, error="mae", kind="cosine", name="in_batch_pair_loss", **kwargs):
                 super().__init__(name=name, **kwargs)
-                self.error = _check_choice(error, "loss", LOSSES)
-                self.kind = _check_choice(kind, "feature_distance", FEATURE_DISTANCES)
+                self.error = validation.choice(error, "loss", LOSSES)
+                self.kind = validation.choice(kind, "feature_distance", FEATURE_DISTANCES)
 
             def call(self, y_true, y_pred):
                 q = ops.cast(y_true, "float32")
@@ -301,7 +296,7 @@ def build_model(input_size=116, n_features=512, feature_distance="cosine", *, en
         Inputs ``[(batch, s, s, 1), (batch, s, s, 1)]``, output ``(batch,)`` distances.
     """
     keras = _keras()
-    _check_choice(feature_distance, "feature_distance", FEATURE_DISTANCES)
+    validation.choice(feature_distance, "feature_distance", FEATURE_DISTANCES)
     if encoder is None:
         encoder = build_encoder(input_size, n_features)
     input_size = encoder.input_shape[1]
@@ -319,7 +314,7 @@ def encoder_of(model):
         if len(model.inputs) == 1:
             return model
         raise ValueError("this model has neither an 'encoder' layer nor a single input; "
-                         "pass a model built by cryo_orient.siamese.build_model") from None
+                         "pass a model built by cryo_orient.estimation.siamese.build_model") from None
 
 
 def head_kind(model) -> str:
@@ -429,9 +424,9 @@ class Perturbation:
     std: float = 1.0
 
     def __post_init__(self):
-        from .simulate import SHIFT_MODES
+        from cryo_orient.simulation.simulate import SHIFT_MODES
 
-        _check_choice(self.shift_mode, "shift_mode", SHIFT_MODES)
+        validation.choice(self.shift_mode, "shift_mode", SHIFT_MODES)
         if not (np.isfinite(self.noise_variance) and self.noise_variance >= 0):
             raise ValueError(f"noise_variance must be finite and ≥ 0, got {self.noise_variance!r}")
         if not (np.isfinite(self.shift_limit) and self.shift_limit >= 0):
@@ -441,14 +436,14 @@ class Perturbation:
 
     @classmethod
     def from_dataset(cls, dataset: dict) -> "Perturbation":
-        """The perturbation a dataset of :func:`cryo_orient.simulate.load_dataset` was made with."""
+        """The perturbation a dataset of :func:`cryo_orient.simulation.simulate.load_dataset` was made with."""
         config, attrs = dataset["attrs"]["config"], dataset["attrs"]
         return cls(noise_variance=float(attrs.get("noise_variance", 0.0)), shift_mode=config["shift_mode"],
                    shift_limit=float(config["shift_limit"]), mean=float(attrs["standardization_mean"]),
                    std=float(attrs["standardization_std"]))
 
     def apply(self, clean, rng) -> np.ndarray:
-        from . import simulate
+        from cryo_orient.simulation import simulate
 
         rng = as_rng(rng)
         images = np.asarray(clean, dtype=np.float32)
@@ -485,9 +480,9 @@ class TrainingConfig:
 
     def __post_init__(self):
         _check_size(self.input_size, self.n_features)
-        _check_choice(self.feature_distance, "feature_distance", FEATURE_DISTANCES)
-        _check_choice(self.loss, "loss", LOSSES)
-        _check_choice(self.regime, "regime", REGIMES)
+        validation.choice(self.feature_distance, "feature_distance", FEATURE_DISTANCES)
+        validation.choice(self.loss, "loss", LOSSES)
+        validation.choice(self.regime, "regime", REGIMES)
         if not 0 < self.pair_fraction <= 1:
             raise ValueError(f"pair_fraction must be in (0, 1], got {self.pair_fraction!r}")
         for name in ("batch_size", "epochs"):
@@ -842,7 +837,7 @@ def load_run(out_dir) -> TrainingResult:
     out_dir = Path(out_dir)
     for name in ("run.json", "model.keras", "history.csv"):
         if not (out_dir / name).is_file():
-            raise FileNotFoundError(f"{out_dir / name} is missing; train with cryo_orient.siamese.train "
+            raise FileNotFoundError(f"{out_dir / name} is missing; train with cryo_orient.estimation.siamese.train "
                                     f"(or `cryo-orient train`) into {out_dir} first")
     run = json.loads((out_dir / "run.json").read_text())
     history = _read_history(out_dir / "history.csv")
@@ -860,8 +855,8 @@ def train_on_dataset(dataset, config=None, *, cache_dir=None, out_dir=None, fres
     Parameters
     ----------
     dataset : path or dict
-        A file written by :func:`cryo_orient.simulate.simulate_dataset`, or what
-        :func:`cryo_orient.simulate.load_dataset` returned for it (so a caller that reads it
+        A file written by :func:`cryo_orient.simulation.simulate.simulate_dataset`, or what
+        :func:`cryo_orient.simulation.simulate.load_dataset` returned for it (so a caller that reads it
         anyway does not read it twice).
     config : TrainingConfig or dict, optional
     cache_dir, out_dir : path
@@ -873,11 +868,13 @@ def train_on_dataset(dataset, config=None, *, cache_dir=None, out_dir=None, fres
         Train on the dataset's *clean* projections (simulate it with ``store_clean = true``) with
         new noise and shifts of the dataset's kind every batch.
 
-    The split is Table 1's (:func:`cryo_orient.splits.train_val_test_split`).
+    The split is Table 1's (:func:`cryo_orient.data.splits.train_val_test_split`).
     """
     import hashlib
 
-    from . import simulate, splits
+    from cryo_orient.simulation import simulate
+
+    from cryo_orient.data import splits
 
     if (cache_dir is None) == (out_dir is None):
         raise ValueError("give exactly one of cache_dir (a folder of cached runs) and out_dir (the run folder)")
@@ -916,7 +913,7 @@ def _as_batch(images, input_size):
         raise ValueError(f"images must be an (n, s, s) or (n, s, s, 1) array, got shape {images.shape}")
     if images.shape[1:3] != (input_size, input_size):
         raise ValueError(f"the model takes {input_size}×{input_size} images, got {images.shape[1]}×{images.shape[2]}; "
-                         f"resize them with cryo_orient.siamese.resize_images(images, {input_size})")
+                         f"resize them with cryo_orient.estimation.siamese.resize_images(images, {input_size})")
     if not np.all(np.isfinite(images)):
         raise ValueError("images contain NaN or infinite values")
     return images

@@ -1,6 +1,6 @@
 """Least-squares reconstruction of a volume from its projections at known orientations.
 
-The forward model is :func:`cryo_orient.projection.project` (same geometry, same conventions:
+The forward model is :func:`cryo_orient.tomography.projection.project` (same geometry, same conventions:
 see that module), so a reconstruction from simulated projections at the true orientations is the
 "inverse crime" the paper's pipeline also commits (it used ASTRA for both).
 
@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from . import projection
+from cryo_orient.tomography import projection
 
 __all__ = ["Reconstruction", "conjugate_gradients", "reconstruct", "normal_operator", "remove_detector_nyquist"]
 
@@ -243,7 +243,7 @@ def reconstruct(projections, quaternions, shape, backend="auto", *, iterations=1
         Not modified.
     quaternions : array_like, shape (N, 4)
         Their orientations, scalar-last ``(x, y, z, w)`` (convention of
-        :mod:`cryo_orient.projection`).
+        :mod:`cryo_orient.tomography.projection`).
     shape : tuple of 3 ints
         The volume grid ``(nz, ny, nx)``, voxel = pixel.
     backend : {"auto", "nufft", "astra"}

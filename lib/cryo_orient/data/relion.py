@@ -6,19 +6,19 @@ Euler angles
     RELION's ``Euler_angles2matrix(rot, tilt, psi)`` builds ``A = (Rz(rot) Ry(tilt) Rz(psi))ᵀ``
     (active rotations about z and y) and its projector takes the image frequency ``(kx, ky)`` to
     the 3-D frequency ``Aᵀ (kx, ky, 0)``. That is the Fourier slice of
-    :mod:`cryo_orient.projection` with ``R = A``: the rotation matrix of our quaternion *is*
+    :mod:`cryo_orient.tomography.projection` with ``R = A``: the rotation matrix of our quaternion *is*
     RELION's ``A``, and ``(rot, tilt, psi)`` are the intrinsic ZYZ Euler angles of ``Rᵀ``, i.e.
     ``Rotation.from_matrix(R.T).as_euler("ZYZ", degrees=True)``. Angles are in degrees; we
     return ``tilt`` in [0, 180] and ``rot``, ``psi`` in (-180, 180]. At gimbal lock only
     ``rot + psi`` (tilt 0) or ``psi - rot`` (tilt 180) is defined, and we set ``rot = 0``, as
     RELION's ``Euler_matrix2angles`` does.
 
-    In terms of the paper's angles of :mod:`cryo_orient.rotations`, ``R = Rz(θ3) Ry(θ2) Rz(θ1)``
+    In terms of the paper's angles of :mod:`cryo_orient.geometry.rotations`, ``R = Rz(θ3) Ry(θ2) Rz(θ1)``
     gives ``(rot, tilt, psi) = (180° - θ1, θ2, 180° - θ3)`` (modulo 360°).
 
 Shifts
     Our shifts (the ``shifts`` of a simulated dataset, from
-    :func:`cryo_orient.simulate.random_shifts`) are ``(dy, dx)`` in pixels by which the image
+    :func:`cryo_orient.simulation.simulate.random_shifts`) are ``(dy, dx)`` in pixels by which the image
     content was *moved* (``np.roll`` / ``ndimage.shift``): the particle's centre sits at
     ``n // 2 + (dy, dx)``. RELION's ``rlnOriginXAngst, rlnOriginYAngst`` point the other way:
     ``relion_reconstruct`` centres a particle by translating its image by ``+origin``, and
@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rotations
-from .artifacts import atomic_output
-from .data import _positive
+from cryo_orient.geometry import rotations
+from cryo_orient.artifacts import atomic_output
+from cryo_orient import validation
 
 __all__ = [
     "quaternions_to_relion",
@@ -109,28 +109,6 @@ def _quaternions(q, name="quaternions") -> np.ndarray:
             "rotations; drop them or use (0, 0, 0, 1) for the identity"
         )
     return q / norms
-
-
-def _finite(name, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def _positive_int(name, value) -> int:
-    try:
-        if isinstance(value, bool):  # True would silently mean 1
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return value
 
 
 def _token(name, value) -> str:
@@ -275,7 +253,7 @@ def write_particle_stack(path, images, pixel_size) -> Path:
     if path.suffix != ".mrcs":
         raise ValueError(f"a particle stack must end in .mrcs (RELION reads .mrc as a 3-D map), got {path.name!r}")
     images = _check_images(images)
-    pixel_size = _positive("pixel_size", pixel_size)
+    pixel_size = validation.positive(pixel_size, "pixel_size")
 
     import mrcfile
 
@@ -363,11 +341,11 @@ def write_star(path, quaternions, *, pixel_size, image_size, shifts=None, image_
     if q.ndim != 2 or len(q) == 0:
         raise ValueError(f"quaternions must have shape (N, 4) with N >= 1, got shape {q.shape}")
     n = len(q)
-    pixel_size = _positive("pixel_size", pixel_size)
-    image_size = _positive_int("image_size", image_size)
-    voltage = _positive("voltage", voltage)
-    spherical_aberration = _finite("spherical_aberration", spherical_aberration)
-    amplitude_contrast = _finite("amplitude_contrast", amplitude_contrast)
+    pixel_size = validation.positive(pixel_size, "pixel_size")
+    image_size = validation.positive_int(image_size, "image_size")
+    voltage = validation.positive(voltage, "voltage")
+    spherical_aberration = validation.finite(spherical_aberration, "spherical_aberration")
+    amplitude_contrast = validation.finite(amplitude_contrast, "amplitude_contrast")
     if not 0.0 <= amplitude_contrast <= 1.0:
         raise ValueError(f"amplitude_contrast is a fraction in [0, 1], got {amplitude_contrast}")
     optics_group_name = _token("optics_group_name", optics_group_name)

@@ -1,6 +1,6 @@
 """The whole method on one simulated dataset, stage by stage, each stage cached.
 
-simulate (done before, :mod:`cryo_orient.simulate`) → train the distance estimator → embed the
+simulate (done before, :mod:`cryo_orient.simulation.simulate`) → train the distance estimator → embed the
 test split → recover its orientations → align them to the truth (evaluation) and, separately,
 choose their gauge from the projections alone → reconstruct → FSC against the true map.
 
@@ -26,8 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import alignment, fsc, gauge, projection, reconstruct, recovery, rotations, siamese, simulate, splits, volumes
-from .artifacts import atomic_output, jsonable
+from cryo_orient.orientation import alignment, gauge, recovery
+
+from cryo_orient.tomography import fsc, projection, reconstruct
+
+from cryo_orient.geometry import rotations, volumes
+
+from cryo_orient.estimation import siamese
+
+from cryo_orient.simulation import simulate
+
+from cryo_orient.data import splits
+from cryo_orient.artifacts import atomic_output, jsonable
 
 __all__ = ["PipelineConfig", "raw_images", "reconstruct_on_map", "run_case", "split_projections"]
 
@@ -130,7 +140,7 @@ def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> di
     Parameters
     ----------
     dataset_path : path
-        A simulated dataset (:func:`cryo_orient.simulate.simulate_dataset`), P projections.
+        A simulated dataset (:func:`cryo_orient.simulation.simulate.simulate_dataset`), P projections.
     config : PipelineConfig or dict
     cache_dir : path
         Where stages are cached (the estimator under ``siamese/``, the rest under ``pipeline/``).
@@ -145,7 +155,7 @@ def run_case(dataset_path, config, *, cache_dir, progress=True, log=print) -> di
         ``q_true``, ``q_recovered``, ``q_aligned``, ``q_gauge`` (test split), ``losses`` (L_OR per
         step), ``errors`` (per-orientation error after alignment), ``volumes`` (name → volume on
         the map grid), ``cube_volumes`` (name → reconstruction on the detector cube), ``fsc``
-        (name → :class:`cryo_orient.fsc.FSCResult`), ``summary`` (JSON-able numbers), the true map
+        (name → :class:`cryo_orient.tomography.fsc.FSCResult`), ``summary`` (JSON-able numbers), the true map
         and its voxel size.
     """
     config = config if isinstance(config, PipelineConfig) else PipelineConfig.from_dict(dict(config))
@@ -267,7 +277,7 @@ def reconstruct_on_map(images, quaternions, config, truth, voxel_size, *, cache_
     detector's cube), solver, iterations, backend and cache key as :func:`run_case`'s
     reconstructions (cached as ``volume-<key>.npz`` in ``cache_dir``), placed on the map's grid by
     the identity, FSC in one-voxel shells. Returns ``volume`` (the cube), ``volume_on_map``,
-    ``fsc`` (:class:`cryo_orient.fsc.FSCResult`) and ``seconds`` (of the reconstruction when it ran).
+    ``fsc`` (:class:`cryo_orient.tomography.fsc.FSCResult`) and ``seconds`` (of the reconstruction when it ran).
     """
     config = config if isinstance(config, PipelineConfig) else PipelineConfig.from_dict(dict(config))
     backend = projection.resolve_backend(config.reconstruction_backend)
@@ -298,7 +308,7 @@ def _map_origin(dataset) -> np.ndarray:
     """Header origin ``(x, y, z)`` in Å of the dataset's true map."""
     import mrcfile
 
-    from . import data
+    from cryo_orient import data
 
     name = dataset["attrs"]["config"]["volume"]
     path = data.map_file(name, progress=False) if name in data.REGISTRY else Path(name)
@@ -315,9 +325,10 @@ def write_outputs(result: dict, dataset_path, out_dir) -> list[Path]:
     volume on the detector cube as it came out (possibly rotated or mirrored: no ground truth
     touched it), centred on the same point; ``orientations_aligned.star`` and
     ``orientations_gauge.star`` for the test projections (RELION convention, see
-    :mod:`cryo_orient.relion`).
+    :mod:`cryo_orient.data.relion`).
     """
-    from . import data, relion
+    from cryo_orient import data
+    from cryo_orient.data import relion
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Moving volumes rigidly: resampling under a rotation or reflection, and rigid alignment.
 
 Coordinates are ``(x, y, z)`` vectors about the voxel ``n // 2`` of each axis, as in
-:mod:`cryo_orient.projection`; arrays are indexed ``[z, y, x]``.
+:mod:`cryo_orient.tomography.projection`; arrays are indexed ``[z, y, x]``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def refine_alignment(volume, reference, matrix, *, max_iter=200):
     """Polish ``M`` (keeping its determinant) to maximise ``correlation(V(M x), reference)``.
 
     Local search (Nelder–Mead over a rotation vector applied on the left of ``M``) from a
-    starting ``M``, e.g. :func:`cryo_orient.gauge.volume_frame`'s. Returns ``(M, correlation)``.
+    starting ``M``, e.g. :func:`cryo_orient.orientation.gauge.volume_frame`'s. Returns ``(M, correlation)``.
     """
     from scipy.optimize import minimize
 

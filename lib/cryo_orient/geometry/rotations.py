@@ -37,7 +37,7 @@ Relation to the paper's code
       geodesic distances are invariant under inversion and conjugation, so the paper's
       distance labels equal ours.
     * RELION's ``(rot, tilt, psi)`` are the ZYZ angles of ``R^T``; in the paper's angles
-      ``(rot, tilt, psi) = (pi - theta1, theta2, pi - theta3)``. See :mod:`cryo_orient.relion`,
+      ``(rot, tilt, psi) = (pi - theta1, theta2, pi - theta3)``. See :mod:`cryo_orient.data.relion`,
       whose tests pin it against RELION's ``Euler_angles2matrix``.
 
 Nothing here imports TensorFlow at import time: only :func:`distance_tf` needs it, and it
@@ -49,7 +49,7 @@ import operator
 
 import numpy as np
 
-from ._rng import as_rng
+from cryo_orient.validation import as_rng
 
 __all__ = [
     "canonical",

@@ -4,7 +4,7 @@ Convention (the one place it is written down)
 ---------------------------------------------
 A volume ``V`` is an array indexed ``[z, y, x]`` (as ``mrcfile`` gives it); a projection image is
 indexed ``[y, x]``. Voxel and pixel have the same size, and the centre of each axis is at index
-``n // 2``. For a rotation ``R`` (the matrix of a unit quaternion, see :mod:`cryo_orient.rotations`)
+``n // 2``. For a rotation ``R`` (the matrix of a unit quaternion, see :mod:`cryo_orient.geometry.rotations`)
 the projection is the line integral
 
     p(x, y) = ∫ V(Rᵀ (x, y, z)) dz,
@@ -38,7 +38,7 @@ import functools
 
 import numpy as np
 
-from . import rotations
+from cryo_orient.geometry import rotations
 
 BACKENDS = ("auto", "nufft", "astra")
 

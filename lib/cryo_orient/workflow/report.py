@@ -35,7 +35,7 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
-from . import artifacts
+from cryo_orient import artifacts
 
 REFERENCE_FILE = Path("experiments/paper-reference.toml")
 REPORT_NAME = "REPORT.md"

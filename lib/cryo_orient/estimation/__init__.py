@@ -1,0 +1,3 @@
+"""Distance estimation, the method's step (i): estimators of the rotation distance between two
+projections behind one interface (:mod:`.base`): the Siamese network (:mod:`.siamese`) and the exact
+and perturbed distances of the true orientations (:mod:`.exact`)."""

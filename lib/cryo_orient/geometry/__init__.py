@@ -1,0 +1,2 @@
+"""Geometry: rotations (quaternions, the paper's ZYZ Euler angles, geodesic distance, sampling on
+SO(3)) and rigid motions of volumes."""

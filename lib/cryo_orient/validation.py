@@ -1,0 +1,137 @@
+"""The package's error types and the checks every public function applies to its arguments.
+
+The lowest layer of the package: it imports nothing of ours, and every other module raises the
+errors defined here (through the checks below or directly).
+
+Error types
+-----------
+:class:`CryoOrientError`
+    Base of every error the package raises on purpose; the command line prints it as one line.
+:class:`InputError`
+    A bad argument or input file: the caller can fix it (exit status 2 on the command line). It
+    is a :class:`ValueError`, so ``except ValueError`` keeps working.
+:class:`InputTypeError`
+    An argument of the wrong type (also a :class:`TypeError`).
+:class:`DataError`
+    A data file that cannot be obtained or used as it is (wrong checksum, unreadable content); a
+    :class:`RuntimeError`.
+
+Checks
+------
+Each takes the value and the name the caller knows it by, returns the value coerced to the type
+it names (a new object: inputs are never modified), and raises :class:`InputError` (or
+:class:`InputTypeError`) with a message that names the argument, what it must be and what it got.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+
+__all__ = [
+    "CryoOrientError",
+    "DataError",
+    "InputError",
+    "InputTypeError",
+    "as_rng",
+    "choice",
+    "finite",
+    "integer",
+    "positive",
+    "positive_int",
+    "real",
+]
+
+
+class CryoOrientError(Exception):
+    """Base of the errors the package raises on purpose."""
+
+
+class InputError(CryoOrientError, ValueError):
+    """A bad argument or input: its message says what was wrong and how to fix it."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An argument of the wrong type."""
+
+
+class DataError(CryoOrientError, RuntimeError):
+    """A data file that cannot be obtained or used (unobtainable, wrong checksum, unusable content)."""
+
+
+def as_rng(rng) -> np.random.Generator:
+    """Return ``rng`` if it is a :class:`numpy.random.Generator`, else ``default_rng(rng)``.
+
+    The one coercion for every function that takes ``rng=``: a Generator, an integer seed (or a
+    sequence of them), or None.
+    """
+    if isinstance(rng, np.random.Generator):
+        return rng
+    try:
+        return np.random.default_rng(rng)
+    except (TypeError, ValueError) as exc:
+        raise InputTypeError(
+            f"rng must be a numpy.random.Generator, an integer seed, or None; got {type(rng).__name__}: {exc}"
+        ) from None
+
+
+def choice(value, name: str, choices):
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise InputError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def integer(value, name: str, minimum: int | None = None) -> int:
+    """An integer (not a bool: ``True`` would silently mean 1), at least ``minimum`` if given."""
+    need = "an integer" if minimum is None else ("a positive integer" if minimum == 1 else f"an integer >= {minimum}")
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise InputTypeError(f"{name} must be {need}; got {value!r}") from None
+    if minimum is not None and value < minimum:
+        raise InputError(f"{name} must be {need}; got {value}")
+    return value
+
+
+def positive_int(value, name: str) -> int:
+    """An integer ≥ 1."""
+    return integer(value, name, 1)
+
+
+def real(value, name: str, *, minimum: float | None = None, strict: bool = False) -> float:
+    """A finite real number (not a bool), ``≥ minimum`` (``> minimum`` with ``strict``) if given."""
+    if minimum is None:
+        need = "a finite number"
+    elif minimum == 0 and strict:
+        need = "a positive finite number"
+    else:
+        need = f"finite and {'>' if strict else '>='} {minimum:g}"
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        try:
+            if isinstance(value, (bool, str, bytes)):
+                raise TypeError
+            value = float(value)
+        except (TypeError, ValueError):
+            raise InputTypeError(f"{name} must be a real number ({need}); got {value!r}") from None
+    value = float(value)
+    if not math.isfinite(value) or (
+        minimum is not None and (value < minimum or (strict and value == minimum))
+    ):
+        raise InputError(f"{name} must be {need}; got {value}")
+    return value
+
+
+def finite(value, name: str) -> float:
+    """A finite real number."""
+    return real(value, name)
+
+
+def positive(value, name: str) -> float:
+    """A finite number > 0."""
+    return real(value, name, minimum=0.0, strict=True)

@@ -1,0 +1,3 @@
+"""Workflow: the method as an ordered list of cached stages (:mod:`.stages`, :mod:`.pipeline`),
+profiles for the experiments (:mod:`.profiles`), shared figure panels (:mod:`.plots`) and the
+replication report (:mod:`.report`)."""
