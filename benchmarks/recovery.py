@@ -63,11 +63,12 @@ def timed_run(recovery, distances, n, mode, seed, **kwargs):
 
 def measure(mode, q_true, seed, *, probe_eor=True):
     """Time to the loss and E_OR targets for one mode (see the module docstring)."""
+    from cryo_orient.estimation import exact
     from cryo_orient.orientation import alignment, recovery
 
     n = len(q_true)
-    exact = recovery.exact_distances(q_true)
-    result, seconds = timed_run(recovery, exact, n, mode, seed)
+    true_distances = exact.exact_distances(q_true)
+    result, seconds = timed_run(recovery, true_distances, n, mode, seed)
     losses = result.losses
     loss_step = first_step_below(losses, LOSS_TARGET)
     out = {
@@ -76,7 +77,7 @@ def measure(mode, q_true, seed, *, probe_eor=True):
         "seconds_per_1000_steps": 1000 * seconds[-1] / result.steps,
         "final_training_loss": result.final_loss,
         "l_or_all_pairs": recovery.pairwise_loss(
-            recovery.exact_distances(q_true), result.quaternions, n_pairs=None
+            exact.exact_distances(q_true), result.quaternions, n_pairs=None
             if n <= 5000 else 1_000_000, rng=seed),
         "e_or_final": alignment.align(q_true, result.quaternions).mean_error,
         "steps_to_loss_1e-8": loss_step,
@@ -89,7 +90,7 @@ def measure(mode, q_true, seed, *, probe_eor=True):
             k = first_step_below(losses, level)
             if k is None:
                 break
-            rerun = recovery.recover(exact, n, mode=mode, rng=seed, max_steps=k, progress=False)
+            rerun = recovery.recover(true_distances, n, mode=mode, rng=seed, max_steps=k, progress=False)
             e = alignment.align(q_true, rerun.quaternions).mean_error
             probes.append({"loss_level": level, "step": k, "seconds": float(seconds[k - 1]),
                            "e_or": e})
@@ -135,6 +136,7 @@ def main(argv=None) -> int:
     import tensorflow as tf  # noqa: F401  (imported once here so no timing includes it)
 
     tf_import = time.perf_counter() - t
+    from cryo_orient.estimation import exact
     from cryo_orient.orientation import alignment, recovery
     from cryo_orient.geometry import rotations
     from cryo_orient.artifacts import save_text
@@ -174,7 +176,7 @@ def main(argv=None) -> int:
         n = args.scale_n
         print(f"scale: n = {n:,}, exact distances from a callable (no n x n matrix)")
         q_big = rotations.uniform_so3(n, np.random.default_rng([args.seed, 2]))
-        big, seconds = timed_run(recovery, recovery.exact_distances(q_big), n, "improved",
+        big, seconds = timed_run(recovery, exact.exact_distances(q_big), n, "improved",
                                  args.seed)
         k = first_step_below(big.losses, LOSS_TARGET)
         # Steady-state rate, excluding the first step (compilation).
@@ -187,7 +189,7 @@ def main(argv=None) -> int:
             "steps_to_loss_1e-8": k,
             "seconds_to_loss_1e-8": None if k is None else float(seconds[k - 1]),
             "final_training_loss": big.final_loss,
-            "l_or_1e6_pairs": recovery.pairwise_loss(recovery.exact_distances(q_big),
+            "l_or_1e6_pairs": recovery.pairwise_loss(exact.exact_distances(q_big),
                                                      big.quaternions, n_pairs=1_000_000, rng=0),
             "e_or_final": aligned.mean_error, "e_or_median_final": aligned.median_error,
             "settings": big.settings,

@@ -34,6 +34,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from cryo_orient.estimation import exact
 from cryo_orient.orientation import alignment, recovery
 
 from cryo_orient import artifacts
@@ -46,7 +47,7 @@ out = Path(out_dir)
 q_all = rotations.sample_orientations(n_projections, method, coverage, rng=np.random.default_rng(seed))
 _, _, test = splits.train_val_test_split(n_projections)
 q_true = q_all[np.sort(test)]
-distances = recovery.exact_distances(q_true)
+distances = exact.exact_distances(q_true)
 
 runs, recovered = {}, {}
 for m, mode in enumerate(modes):

@@ -56,6 +56,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from cryo_orient.estimation import exact
 from cryo_orient.orientation import alignment, recovery
 
 from cryo_orient import artifacts
@@ -77,7 +78,7 @@ for s, (label, method, coverage) in enumerate(orientation_sets):
                                                                     zip(modes, restarts)):
         def run():
             rng = np.random.default_rng([seed, s, w, k])
-            dist = recovery.perturbed_distances(q_true, sigma, redrawn=(way == "redrawn"), rng=rng)
+            dist = exact.perturbed_distances(q_true, sigma, redrawn=(way == "redrawn"), rng=rng)
             result = recovery.recover(dist, len(q_true), mode=mode, max_steps=max_steps, restarts=n_starts,
                                       rng=rng, progress=False)
             aligned = alignment.align(q_true, result.quaternions)

@@ -22,7 +22,8 @@ from cryo_orient.workflow import pipeline
 from cryo_orient.tomography import projection
 
 from cryo_orient.geometry import rotations
-from cryo_orient.simulation.simulate import SimulationConfig, load_dataset, simulate_dataset
+from cryo_orient.data.dataset import read_dataset
+from cryo_orient.simulation.simulate import SimulationConfig, simulate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "experiments" / "compare"
@@ -122,11 +123,11 @@ def dataset(tmp_path_factory):
 
 def test_script_reads_the_images_the_pipeline_uses(dataset):
     script = _load("aspire_orientations")
-    data = load_dataset(dataset)
+    data = read_dataset(dataset)
     index = np.array([7, 2, 11, 5])  # any order
     images, attrs = script.read_images(dataset, index)
-    np.testing.assert_allclose(images, pipeline.raw_images(data, index, "noisy"), rtol=1e-6)
-    assert attrs["cache_key"] == data["attrs"]["cache_key"] and attrs["voxel_size"] == pytest.approx(2.0)
+    np.testing.assert_allclose(images, data.images("noisy", index), rtol=1e-6)
+    assert attrs["cache_key"] == data.cache_key and attrs["voxel_size"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="distinct"):
         script.read_images(dataset, np.array([1, 1, 2]))
 

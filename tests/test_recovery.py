@@ -8,7 +8,8 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from cryo_orient.orientation import alignment, recovery
+from cryo_orient.estimation import exact
+from cryo_orient.orientation import alignment, recovery, engine
 
 from cryo_orient.geometry import rotations as rot  # noqa: E402
 
@@ -26,7 +27,7 @@ def q200():
 @pytest.fixture(scope="module")
 def exact200(q200):
     """One improved-mode run on exact distances, shared by the tests that inspect it."""
-    return recovery.recover(recovery.exact_distances(q200), 200, rng=7, progress=False)
+    return recovery.recover(exact.exact_distances(q200), 200, rng=7, progress=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def test_matrix_input_matches_callable_and_is_not_mutated():
     d = all_pair_distances(q)
     before = d.copy()
     a = recovery.recover(d, 60, rng=1, max_steps=100, progress=False)
-    b = recovery.recover(recovery.exact_distances(q), 60, rng=1, max_steps=100, progress=False)
+    b = recovery.recover(exact.exact_distances(q), 60, rng=1, max_steps=100, progress=False)
     np.testing.assert_array_equal(d, before)
     # Same pairs, same targets up to rounding: the trajectories agree closely.
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-6, atol=1e-12)
@@ -101,7 +102,7 @@ def test_stable_loss_at_zero_and_pi():
 
 def test_restarts_keep_the_lowest_final_loss():
     q = rot.uniform_so3(60, np.random.default_rng(3))
-    res = recovery.recover(recovery.exact_distances(q), 60, rng=0, restarts=3, max_steps=60,
+    res = recovery.recover(exact.exact_distances(q), 60, rng=0, restarts=3, max_steps=60,
                            progress=False)
     finals = res.settings["restart_final_losses"]
     assert len(finals) == 3 and len(set(finals)) == 3  # independent starts
@@ -115,7 +116,7 @@ def test_restarts_keep_the_lowest_final_loss():
 
 def test_faithful_mode_uses_the_papers_settings_and_decreases_the_loss():
     q = rot.uniform_so3(100, np.random.default_rng(11))
-    res = recovery.recover(recovery.exact_distances(q), 100, mode="faithful", rng=0,
+    res = recovery.recover(exact.exact_distances(q), 100, mode="faithful", rng=0,
                            max_steps=1500, progress=False)
     s = res.settings
     assert (s["batch_size"], s["learning_rate"], s["init"], s["distance_form"]) == (
@@ -130,16 +131,16 @@ def test_faithful_mode_uses_the_papers_settings_and_decreases_the_loss():
 
 def test_faithful_stopping_rules():
     s = dict(recovery.FAITHFUL)
-    stop = recovery._Stopper(s)
+    stop = engine.Stopper(s)
     assert not stop.done(np.full(999, 1e-9))
     assert stop.done(np.full(1000, 1e-9)) and stop.reason == "tolerance"
     # A flat loss stops on the plateau rule once two windows exist, not before.
-    stop = recovery._Stopper(s)
+    stop = engine.Stopper(s)
     flat = np.full(2000, 0.1)
     assert not stop.done(flat[:1999])
     assert stop.done(flat) and stop.reason == "plateau"
     # A loss still falling by more than 1e-7 between windows keeps going.
-    stop = recovery._Stopper(s)
+    stop = engine.Stopper(s)
     assert not stop.done(np.linspace(1.0, 0.5, 2000))
 
 
@@ -148,7 +149,7 @@ def test_improved_schedule_halves_then_stops_on_plateau():
     w, lr0 = s["window"], s["learning_rate"]
 
     def run(losses):
-        stop = recovery._Stopper(s)
+        stop = engine.Stopper(s)
         k = w
         while not stop.done(losses[:k]):
             k += 1
@@ -173,7 +174,7 @@ def test_improved_schedule_halves_then_stops_on_plateau():
 
 def test_redrawn_noise_gives_the_noise_floor(q200):
     sigma = 0.3
-    d = recovery.perturbed_distances(q200, sigma, rng=1)
+    d = exact.perturbed_distances(q200, sigma, rng=1)
     res = recovery.recover(d, 200, rng=3, progress=False)
     assert res.converged and res.stop_reason == "plateau"
     # Fresh noise averages out: the orientations are recovered and the loss is ~ sigma^2.
@@ -187,7 +188,7 @@ def test_redrawn_noise_gives_the_noise_floor(q200):
 
 def test_redrawn_noise_is_fresh_and_unclipped(q200):
     sigma = 0.3
-    f = recovery.perturbed_distances(q200, sigma, rng=0)
+    f = exact.perturbed_distances(q200, sigma, rng=0)
     i, j = np.divmod(np.arange(200 * 200), 200)
     a, b = f(i, j), f(i, j)
     assert np.std(a - b) == pytest.approx(sigma * np.sqrt(2), rel=0.03)
@@ -198,7 +199,7 @@ def test_fixed_noise_is_symmetric_persistent_and_gaussian():
     n = 100_000  # no n x n table: this must be instant
     q = rot.uniform_so3(n, np.random.default_rng(0))
     sigma = 0.2
-    f = recovery.perturbed_distances(q, sigma, redrawn=False, rng=4, clip=False)
+    f = exact.perturbed_distances(q, sigma, redrawn=False, rng=4, clip=False)
     g = np.random.default_rng(1)
     i, j = g.integers(0, n, 200_000), g.integers(0, n, 200_000)
     first = f(i, j)
@@ -209,9 +210,9 @@ def test_fixed_noise_is_symmetric_persistent_and_gaussian():
     # Normal, not merely of the right variance: the fourth moment of a Gaussian is 3 sigma^4.
     assert np.mean(noise**4) / noise.var() ** 2 == pytest.approx(3.0, rel=0.05)
     # Another seed gives other errors; by default the result is clipped to [0, pi].
-    other = recovery.perturbed_distances(q, sigma, redrawn=False, rng=5, clip=False)(i, j)
+    other = exact.perturbed_distances(q, sigma, redrawn=False, rng=5, clip=False)(i, j)
     assert abs(np.corrcoef(other - rot.distance(q[i], q[j]), noise)[0, 1]) < 0.01
-    clipped = recovery.perturbed_distances(q, 1.0, redrawn=False, rng=4)(i, j)
+    clipped = exact.perturbed_distances(q, 1.0, redrawn=False, rng=4)(i, j)
     assert clipped.min() >= 0 and clipped.max() <= np.pi
 
 
@@ -279,12 +280,12 @@ def test_tolerance_of_range_check(d30):
 
 
 def test_callable_returning_nan_names_the_step(q200):
-    exact = recovery.exact_distances(q200)
+    true_distances = exact.exact_distances(q200)
     calls = []
 
     def broken(i, j):
         calls.append(1)
-        d = exact(i, j)
+        d = true_distances(i, j)
         if len(calls) == 3:
             d[5] = np.nan
         return d
@@ -306,9 +307,9 @@ def test_bad_arguments(d30):
     with pytest.raises(ValueError, match="init must have shape"):
         recovery.recover(d30, 30, init=np.ones((29, 4)), progress=False)
     with pytest.raises(ValueError, match="sigma must be finite and >= 0"):
-        recovery.perturbed_distances(np.ones((3, 4)), -1.0)
+        exact.perturbed_distances(np.ones((3, 4)), -1.0)
     with pytest.raises(IndexError, match="outside"):
-        recovery.exact_distances(np.ones((3, 4)))(np.array([0]), np.array([3]))
+        exact.exact_distances(np.ones((3, 4)))(np.array([0]), np.array([3]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,7 +320,7 @@ def test_bad_arguments(d30):
 @pytest.mark.parametrize("mode", ["improved", "faithful"])
 def test_same_seed_same_result(mode):
     q = rot.uniform_so3(80, np.random.default_rng(4))
-    f = recovery.exact_distances(q)
+    f = exact.exact_distances(q)
     runs = [recovery.recover(f, 80, mode=mode, rng=seed, max_steps=150, progress=False)
             for seed in (12, 12, 13)]
     np.testing.assert_array_equal(runs[0].quaternions, runs[1].quaternions)
@@ -332,7 +333,7 @@ def test_generator_rng_and_init_array_not_mutated():
     init = rot.uniform_so3(50, np.random.default_rng(7)) * 2.0  # not unit: normalised inside
     before = init.copy()
     seen = []
-    res = recovery.recover(recovery.exact_distances(q), 50, rng=np.random.default_rng(0),
+    res = recovery.recover(exact.exact_distances(q), 50, rng=np.random.default_rng(0),
                            init=init, max_steps=20, progress=False,
                            callback=lambda step, loss: seen.append((step, loss)))
     np.testing.assert_array_equal(init, before)
@@ -343,7 +344,7 @@ def test_generator_rng_and_init_array_not_mutated():
 
 def test_exact_distances_copies_its_input():
     q = rot.uniform_so3(10, np.random.default_rng(8))
-    f = recovery.exact_distances(q)
+    f = exact.exact_distances(q)
     i, j = np.arange(10), np.roll(np.arange(10), 1)
     before = f(i, j)
     q[:] = [0.0, 0.0, 0.0, 1.0]

@@ -253,7 +253,7 @@ def test_bad_inputs_get_clear_errors(small_data):
     with pytest.raises(FileNotFoundError, match="train"):
         siamese.load_run("/nonexistent/run")
     with pytest.raises(ValueError, match="exactly one of cache_dir"):
-        siamese.train_on_dataset("d.h5", TINY)
+        siamese.SiameseEstimator(TINY).fit(None)
 
 
 def test_cli_train_and_embed(tmp_path, data_mirror, monkeypatch):

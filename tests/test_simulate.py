@@ -7,10 +7,10 @@ import pytest
 
 from cryo_orient.simulation import simulate
 from cryo_orient.cli import main as cli_main
+from cryo_orient.data.dataset import read_dataset
 from cryo_orient.simulation.simulate import (
     SimulationConfig,
     add_noise,
-    load_dataset,
     noise_variance_for_snr,
     random_shifts,
     shift_images,
@@ -123,56 +123,57 @@ def test_config_rejects_unknown_keys_and_bad_values(volume_file):
 def test_dataset_layout_and_provenance(volume_file, tmp_path):
     path = simulate_dataset(config(volume_file, noise_variance=4.0, store_clean=True), tmp_path / "d.h5",
                             progress=False)
-    data = load_dataset(path)
+    data = read_dataset(path)
     size = simulate.default_size((12, 14, 16))
-    assert data["projections"].shape == (20, size, size) and data["projections"].dtype == np.float32
-    assert data["clean"].shape == (20, size, size)
-    assert data["quaternions"].shape == (20, 4) and data["euler"].shape == (20, 3)
-    np.testing.assert_allclose(np.linalg.norm(data["quaternions"], axis=1), 1)
-    attrs = data["attrs"]
-    assert attrs["config"]["noise_variance"] == 4.0
-    assert attrs["provenance"]["seed"] == 3 and attrs["provenance"]["version"]
-    assert attrs["provenance"]["git_commit"]
-    assert attrs["voxel_size"] == pytest.approx(2.0)
+    projections, clean = data.images("standardized"), data.images("clean")
+    assert projections.shape == (20, size, size) and projections.dtype == np.float32
+    assert clean.shape == (20, size, size) and data.has_clean
+    assert data.quaternions.shape == (20, 4) and data.euler.shape == (20, 3)
+    np.testing.assert_allclose(np.linalg.norm(data.quaternions, axis=1), 1)
+    assert data.config["noise_variance"] == 4.0
+    assert data.provenance["seed"] == 3 and data.provenance["version"]
+    assert data.provenance["git_commit"]
+    assert data.pixel_size == pytest.approx(2.0)
     # Standardised as a whole; the raw image is recovered from the recorded mean and std.
-    assert data["projections"].mean() == pytest.approx(0, abs=1e-4)
-    assert data["projections"].std() == pytest.approx(1, rel=1e-4)
-    raw = data["projections"] * attrs["standardization_std"] + attrs["standardization_mean"]
-    assert (raw - data["clean"]).var() == pytest.approx(4.0, rel=0.05)
+    assert projections.mean() == pytest.approx(0, abs=1e-4)
+    assert projections.std() == pytest.approx(1, rel=1e-4)
+    mean, std = data.standardization
+    np.testing.assert_allclose(data.images("noisy"), projections.astype(np.float64) * std + mean)
+    assert (data.images("noisy") - clean).var() == pytest.approx(4.0, rel=0.05)
     # The clean images are the projections of the stored orientations.
     volume = mrcfile.read(volume_file)
-    np.testing.assert_allclose(data["clean"], simulate.project(volume, data["quaternions"]), atol=1e-5)
+    np.testing.assert_allclose(clean, simulate.project(volume, data.quaternions), atol=1e-5)
 
 
 def test_same_seed_same_dataset_whatever_the_chunking(volume_file, tmp_path):
     c = config(volume_file, noise_variance=1.0, shift_mode="circular", shift_limit=3)
-    a = load_dataset(simulate_dataset(c, tmp_path / "a.h5", chunk_size=7, progress=False))
-    b = load_dataset(simulate_dataset(c, tmp_path / "b.h5", chunk_size=20, progress=False))
-    for name in ("projections", "quaternions", "shifts"):
-        np.testing.assert_array_equal(a[name], b[name])
-    other = load_dataset(simulate_dataset(config(volume_file, seed=4), tmp_path / "c.h5", progress=False))
-    assert not np.allclose(other["quaternions"], a["quaternions"])
+    a = read_dataset(simulate_dataset(c, tmp_path / "a.h5", chunk_size=7, progress=False))
+    b = read_dataset(simulate_dataset(c, tmp_path / "b.h5", chunk_size=20, progress=False))
+    np.testing.assert_array_equal(a.images("standardized"), b.images("standardized"))
+    np.testing.assert_array_equal(a.quaternions, b.quaternions)
+    np.testing.assert_array_equal(a.shifts, b.shifts)
+    other = read_dataset(simulate_dataset(config(volume_file, seed=4), tmp_path / "c.h5", progress=False))
+    assert not np.allclose(other.quaternions, a.quaternions)
 
 
 def test_noise_does_not_change_the_orientations(volume_file, tmp_path):
-    clean = load_dataset(simulate_dataset(config(volume_file), tmp_path / "a.h5", progress=False))
-    noisy = load_dataset(simulate_dataset(config(volume_file, noise_variance=16.0), tmp_path / "b.h5",
+    clean = read_dataset(simulate_dataset(config(volume_file), tmp_path / "a.h5", progress=False))
+    noisy = read_dataset(simulate_dataset(config(volume_file, noise_variance=16.0), tmp_path / "b.h5",
                                           progress=False))
-    np.testing.assert_array_equal(clean["quaternions"], noisy["quaternions"])
-    assert not np.allclose(clean["projections"], noisy["projections"])
+    np.testing.assert_array_equal(clean.quaternions, noisy.quaternions)
+    assert not np.allclose(clean.images(), noisy.images())
 
 
 def test_snr_sets_the_noise_from_the_signal(volume_file, tmp_path):
-    data = load_dataset(simulate_dataset(config(volume_file, noise_variance=None, snr_db=-10.0),
-                                         tmp_path / "a.h5", progress=False), projections=False)
-    attrs = data["attrs"]
-    assert attrs["noise_variance"] == pytest.approx(10 * attrs["signal_variance"])
+    data = read_dataset(simulate_dataset(config(volume_file, noise_variance=None, snr_db=-10.0),
+                                         tmp_path / "a.h5", progress=False))
+    assert data.noise_variance == pytest.approx(10 * data.metadata["signal_variance"])
 
 
 def test_euler_sampling_stays_in_the_box(volume_file, tmp_path):
     c = config(volume_file, sampling="uniform_euler", coverage=(2.0, 0.4, 2.0), n_projections=200)
-    data = load_dataset(simulate_dataset(c, tmp_path / "a.h5", progress=False), projections=False)
-    assert data["euler"][:, 1].max() <= 0.4 * np.pi + 1e-9
+    data = read_dataset(simulate_dataset(c, tmp_path / "a.h5", progress=False))
+    assert data.euler[:, 1].max() <= 0.4 * np.pi + 1e-9
 
 
 def test_cache_hit_skips_and_config_change_recomputes(volume_file, tmp_path, monkeypatch):
@@ -184,7 +185,7 @@ def test_cache_hit_skips_and_config_change_recomputes(volume_file, tmp_path, mon
     assert path.stat().st_mtime_ns == stamp and not calls
     monkeypatch.undo()
     simulate_dataset(config(volume_file, noise_variance=2.0), path, progress=False)
-    assert load_dataset(path, projections=False)["attrs"]["noise_variance"] == 2.0
+    assert read_dataset(path).noise_variance == 2.0
 
 
 def test_failure_leaves_no_partial_file(volume_file, tmp_path, monkeypatch):
@@ -205,23 +206,11 @@ def test_failure_leaves_no_partial_file(volume_file, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_load_dataset_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="cryo-orient simulate"):
-        load_dataset(tmp_path / "missing.h5")
-    (tmp_path / "junk.h5").write_text("not hdf5")
-    with pytest.raises(ValueError, match="not a readable HDF5"):
-        load_dataset(tmp_path / "junk.h5")
-    with h5py.File(tmp_path / "other.h5", "w") as f:
-        f["x"] = 1
-    with pytest.raises(ValueError, match="not a cryo_orient dataset"):
-        load_dataset(tmp_path / "other.h5")
-
-
 def test_cli_simulate(volume_file, tmp_path, capsys):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"volume": str(volume_file), "n_projections": 5}))
     out = tmp_path / "cli.h5"
     assert cli_main(["simulate", "--config", str(cfg), "--set", "noise_variance=3", "--out", str(out), "--quiet"]) == 0
-    assert load_dataset(out, projections=False)["attrs"]["noise_variance"] == 3.0
+    assert read_dataset(out).noise_variance == 3.0
     with pytest.raises(SystemExit, match="unknown simulation config key"):
         cli_main(["simulate", "--config", str(cfg), "--set", "noise=3", "--out", str(out)])

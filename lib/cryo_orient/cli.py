@@ -6,7 +6,21 @@ import argparse
 import dataclasses
 import json
 import sys
+import tomllib
 from pathlib import Path
+
+import numpy as np
+
+from cryo_orient import data
+from cryo_orient.artifacts import atomic_output, jsonable, save_text
+from cryo_orient.data import relion
+from cryo_orient.data.dataset import SPLITS, read_dataset
+from cryo_orient.estimation import siamese
+from cryo_orient.simulation import simulate
+from cryo_orient.tomography import fsc, reconstruct
+from cryo_orient.validation import CryoOrientError
+from cryo_orient.workflow import pipeline, report
+from cryo_orient.workflow.profiles import OPTIONAL_TARGETS, load_profile
 
 
 def _parse_value(text: str):
@@ -26,8 +40,6 @@ def _config_file(path) -> dict:
         raise SystemExit(f"error: config file {path} does not exist")
     if path.suffix == ".json":
         return json.loads(path.read_text())
-    import tomllib
-
     return tomllib.loads(path.read_text())
 
 
@@ -49,8 +61,6 @@ def _config_values(args) -> dict:
 
 def _simulation_values(args) -> dict:
     """``--config``, then the profile's dataset section, then ``--set`` overrides."""
-    from cryo_orient.workflow.profiles import load_profile
-
     values = _config_file(args.config)
     if args.profile:
         datasets = load_profile(args.profile)["datasets"]
@@ -62,79 +72,42 @@ def _simulation_values(args) -> dict:
 
 
 def _cmd_simulate(args) -> int:
-    from cryo_orient.simulation.simulate import SimulationConfig, simulate_dataset
-
     if bool(args.profile) != bool(args.dataset):
         raise SystemExit("error: --profile and --dataset go together")
     values = _simulation_values(args)
     if not values:
-        fields = ", ".join(f.name for f in dataclasses.fields(SimulationConfig))
+        fields = ", ".join(f.name for f in dataclasses.fields(simulate.SimulationConfig))
         raise SystemExit(f"error: nothing to simulate; give --config, --profile/--dataset or --set key=value ({fields})")
-    try:
-        config = SimulationConfig.from_dict(values)
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from err
-    path = simulate_dataset(config, args.out, chunk_size=args.chunk_size,
-                            progress=not args.quiet, overwrite=args.overwrite)
+    config = simulate.SimulationConfig.from_dict(values)
+    path = simulate.simulate_dataset(config, args.out, chunk_size=args.chunk_size,
+                                     progress=not args.quiet, overwrite=args.overwrite)
     print(path)
     return 0
 
 
 def _cmd_train(args) -> int:
-    from cryo_orient.estimation import siamese
-
-    try:
-        config = siamese.TrainingConfig.from_dict(_config_values(args))
-        result = siamese.train_on_dataset(args.dataset, config, out_dir=args.out,
-                                          fresh_perturbation=args.fresh_perturbation, progress=not args.quiet)
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from err
+    config = siamese.TrainingConfig.from_dict(_config_values(args))
+    estimator = siamese.SiameseEstimator(config, fresh_noise=args.fresh_perturbation)
+    result = estimator.fit(read_dataset(args.dataset), out_dir=args.out, progress=not args.quiet).result
     print(f"{args.out}: {result.epochs} epochs, {result.seconds:.0f} s, stop: {result.stop_reason}, "
           f"last train loss {result.history['loss'][-1]:.4f}, validation MAE {result.history['val_mae'][-1]:.4f}")
     return 0
 
 
 def _cmd_embed(args) -> int:
-    import numpy as np
-
-    from cryo_orient.simulation import simulate
-
-    from cryo_orient.estimation import siamese
-
-    from cryo_orient.data import splits
-    from cryo_orient.artifacts import atomic_output
-
-    run = siamese.load_run(args.model)
-    dataset = simulate.load_dataset(args.dataset)
-    n = len(dataset["quaternions"])
-    train_idx, val_idx, test_idx = splits.train_val_test_split(n)
-    index = {"all": np.arange(n), "train": train_idx, "val": val_idx, "test": np.sort(test_idx)}[args.split]
-    size = siamese.encoder_of(run.model).input_shape[1]
-    images = siamese.resize_images(dataset["projections"][index], size)
-    features = siamese.embed(run.model, images, progress=not args.quiet)
+    estimator = siamese.SiameseEstimator.load(args.model)
+    part = read_dataset(args.dataset).split(args.split)
+    features = estimator.embed(part, progress=not args.quiet)
     with atomic_output(args.out) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, features=features, index=index, quaternions=dataset["quaternions"][index],
-                     feature_distance=siamese.head_kind(run.model))
+            np.savez(fh, features=features, index=part.index, quaternions=part.quaternions,
+                     feature_distance=estimator.config.feature_distance)
     print(f"{args.out}: {features.shape[0]} × {features.shape[1]} features ({args.split} split)")
     return 0
 
 
-def _split_index(n, split):
-    import numpy as np
-
-    from cryo_orient.data import splits
-
-    train_idx, val_idx, test_idx = splits.train_val_test_split(n)
-    return {"all": np.arange(n), "train": train_idx, "val": val_idx, "test": np.sort(test_idx)}[split]
-
-
 def _read_orientations(path, index):
     """Quaternions from a STAR file (RELION angles) or an .npz of `cryo-orient recover`."""
-    import numpy as np
-
-    from cryo_orient.data import relion
-
     path, n = Path(path), len(index)
     if not path.is_file():
         raise SystemExit(f"error: no orientation file at {path}")
@@ -155,84 +128,64 @@ def _read_orientations(path, index):
     return q
 
 
-def _raw_images(dataset, index, which):
-    from cryo_orient.workflow.pipeline import raw_images
-
-    try:
-        return raw_images(dataset, index, which)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from err
-
-
 def _cmd_recover(args) -> int:
-    import numpy as np
-
-    from cryo_orient.orientation import recovery
-
-    from cryo_orient.estimation import siamese
-    from cryo_orient.artifacts import atomic_output
-
     with np.load(args.embeddings) as f:
         features, index, kind = f["features"], f["index"], str(f["feature_distance"])
-    result = recovery.recover(siamese.distance_function(features, kind), len(features), restarts=args.restarts,
-                              max_steps=args.max_steps, rng=args.seed, progress=not args.quiet)
+    config = pipeline.PipelineConfig(recovery_restarts=args.restarts, recovery_max_steps=args.max_steps,
+                                     seed=args.seed)
+    result = pipeline.recover_orientations(siamese.distance_function(features, kind), len(features), config,
+                                           progress=not args.quiet)
     with atomic_output(args.out) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, quaternions=result.quaternions, losses=result.losses, index=index)
-    print(f"{args.out}: {len(features)} orientations, L_OR {result.final_loss:.4g} after {result.steps} steps "
-          f"({result.stop_reason})")
+            np.savez(fh, index=index, **result)
+    print(f"{args.out}: {len(features)} orientations, L_OR {float(result['final_loss']):.4g} after "
+          f"{len(result['losses'])} steps")
     return 0
 
 
 def _cmd_gauge(args) -> int:
-    from cryo_orient.orientation import gauge
-    from cryo_orient.data import relion
-    from cryo_orient.simulation import simulate
-
-    dataset = simulate.load_dataset(args.dataset)
-    index = _split_index(len(dataset["quaternions"]), args.split)
-    q = _read_orientations(args.orientations, index)
-    images = _raw_images(dataset, index, "noisy")
-    choice = gauge.choose_gauge(images, q, n_candidates=args.candidates, rng=args.seed, progress=not args.quiet)
-    relion.write_star(args.out, choice.quaternions, pixel_size=float(dataset["attrs"]["voxel_size"]),
-                      image_size=images.shape[-1])
-    print(f"{args.out}: gauge chosen from common lines (conjugate branch {choice.conjugated}, score "
-          f"{choice.score:.4f}; other branch {min(choice.branch_scores.values()):.4f})")
+    part = read_dataset(args.dataset).split(args.split)
+    q = _read_orientations(args.orientations, part.index)
+    images = part.images("noisy")
+    config = pipeline.PipelineConfig(gauge_candidates=args.candidates, seed=args.seed)
+    choice = pipeline.choose_gauge(images, q, config, progress=not args.quiet)
+    relion.write_star(args.out, choice["quaternions"], pixel_size=part.pixel_size or 1.0, image_size=part.image_size)
+    print(f"{args.out}: gauge chosen from common lines (conjugate branch {bool(choice['conjugated'])}, score "
+          f"{float(choice['score']):.4f}; other branch "
+          f"{float(min(choice['score_q'], choice['score_conjugate'])):.4f})")
     return 0
 
 
 def _cmd_reconstruct(args) -> int:
-    import numpy as np
-
-    from cryo_orient import data
-
-    from cryo_orient.tomography import reconstruct
-
-    from cryo_orient.simulation import simulate
-
-    dataset = simulate.load_dataset(args.dataset)
-    index = _split_index(len(dataset["quaternions"]), args.split)
-    q = (dataset["quaternions"][index] if args.orientations == "truth"
-         else _read_orientations(args.orientations, index))
-    images = _raw_images(dataset, index, args.images)
+    dataset = read_dataset(args.dataset)
+    part = dataset.split(args.split)
+    q = part.quaternions if args.orientations == "truth" else _read_orientations(args.orientations, part.index)
+    images = part.images(args.images)
     size = images.shape[-1]
-    shape = tuple(int(n) for n in dataset["attrs"]["volume_shape"]) if args.box == "map" else (size,) * 3
-    try:
-        result = reconstruct.reconstruct(images, q, shape, args.backend, iterations=args.iterations,
-                                         progress=not args.quiet)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise SystemExit(f"error: {err}") from err
-    voxel = float(dataset["attrs"]["voxel_size"]) or 1.0
-    data.write_volume(args.out, result.volume.astype(np.float32), voxel)
+    shape = tuple(int(n) for n in dataset.metadata["volume_shape"]) if args.box == "map" else (size,) * 3
+    result = reconstruct.reconstruct(images, q, shape, args.backend, iterations=args.iterations,
+                                     progress=not args.quiet)
+    data.write_volume(args.out, result.volume.astype(np.float32), part.pixel_size or 1.0)
     print(f"{args.out}: {shape} volume from {len(images)} {args.images} images, {result.iterations} iterations "
           f"({result.backend}, {result.seconds:.0f} s)")
     return 0
 
 
-def _cmd_fsc(args) -> int:
-    from cryo_orient import data
-    from cryo_orient.tomography import fsc
+def _cmd_run(args) -> int:
+    config = pipeline.PipelineConfig.from_dict(_config_values(args))
+    dataset = read_dataset(args.dataset)
+    case = pipeline.run_case(dataset, config, cache_dir=args.cache_dir or Path(args.out) / "cache",
+                             progress=not args.quiet, log=print)
+    written = pipeline.write_outputs(case, dataset, args.out)
+    summary = {k: v for k, v in case["summary"].items()}
+    save_text(json.dumps(jsonable({"config": config.to_dict(), "summary": summary}), indent=2) + "\n",
+              Path(args.out) / "summary.json")
+    print(f"{args.out}: E_OR median {summary['E_OR_median']:.3f} rad, mean {summary['E_OR_mean']:.3f} rad; "
+          f"{len(written)} maps and STAR files, summary.json")
+    return 0
 
+
+def _cmd_fsc(args) -> int:
     a, voxel = data.load_volume(args.volume_a)
     b, _ = data.load_volume(args.volume_b)
     voxel = args.voxel_size or voxel
@@ -244,8 +197,6 @@ def _cmd_fsc(args) -> int:
         res, crossed = curve.resolution(threshold)
         print(f"FSC {threshold}: {res:.2f} Å" + ("" if crossed else " (not crossed before Nyquist)"))
     if args.out:
-        from cryo_orient.artifacts import save_text
-
         rows = ["frequency_per_angstrom,fsc,voxels"] + [f"{f:.6g},{c:.6g},{n}" for f, c, n in
                                                         zip(curve.frequency, curve.correlation, curve.counts)]
         save_text("\n".join(rows) + "\n", args.out)
@@ -253,8 +204,6 @@ def _cmd_fsc(args) -> int:
 
 
 def _cmd_fetch(args) -> int:
-    from cryo_orient import data
-
     for name in args.names:
         print(data.fetch(name, cache_dir=args.cache_dir))
     return 0
@@ -263,8 +212,6 @@ def _cmd_fetch(args) -> int:
 def _report_targets(profile_name: str) -> list[str]:
     """The targets a profile's report covers: every target of ``make reproduce``, and optional
     ones (``make compare``) once they have been built."""
-    from cryo_orient.workflow.profiles import OPTIONAL_TARGETS, load_profile
-
     profile = load_profile(profile_name)
     out_dir = Path("figures") / profile_name
     return [t for t in profile if t != "datasets"
@@ -273,8 +220,6 @@ def _report_targets(profile_name: str) -> list[str]:
 
 def _cmd_report(args) -> int:
     """Write figures/<profile>/REPORT.md and REPORT.html."""
-    from cryo_orient.workflow import report
-
     try:
         paths = report.write_report(args.profile, reference_path=args.reference,
                                     targets=_report_targets(args.profile))
@@ -290,8 +235,6 @@ def _cmd_report(args) -> int:
 def _cmd_check_outputs(args) -> int:
     """Every target of a profile left a non-empty figure (or table), its JSON record, and a
     section in the report."""
-    from cryo_orient.workflow import report
-
     targets = _report_targets(args.profile)
     out_dir = Path("figures") / args.profile
     problems = []
@@ -350,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     emb = sub.add_parser("embed", help="feature vectors of a dataset's projections from a trained model")
     emb.add_argument("--model", required=True, help="a run folder written by `cryo-orient train`")
     emb.add_argument("--dataset", required=True)
-    emb.add_argument("--split", choices=("all", "train", "val", "test"), default="test")
+    emb.add_argument("--split", choices=SPLITS, default="test")
     emb.add_argument("--out", required=True, help="the .npz file to write (features, index, quaternions)")
     emb.add_argument("--quiet", action="store_true")
     emb.set_defaults(func=_cmd_embed)
@@ -367,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     gau = sub.add_parser("gauge", help="fix the gauge of recovered orientations by common lines (no ground truth)")
     gau.add_argument("--dataset", required=True)
     gau.add_argument("--orientations", required=True, help="an .npz from `cryo-orient recover` or a STAR file")
-    gau.add_argument("--split", choices=("all", "train", "val", "test"), default="test")
+    gau.add_argument("--split", choices=SPLITS, default="test")
     gau.add_argument("--out", required=True, help="the RELION STAR file to write")
     gau.add_argument("--candidates", type=int, default=3000, help="grid size over SO(3) per branch")
     gau.add_argument("--seed", type=int, default=0)
@@ -378,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--dataset", required=True)
     recon.add_argument("--orientations", required=True,
                        help="a STAR file, an .npz with quaternions, or 'truth' (the simulated orientations)")
-    recon.add_argument("--split", choices=("all", "train", "val", "test"), default="test")
+    recon.add_argument("--split", choices=SPLITS, default="test")
     recon.add_argument("--images", choices=("clean", "noisy"), default="noisy")
     recon.add_argument("--box", choices=("detector", "map"), default="detector",
                        help="the detector's cube (default) or the true map's grid")
@@ -406,12 +349,27 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-outputs", help="check that every target of a profile wrote its outputs and report")
     check.add_argument("--profile", required=True)
     check.set_defaults(func=_cmd_check_outputs)
+
+    run = sub.add_parser("run", help="the whole pipeline on a simulated dataset: every stage, cached, then maps and STAR files")
+    run.add_argument("--dataset", required=True, help="a dataset written by `cryo-orient simulate`")
+    run.add_argument("--out", required=True, help="folder for the maps, STAR files and summary.json")
+    run.add_argument("--config", help="a TOML or JSON file holding a PipelineConfig (a profile's [pipeline] table)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="set one pipeline setting, e.g. --set estimator=exact (repeatable)")
+    run.add_argument("--cache-dir", help="where stages are cached (default OUT/cache)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_cmd_run)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (CryoOrientError, ValueError, TypeError) as err:
+        # The package's errors (and the standard ones it raises for bad arguments) name the problem
+        # and the fix: one line, no traceback.
+        raise SystemExit(f"error: {err}") from err
 
 
 if __name__ == "__main__":

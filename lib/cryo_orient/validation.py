@@ -35,10 +35,12 @@ __all__ = [
     "CryoOrientError",
     "DataError",
     "InputError",
+    "InputIndexError",
     "InputTypeError",
     "as_rng",
     "choice",
     "finite",
+    "index_pairs",
     "integer",
     "positive",
     "positive_int",
@@ -56,6 +58,10 @@ class InputError(CryoOrientError, ValueError):
 
 class InputTypeError(InputError, TypeError):
     """An argument of the wrong type."""
+
+
+class InputIndexError(InputError, IndexError):
+    """An index outside the range it indexes."""
 
 
 class DataError(CryoOrientError, RuntimeError):
@@ -135,3 +141,17 @@ def finite(value, name: str) -> float:
 def positive(value, name: str) -> float:
     """A finite number > 0."""
     return real(value, name, minimum=0.0, strict=True)
+
+
+def index_pairs(i, j, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays ``i`` and ``j`` of equal shape within ``[0, n)``, as intp arrays."""
+    i = np.asarray(i)
+    j = np.asarray(j)
+    if i.shape != j.shape:
+        raise InputError(f"index arrays i and j must have the same shape; got {i.shape} and {j.shape}.")
+    for name, a in (("i", i), ("j", j)):
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            raise InputTypeError(f"{name} must be an array of integer indices; got dtype {a.dtype}.")
+        if a.size and (a.min() < 0 or a.max() >= n):
+            raise InputIndexError(f"{name} has indices outside [0, {n}): min {a.min()}, max {a.max()}.")
+    return i.astype(np.intp, copy=False), j.astype(np.intp, copy=False)

@@ -6,6 +6,7 @@ The names most callers need are importable from here: ``data.fetch``, ``data.loa
 ``data.load_volume``, ``data.write_volume``, ``data.REGISTRY``.
 """
 
+from cryo_orient.data.dataset import Dataset, read_dataset
 from cryo_orient.data.models import density_from_model
 from cryo_orient.data.mrc import load_volume, write_volume
 from cryo_orient.data.registry import (
@@ -25,6 +26,7 @@ __all__ = [
     "MIRROR_ENV",
     "REGISTRY",
     "DataError",
+    "Dataset",
     "DataFile",
     "available",
     "density_from_model",
@@ -32,5 +34,6 @@ __all__ = [
     "load",
     "load_volume",
     "map_file",
+    "read_dataset",
     "write_volume",
 ]

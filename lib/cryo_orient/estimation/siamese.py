@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import dataclasses
 import io
 import json
@@ -57,6 +58,10 @@ from cryo_orient.geometry import rotations
 from cryo_orient.validation import as_rng
 from cryo_orient import validation
 from cryo_orient.artifacts import atomic_output, jsonable, save_text
+from cryo_orient.data.dataset import Dataset
+from cryo_orient.estimation.base import DistanceEstimator, register
+from cryo_orient.simulation.noise import Perturbation
+from cryo_orient.validation import InputError
 
 __all__ = [
     "FILTERS",
@@ -72,7 +77,8 @@ __all__ = [
     "Perturbation",
     "TrainingResult",
     "train",
-    "train_on_dataset",
+    "SiameseEstimator",
+    "run_folder",
     "load_run",
     "embed",
     "feature_distances",
@@ -406,56 +412,6 @@ def sample_uniform_distance_pairs(q, n_pairs, rng=None, n_bins=UNIFORM_BINS, ove
 
 def _pair_labels(q, pairs):
     return rotations.distance(q[pairs[:, 0]], q[pairs[:, 1]]).astype(np.float32)
-
-
-@dataclasses.dataclass(frozen=True)
-class Perturbation:
-    """Fresh noise and shifts drawn for every training batch (the realistic option).
-
-    Applied to *clean* raw projections in the simulator's order (noise, then integer circular
-    shifts for ``"circular"``; sub-pixel shift, then noise for ``"subpixel"``), followed by the
-    dataset's global standardisation (``mean``, ``std``) so inputs match the fixed dataset's.
-    """
-
-    noise_variance: float = 0.0
-    shift_mode: str = "none"
-    shift_limit: float = 0.0
-    mean: float = 0.0
-    std: float = 1.0
-
-    def __post_init__(self):
-        from cryo_orient.simulation.simulate import SHIFT_MODES
-
-        validation.choice(self.shift_mode, "shift_mode", SHIFT_MODES)
-        if not (np.isfinite(self.noise_variance) and self.noise_variance >= 0):
-            raise ValueError(f"noise_variance must be finite and ≥ 0, got {self.noise_variance!r}")
-        if not (np.isfinite(self.shift_limit) and self.shift_limit >= 0):
-            raise ValueError(f"shift_limit must be finite and ≥ 0, got {self.shift_limit!r}")
-        if not (np.isfinite(self.std) and self.std > 0):
-            raise ValueError(f"std must be finite and > 0, got {self.std!r}")
-
-    @classmethod
-    def from_dataset(cls, dataset: dict) -> "Perturbation":
-        """The perturbation a dataset of :func:`cryo_orient.simulation.simulate.load_dataset` was made with."""
-        config, attrs = dataset["attrs"]["config"], dataset["attrs"]
-        return cls(noise_variance=float(attrs.get("noise_variance", 0.0)), shift_mode=config["shift_mode"],
-                   shift_limit=float(config["shift_limit"]), mean=float(attrs["standardization_mean"]),
-                   std=float(attrs["standardization_std"]))
-
-    def apply(self, clean, rng) -> np.ndarray:
-        from cryo_orient.simulation import simulate
-
-        rng = as_rng(rng)
-        images = np.asarray(clean, dtype=np.float32)
-        shifts = simulate.random_shifts(len(images), self.shift_limit, self.shift_mode, rng)
-        if self.shift_mode == "subpixel":
-            images = simulate.shift_images(images, shifts, "subpixel")
-            images = simulate.add_noise(images, self.noise_variance, rng)
-        else:
-            images = simulate.add_noise(images, self.noise_variance, rng)
-            if self.shift_mode == "circular":
-                images = simulate.shift_images(images, shifts, "circular")
-        return ((images - self.mean) / self.std).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- training
@@ -848,58 +804,101 @@ def load_run(out_dir) -> TrainingResult:
                           stop_reason=run.get("stop_reason") or "interrupted", out_dir=out_dir)
 
 
-def train_on_dataset(dataset, config=None, *, cache_dir=None, out_dir=None, fresh_perturbation=False,
-                     progress=True) -> TrainingResult:
-    """Train on a simulated dataset's training split (validated on its validation split).
+def run_folder(dataset: Dataset, config: TrainingConfig, perturbation: Perturbation | None, cache_dir) -> Path:
+    """The run folder of a training on ``dataset`` in ``cache_dir``: named by a hash of the
+    dataset's content key, the config and the perturbation, so a re-run loads the finished model,
+    an interrupted one resumes, and any change trains anew."""
+    key = json.dumps(jsonable({"dataset": dataset.cache_key, "config": config.to_dict(),
+                               "perturbation": None if perturbation is None else dataclasses.asdict(perturbation)}),
+                     sort_keys=True)
+    return Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@register
+class SiameseEstimator(DistanceEstimator):
+    """The paper's estimator: a Siamese CNN trained to output ``d_q`` for a pair of projections.
 
     Parameters
     ----------
-    dataset : path or dict
-        A file written by :func:`cryo_orient.simulation.simulate.simulate_dataset`, or what
-        :func:`cryo_orient.simulation.simulate.load_dataset` returned for it (so a caller that reads it
-        anyway does not read it twice).
-    config : TrainingConfig or dict, optional
-    cache_dir, out_dir : path
-        Exactly one: ``out_dir`` is the run folder itself; with ``cache_dir`` the run lives in
-        ``cache_dir/<key>/``, the key hashing the dataset's content key, the config and the
-        perturbation, so a re-run loads the finished model, an interrupted one resumes, and any
-        change trains anew.
-    fresh_perturbation : bool
+    training : TrainingConfig or dict, optional
+        The network and its training (:class:`TrainingConfig`).
+    fresh_noise : bool
         Train on the dataset's *clean* projections (simulate it with ``store_clean = true``) with
-        new noise and shifts of the dataset's kind every batch.
+        new noise and shifts of the dataset's kind every batch (:class:`Perturbation`).
 
-    The split is Table 1's (:func:`cryo_orient.data.splits.train_val_test_split`).
+    :meth:`fit` trains on the dataset's ``"train"`` split, validated on its ``"val"`` split
+    (Table 1's, :meth:`cryo_orient.data.dataset.Dataset.split`); :meth:`embed` runs the encoder
+    once per image; the distances are the head's formula on the features.
     """
-    import hashlib
 
-    from cryo_orient.simulation import simulate
+    name = "siamese"
+    #: Trained on the dataset: the pipeline passes it ``training`` and ``fresh_noise``.
+    trained = True
 
-    from cryo_orient.data import splits
+    def __init__(self, training=None, *, fresh_noise: bool = False):
+        self.config = training if isinstance(training, TrainingConfig) else TrainingConfig.from_dict(dict(training or {}))
+        self.fresh_noise = bool(fresh_noise)
+        self.result: TrainingResult | None = None
 
-    if (cache_dir is None) == (out_dir is None):
-        raise ValueError("give exactly one of cache_dir (a folder of cached runs) and out_dir (the run folder)")
-    config = config if isinstance(config, TrainingConfig) else TrainingConfig.from_dict(dict(config or {}))
-    source = "the dataset" if isinstance(dataset, dict) else str(dataset)
-    if not isinstance(dataset, dict):
-        dataset = simulate.load_dataset(dataset)
-    perturbation = None
-    if fresh_perturbation:
-        if "clean" not in dataset:
-            raise ValueError(f"{source} has no clean projections, which fresh noise and shifts need; "
-                             "simulate it with store_clean = true")
-        perturbation = Perturbation.from_dataset(dataset)
-        images = dataset["clean"]
-    else:
-        images = dataset["projections"]
-    q = dataset["quaternions"]
-    train_idx, val_idx, _ = splits.train_val_test_split(len(q))
-    if out_dir is None:
-        key = json.dumps(jsonable({"dataset": dataset["attrs"]["cache_key"], "config": config.to_dict(),
-                                   "perturbation": None if perturbation is None else dataclasses.asdict(perturbation)}),
-                         sort_keys=True)
-        out_dir = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
-    return train(images[train_idx], q[train_idx], images[val_idx], q[val_idx], config, out_dir=out_dir,
-                 perturbation=perturbation, progress=progress)
+    def fit(self, dataset: Dataset, *, cache_dir=None, out_dir=None, progress: bool = True) -> SiameseEstimator:
+        """Train (or load the finished run of) the network; give exactly one of ``cache_dir``
+        (a folder of cached runs, see :func:`run_folder`) and ``out_dir`` (the run folder)."""
+        if (cache_dir is None) == (out_dir is None):
+            raise InputError("give exactly one of cache_dir (a folder of cached runs) and out_dir (the run folder)")
+        perturbation = None
+        if self.fresh_noise:
+            if not dataset.has_clean:
+                raise InputError(f"{dataset.path} has no clean projections, which fresh noise and shifts need; "
+                                 "simulate it with store_clean = true")
+            perturbation = Perturbation.from_dataset(dataset)
+        if dataset.quaternions is None:
+            raise InputError(f"{dataset.path} has no known orientations to train on")
+
+        def inputs(part):
+            # Fresh noise starts from the clean raw images, stored as float32 (the cast is exact).
+            return part.images("clean").astype(np.float32) if perturbation else part.images("standardized")
+
+        train_part, val_part = dataset.split("train"), dataset.split("val")
+        if out_dir is None:
+            out_dir = run_folder(dataset, self.config, perturbation, cache_dir)
+        self.result = train(inputs(train_part), train_part.quaternions, inputs(val_part), val_part.quaternions,
+                            self.config, out_dir=out_dir, perturbation=perturbation, progress=progress)
+        return self
+
+    @classmethod
+    def load(cls, out_dir) -> SiameseEstimator:
+        """The estimator of a finished run folder (:func:`load_run`)."""
+        result = load_run(out_dir)
+        estimator = cls(result.config)
+        estimator.result = result
+        return estimator
+
+    def _fitted(self) -> TrainingResult:
+        if self.result is None:
+            raise InputError("the Siamese estimator is not fitted yet; call fit(dataset, cache_dir=...) first")
+        return self.result
+
+    def embed(self, dataset: Dataset, *, progress: bool = False) -> np.ndarray:
+        size = encoder_of(self._fitted().model).input_shape[1]
+        return embed(self.result.model, resize_images(dataset.images("standardized"), size), progress=progress)
+
+    def distance_function(self, features):
+        return distance_function(features, self._fitted().config.feature_distance)
+
+    @property
+    def key(self) -> str:
+        return Path(self._fitted().out_dir).name
+
+    def describe(self) -> dict:
+        run = self._fitted()
+        return {"run_dir": str(run.out_dir), "epochs": run.epochs, "seconds": run.seconds,
+                "fresh_noise": self.fresh_noise, "final_train_loss": run.history["loss"][-1],
+                "final_val_mae": run.history["val_mae"][-1]}
+
+    def log_line(self) -> str:
+        run = self._fitted()
+        return (f"estimator: {run.epochs} epochs{' (fresh noise every batch)' if self.fresh_noise else ''}, "
+                f"val MAE {run.history['val_mae'][-1]:.3f} ({run.out_dir})")
 
 
 # --------------------------------------------------------------------------- inference

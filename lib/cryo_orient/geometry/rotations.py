@@ -49,7 +49,7 @@ import operator
 
 import numpy as np
 
-from cryo_orient.validation import as_rng
+from cryo_orient.validation import InputError, InputTypeError, as_rng
 
 __all__ = [
     "canonical",
@@ -92,31 +92,43 @@ def _as_float_array(a, name, trailing, what, *, require_norm=False):
     try:
         arr = np.asarray(a, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must be an array of real numbers ({what}); got {type(a).__name__}: {exc}"
         ) from None
     expected = "(..., " + ", ".join(str(t) for t in trailing) + ")"
     if arr.ndim < len(trailing) or arr.shape[arr.ndim - len(trailing):] != tuple(trailing):
-        raise ValueError(
+        raise InputError(
             f"{name} must have shape {expected} ({what}); got shape {arr.shape}."
             + (" Transpose it if the components are on the first axis." if
                arr.ndim >= 1 and arr.shape[0] == trailing[-1] else "")
         )
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{name} must be finite; it has {bad} NaN or infinite value(s).")
+        raise InputError(f"{name} must be finite; it has {bad} NaN or infinite value(s).")
     if require_norm:
         norms = np.linalg.norm(arr, axis=-1)
         if np.any(norms == 0):
-            raise ValueError(
+            raise InputError(
                 f"{name} contains {int(np.count_nonzero(norms == 0))} zero quaternion(s), "
                 "which are not rotations; drop them or use (0, 0, 0, 1) for the identity."
             )
     return arr
 
 
-def _as_quaternion(q, name="q", *, require_norm=True):
+def as_quaternions(q, name="q", *, require_norm=True):
+    """``q`` as a float64 array of shape (..., 4), checked finite (and non-zero with ``require_norm``).
+
+    Raises :class:`~cryo_orient.validation.InputError` (or ``InputTypeError``) naming ``name``.
+    """
     return _as_float_array(q, name, (4,), "quaternions (x, y, z, w)", require_norm=require_norm)
+
+
+def as_unit_quaternions(q, name="q"):
+    """``q`` as a new ``(n, 4)`` array of canonical unit quaternions, one per projection."""
+    q = canonical(as_quaternions(q, name))
+    if q.ndim != 2:
+        raise InputError(f"{name} must have shape (n, 4), one quaternion per projection; got shape {q.shape}.")
+    return q
 
 
 def _normalize(q):
@@ -199,7 +211,7 @@ def canonical(q):
         first non-zero of ``x, y, z`` positive (the rule of scipy's ``as_quat(canonical=True)``),
         so that every rotation has exactly one canonical quaternion.
     """
-    q = _normalize(_as_quaternion(q))
+    q = _normalize(as_quaternions(q))
     x, y, z, w = np.moveaxis(q, -1, 0)
     flip = np.where(
         w != 0, w < 0,
@@ -225,8 +237,8 @@ def multiply(q1, q2):
     ndarray, shape (..., 4)
         The product, not normalised.
     """
-    a = _as_quaternion(q1, "q1", require_norm=False)
-    b = _as_quaternion(q2, "q2", require_norm=False)
+    a = as_quaternions(q1, "q1", require_norm=False)
+    b = as_quaternions(q2, "q2", require_norm=False)
     ax, ay, az, aw = np.moveaxis(a, -1, 0)
     bx, by, bz, bw = np.moveaxis(b, -1, 0)
     return np.stack(
@@ -252,7 +264,7 @@ def conjugate(q):
     -------
     ndarray, shape (..., 4)
     """
-    q = _as_quaternion(q, require_norm=False)
+    q = as_quaternions(q, require_norm=False)
     return q * np.array([-1.0, -1.0, -1.0, 1.0])
 
 
@@ -311,7 +323,7 @@ def quaternion_to_euler(q):
         ``[0, pi]``. At gimbal lock (``theta2`` within about 1e-12 rad of 0 or pi) ``theta1``
         is set to 0 and ``theta3`` carries the in-plane rotation.
     """
-    x, y, z, w = np.moveaxis(_normalize(_as_quaternion(q)), -1, 0)
+    x, y, z, w = np.moveaxis(_normalize(as_quaternions(q)), -1, 0)
     # From q = (-s sin((t3-t1)/2), s cos((t3-t1)/2), c sin((t3+t1)/2), c cos((t3+t1)/2)) with
     # c = cos(t2/2) >= 0, s = sin(t2/2) >= 0. Working on q rather than on R avoids arccos of
     # R[2, 2], which is inaccurate for small tilts.
@@ -342,7 +354,7 @@ def quaternion_to_matrix(q):
     ndarray, shape (..., 3, 3)
         Rotation matrices ``R``, acting on column vectors (``R @ v``).
     """
-    x, y, z, w = np.moveaxis(_normalize(_as_quaternion(q)), -1, 0)
+    x, y, z, w = np.moveaxis(_normalize(as_quaternions(q)), -1, 0)
     xx, yy, zz = x * x, y * y, z * z
     xy, xz, yz = x * y, x * z, y * z
     wx, wy, wz = w * x, w * y, w * z
@@ -448,7 +460,7 @@ def viewing_direction(q):
     ndarray, shape (..., 3)
         Unit vectors, e.g. to plot the distribution of directions on the sphere.
     """
-    x, y, z, w = np.moveaxis(_normalize(_as_quaternion(q)), -1, 0)
+    x, y, z, w = np.moveaxis(_normalize(as_quaternions(q)), -1, 0)
     # The third row of R.
     v = np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=-1)
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
@@ -481,8 +493,8 @@ def distance(q1, q2):
     ``2 min(phi, pi - phi)`` (the min accounts for ``q ~ -q``). The result is bi-invariant,
     ``d(a q1 b, a q2 b) = d(q1, q2)``, and invariant under inversion of both arguments.
     """
-    a = _normalize(_as_quaternion(q1, "q1"))
-    b = _normalize(_as_quaternion(q2, "q2"))
+    a = _normalize(as_quaternions(q1, "q1"))
+    b = _normalize(as_quaternions(q2, "q2"))
     phi = 2.0 * np.arctan2(
         np.linalg.norm(a - b, axis=-1), np.linalg.norm(a + b, axis=-1)
     )

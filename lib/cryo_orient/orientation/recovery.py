@@ -95,6 +95,7 @@ from types import MappingProxyType
 import numpy as np
 
 from cryo_orient.geometry import rotations
+from cryo_orient.orientation import engine
 from cryo_orient.validation import as_rng
 from cryo_orient import validation
 from cryo_orient.artifacts import jsonable
@@ -213,32 +214,8 @@ class RecoveryResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Validation helpers
+# Distance input
 # --------------------------------------------------------------------------------------------
-
-
-def _as_unit_quaternions(q, name="q"):
-    """Validated (n, 4) array of unit quaternions (a new array; the input is never touched)."""
-    q = rotations.canonical(rotations._as_quaternion(q, name))
-    if q.ndim != 2:
-        raise ValueError(f"{name} must have shape (n, 4), one quaternion per projection; "
-                         f"got shape {q.shape}.")
-    return q
-
-
-def _check_indices(i, j, n):
-    """Index arrays of equal shape within [0, n); returns them as intp arrays."""
-    i = np.asarray(i)
-    j = np.asarray(j)
-    if i.shape != j.shape:
-        raise ValueError(f"index arrays i and j must have the same shape; got {i.shape} and "
-                         f"{j.shape}.")
-    for name, a in (("i", i), ("j", j)):
-        if a.size and not np.issubdtype(a.dtype, np.integer):
-            raise TypeError(f"{name} must be an array of integer indices; got dtype {a.dtype}.")
-        if a.size and (a.min() < 0 or a.max() >= n):
-            raise IndexError(f"{name} has indices outside [0, {n}): min {a.min()}, max {a.max()}.")
-    return i.astype(np.intp, copy=False), j.astype(np.intp, copy=False)
 
 
 def _validate_matrix(d, n):
@@ -308,146 +285,6 @@ def _as_distance_fn(distances, n):
     return _lookup(_validate_matrix(distances, n)), True
 
 
-def _query(fn, i, j, step):
-    """Call a distance callable and check its output; `step` is reported in errors."""
-    where = f"at step {step}" if step is not None else "while evaluating pairs"
-    out = fn(i, j)
-    try:
-        d = np.asarray(out, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"the distance callable must return an array of real numbers; {where} "
-                        f"it returned {type(out).__name__}: {exc}") from None
-    if d.shape != i.shape:
-        if d.size == i.size:
-            d = d.reshape(i.shape)
-        else:
-            raise ValueError(
-                f"the distance callable returned shape {d.shape} for {i.size} pairs {where}; "
-                "f(i, j) must return one distance per pair, d[k] = d_hat(i[k], j[k])."
-            )
-    bad = ~np.isfinite(d)
-    if bad.any():
-        k = int(np.argmax(bad))
-        raise ValueError(
-            f"the distance callable returned {int(bad.sum())} NaN or infinite value(s) {where} "
-            f"(first: pair ({int(i[k])}, {int(j[k])}) -> {d[k]}); fix the estimator, e.g. guard "
-            "divisions by zero norms."
-        )
-    return d
-
-
-# --------------------------------------------------------------------------------------------
-# Distance sources
-# --------------------------------------------------------------------------------------------
-
-
-def exact_distances(q):
-    """Distances from known orientations, as a callable for :func:`recover`.
-
-    Parameters
-    ----------
-    q : array_like, shape (n, 4)
-        Orientations ``(x, y, z, w)``; copied and normalised, so later changes to ``q`` have no
-        effect.
-
-    Returns
-    -------
-    callable
-        ``f(i, j) -> rotations.distance(q[i], q[j])`` for integer index arrays of equal shape.
-    """
-    q = _as_unit_quaternions(q)
-    n = len(q)
-
-    def exact(i, j):
-        i, j = _check_indices(i, j, n)
-        return rotations.distance(q[i], q[j])
-
-    return exact
-
-
-# splitmix64 constants (Steele, Lea & Flood 2014): a bijective 64-bit mixer whose outputs pass
-# BigCrush, so hashing the pair index gives independent-looking uniform bits per pair.
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-def _splitmix64(x):
-    # Wrap-around uint64 arithmetic is intended (NumPy does not warn on arrays).
-    z = x + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
-
-
-def _pair_normal(i, j, seed):
-    """A standard normal value per unordered pair {i, j}, a pure function of (pair, seed)."""
-    shape = np.shape(i)
-    # Arrays, never NumPy scalars, whose wrap-around would warn about overflow.
-    lo = np.atleast_1d(np.minimum(i, j)).astype(np.uint64)
-    hi = np.atleast_1d(np.maximum(i, j)).astype(np.uint64)
-    # Indices below 2^32 (n <= 4e9) make (lo, hi) -> key injective.
-    key = (lo << np.uint64(32)) | hi
-    h1 = _splitmix64(key ^ np.uint64(seed))
-    h2 = _splitmix64(h1)
-    # Top 53 bits -> u1 in (0, 1] (log never sees 0) and u2 in [0, 1); then Box-Muller.
-    scale = 2.0 ** -53
-    u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 1.0) * scale
-    u2 = (h2 >> np.uint64(11)).astype(np.float64) * scale
-    return (np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)).reshape(shape)
-
-
-def perturbed_distances(q, sigma, *, redrawn=True, rng=None, clip=None):
-    """True distances plus Gaussian errors, as a callable for :func:`recover` (Fig. 7).
-
-    Parameters
-    ----------
-    q : array_like, shape (n, 4)
-        True orientations ``(x, y, z, w)`` (copied).
-    sigma : float
-        Standard deviation of the error, in radians. (Fig. 7's axis says "sigma^2", but the
-        paper's code passes this value as ``stddev``; README section 2, Fig. 7.)
-    redrawn : bool, optional
-        ``True`` (the paper's way): ``d_q + N(0, sigma^2)`` drawn anew at every call, so the same
-        pair gets a different value each time it is sampled and the errors average out over
-        training; the optimum stays at the truth and the final loss is about ``sigma^2``.
-        ``False`` (realistic, like a learned estimator): one fixed error per unordered pair, the
-        same every time ``(i, j)`` or ``(j, i)`` is queried. It is a deterministic hash of
-        ``(min(i, j), max(i, j), seed)`` mapped to a Gaussian, so no ``n x n`` table is stored
-        and it works for n = 100,000 and beyond.
-    rng : numpy.random.Generator, int or None, optional
-        Source of the redrawn errors (used at every call, in order), or of the one seed of the
-        fixed errors (drawn here, once).
-    clip : bool or None, optional
-        Clip the result to ``[0, pi]``. ``None`` (default): ``False`` when ``redrawn`` (as the
-        paper, whose perturbed distances can be negative), ``True`` otherwise, since a real
-        estimator returns distances in ``[0, pi]`` (clipping biases the errors near 0 and pi).
-
-    Returns
-    -------
-    callable
-        ``f(i, j) -> d_hat`` for integer index arrays of equal shape. For the fixed errors the
-        diagonal ``(i, i)`` gets an error too (like an estimator, it is not forced to 0).
-    """
-    q = _as_unit_quaternions(q)
-    n = len(q)
-    sigma = validation.real(sigma, "sigma", minimum=0.0)
-    if not isinstance(redrawn, (bool, np.bool_)):
-        raise TypeError(f"redrawn must be True or False; got {redrawn!r}.")
-    clip = (not redrawn) if clip is None else bool(clip)
-    rng = as_rng(rng)
-    seed = None if redrawn else np.uint64(rng.integers(0, 2**63, dtype=np.uint64))
-
-    def perturbed(i, j):
-        i, j = _check_indices(i, j, n)
-        d = rotations.distance(q[i], q[j])
-        noise = rng.standard_normal(d.shape) if redrawn else _pair_normal(i, j, seed)
-        d = d + sigma * noise
-        return np.clip(d, 0.0, np.pi) if clip else d
-
-    return perturbed
-
-
 # --------------------------------------------------------------------------------------------
 # Loss evaluation
 # --------------------------------------------------------------------------------------------
@@ -477,7 +314,7 @@ def pairwise_loss(distances, q, n_pairs=None, rng=None):
     float
         Mean squared mismatch, in rad^2.
     """
-    q = _as_unit_quaternions(q)
+    q = rotations.as_unit_quaternions(q)
     n = len(q)
     if n < 2:
         raise ValueError(f"need at least 2 orientations to form pairs; got {n}.")
@@ -496,8 +333,8 @@ def pairwise_loss(distances, q, n_pairs=None, rng=None):
     total = 0.0
     for start in range(0, n_pairs, _BLOCK_PAIRS):
         size = min(_BLOCK_PAIRS, n_pairs - start)
-        i, j = _sample_distinct_pairs(rng, n, size)
-        r = _query(fn, i, j, None) - rotations.distance(q[i], q[j])
+        i, j = engine.sample_distinct_pairs(rng, n, size)
+        r = engine.query(fn, i, j, None) - rotations.distance(q[i], q[j])
         total += float(np.dot(r, r))
     return total / n_pairs
 
@@ -510,13 +347,6 @@ def _triu_block(n, start, stop):
     # j runs from i + 1 to n - 1 in each row: offsets within the row plus i + 1.
     offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     j = i + 1 + offsets
-    return i, j
-
-
-def _sample_distinct_pairs(rng, n, size):
-    """Uniform ordered pairs with i != j: j is i plus a non-zero offset modulo n."""
-    i = rng.integers(0, n, size)
-    j = (i + rng.integers(1, n, size)) % n
     return i, j
 
 
@@ -569,7 +399,7 @@ def _initial(init, n, rng, settings):
             return rotations.uniform_euler(n, coverage, rng=rng)
         raise ValueError(f"init must be 'uniform_so3', 'uniform_euler' or an (n, 4) array; got "
                          f"{init!r}.")
-    q0 = _as_unit_quaternions(init, "init")
+    q0 = rotations.as_unit_quaternions(init, "init")
     if q0.shape != (n, 4):
         raise ValueError(f"init must have shape (n, 4) = ({n}, 4); got {q0.shape}.")
     settings["init"] = "array"
@@ -661,12 +491,12 @@ def recover(distances, n, *, mode="improved", rng=None, batch_size=None, learnin
     for run in range(s["restarts"]):
         q0 = _initial(init, n, rng, s)
         if opt is None:
-            opt = _Optimiser(q0, s, tf)
+            opt = engine.TensorFlowAdam(q0, s, tf)
         else:
             opt.reset(q0)  # reuse the compiled step
         label = f"recover ({mode}, n={n})" + (f" {run + 1}/{s['restarts']}" if s["restarts"] > 1
                                               else "")
-        out = _run(opt, fn, n, s, rng, progress, callback, label)
+        out = engine.run(opt, fn, n, s, rng, progress, callback, label)
         finals.append(out["final"])
         # The lowest final loss wins; a run stuck in a local minimum ends visibly higher.
         if best is None or out["final"] < best["final"]:
@@ -682,236 +512,3 @@ def recover(distances, n, *, mode="improved", rng=None, batch_size=None, learnin
         converged=best["reason"] != "max_steps", stop_reason=best["reason"],
         seconds=time.perf_counter() - started, settings=jsonable(s),
     )
-
-
-def _run(opt, fn, n, s, rng, progress, callback, label):
-    """One optimisation from the optimiser's current state; returns its outcome as a dict."""
-    from tqdm.auto import tqdm
-
-    losses = np.empty(s["max_steps"])
-    stop = _Stopper(s)
-    sample = _sample_distinct_pairs if s["mode"] == "improved" else _sample_any_pairs
-    with tqdm(total=s["max_steps"], disable=not progress, desc=label, unit="step",
-              leave=False) as bar:
-        step = 0
-        while step < s["max_steps"]:
-            i, j = sample(rng, n, s["batch_size"])
-            target = _query(fn, i, j, step + 1)
-            loss = opt.step(i, j, target, stop.learning_rate)
-            if not math.isfinite(loss):
-                raise RuntimeError(
-                    f"the loss became {loss} at step {step + 1} (learning rate "
-                    f"{stop.learning_rate:g}); lower learning_rate, or use mode='improved', "
-                    "whose distance has finite gradients everywhere."
-                )
-            losses[step] = loss
-            step += 1
-            bar.update(1)
-            if step % _POSTFIX_EVERY == 0:
-                bar.set_postfix(loss=f"{loss:.3e}", lr=f"{stop.learning_rate:.2g}", refresh=False)
-            if callback is not None:
-                callback(step, loss)
-            if stop.done(losses[:step]):
-                break
-    losses = losses[:step].copy()
-    window = min(s["window"], step)
-    return {
-        "q": rotations.canonical(opt.value()), "losses": losses, "steps": step,
-        "reason": stop.reason or "max_steps", "learning_rate": stop.learning_rate,
-        "final": float(np.mean(losses[-window:])),
-    }
-
-
-def _sample_any_pairs(rng, n, size):
-    """The paper's pairs: i and j independent and uniform (i == j possible)."""
-    return rng.integers(0, n, size), rng.integers(0, n, size)
-
-
-class _Stopper:
-    """The stopping rules and the learning-rate schedule of both modes."""
-
-    def __init__(self, s):
-        self.mode = s["mode"]
-        self.window = s["window"]
-        self.tol = s["tol"]
-        self.plateau_tol = s["plateau_tol"]
-        self.learning_rate = s["learning_rate"]
-        self.patience = s.get("patience", 0)
-        self.decay = s.get("decay", 1.0)
-        self.decays_left = s.get("max_decays", 0)
-        self.arm_fraction = s.get("arm_fraction", 0.0)
-        self.arm_steps = s.get("arm_steps", 0)
-        self.armed = self.mode == "faithful"
-        self.first = None
-        self.best = math.inf
-        self.bad = 0
-        self.reason = None
-
-    def done(self, losses):
-        w, k = self.window, len(losses)
-        if k < w and self.mode == "faithful":
-            return False
-        last = float(np.mean(losses[-w:]))
-        if last < self.tol:
-            # Improved mode checks from step 1: a start at an exact solution stops at once
-            # instead of letting Adam, whose steps do not shrink with the gradient when it has
-            # no history, jump away by about the learning rate and converge again.
-            self.reason = "tolerance"
-            return True
-        if k < w:
-            return False
-        if self.mode == "faithful":
-            # The paper: |mean(last 1000) - mean(previous 1000)| < 1e-7, checked every step.
-            if k >= 2 * w and abs(last - float(np.mean(losses[-2 * w:-w]))) < self.plateau_tol:
-                self.reason = "plateau"
-                return True
-            return False
-        if k % w:
-            return False
-        # Improved: reduce-on-plateau on disjoint windows, then stop once fully decayed.
-        if self.first is None:
-            self.first = last
-        if not self.armed:
-            # From a random start the loss sits near its initial level for a few hundred steps
-            # (about 1,000 at n = 100,000) before the configuration organises; decaying the
-            # rate there stalls it for good (measured: n = 100,000, batch 32,768 "converged"
-            # at step 800 with loss 0.82). So plateaus count only once the loss has clearly
-            # left that level, or after `arm_steps` (e.g. when started near a solution).
-            self.armed = last < self.arm_fraction * self.first or k >= self.arm_steps
-            if not self.armed:
-                return False
-        if last < self.best * (1.0 - self.plateau_tol):
-            self.best, self.bad = last, 0
-            return False
-        self.bad += 1
-        if self.bad < self.patience:
-            return False
-        if self.decays_left == 0:
-            self.reason = "plateau"
-            return True
-        self.learning_rate *= self.decay
-        self.decays_left -= 1
-        self.bad = 0
-        return False
-
-
-class _Optimiser:
-    """The (n, 4) variable, Adam's moments, and a compiled step for either mode."""
-
-    def __init__(self, q0, s, tf):
-        self.tf = tf
-        self.dtype = tf.float64 if s["dtype"] == "float64" else tf.float32
-        np_dtype = self.dtype.as_numpy_dtype
-        self.faithful = s["mode"] == "faithful"
-        self.var = tf.Variable(q0.astype(np_dtype))
-        self.m = tf.Variable(tf.zeros_like(self.var))
-        self.v = tf.Variable(tf.zeros_like(self.var))
-        self.t = 0
-        adam = s["adam"]
-        self.b1, self.b2, self.eps = adam["beta1"], adam["beta2"], adam["epsilon"]
-        self.np_dtype = np_dtype
-        self.normalise = bool(s["normalise_rows"])
-        if self.faithful:
-            self._step = self._build_faithful()
-        else:
-            self._step = self._build_improved(jit=True)
-        self._jit_checked = self.faithful
-
-    def value(self):
-        return self.var.numpy().astype(np.float64)
-
-    def reset(self, q0):
-        """Start again from `q0` with fresh Adam state, keeping the compiled step."""
-        self.var.assign(q0.astype(self.np_dtype))
-        zeros = np.zeros(q0.shape, self.np_dtype)
-        self.m.assign(zeros)
-        self.v.assign(zeros)
-        self.t = 0
-
-    def step(self, i, j, target, learning_rate):
-        tf = self.tf
-        self.t += 1
-        # Adam's bias correction in float64 on the host; the step gets the corrected rate.
-        lr_t = learning_rate * math.sqrt(1 - self.b2 ** self.t) / (1 - self.b1 ** self.t)
-        args = [tf.constant(i, tf.int64), tf.constant(j, tf.int64),
-                tf.constant(target.astype(self.np_dtype)), tf.constant(lr_t, self.dtype)]
-        if self.faithful:
-            rows, counts = np.unique(np.concatenate([i, j]), return_counts=True)
-            args += [tf.constant(rows, tf.int64), tf.constant(counts, tf.int64)]
-        if not self._jit_checked:
-            self._jit_checked = True
-            try:
-                return float(self._step(*args))
-            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-                # Builds without XLA: the same step, uncompiled (slower, same arithmetic).
-                self._step = self._build_improved(jit=False)
-        return float(self._step(*args))
-
-    def _build_improved(self, jit):
-        tf = self.tf
-        var, m, v = self.var, self.m, self.v
-        b1, b2, eps, normalise = self.b1, self.b2, self.eps, self.normalise
-
-        @tf.function(jit_compile=jit, reduce_retracing=True)
-        def step(i, j, target, lr_t):
-            with tf.GradientTape() as tape:
-                d = rotations.distance_tf(tf.gather(var, i), tf.gather(var, j))
-                loss = tf.reduce_mean(tf.square(d - target))
-            # Sparse rows -> dense (n, 4): dense Adam lets momentum keep moving rows that were
-            # not drawn this step, which at large n (a row drawn every few steps) speeds it up.
-            g = tf.convert_to_tensor(tape.gradient(loss, var))
-            m.assign(b1 * m + (1 - b1) * g)
-            v.assign(b2 * v + (1 - b2) * tf.square(g))
-            new = var - lr_t * m / (tf.sqrt(v) + eps)
-            if normalise:
-                new = new / tf.norm(new, axis=1, keepdims=True)
-            var.assign(new)
-            return loss
-
-        return step
-
-    def _build_faithful(self):
-        tf = self.tf
-        var, m, v = self.var, self.m, self.v
-        b1, b2, eps = self.b1, self.b2, self.eps
-        shrink = 1.0 - 2.0 * np.finfo(self.np_dtype).eps
-
-        spec = [tf.TensorSpec([None], tf.int64)] * 2 + [
-            tf.TensorSpec([None], self.dtype), tf.TensorSpec([], self.dtype),
-            tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64)]
-
-        @tf.function(input_signature=spec)
-        def step(i, j, target, lr_t, rows, counts):
-            with tf.GradientTape() as tape:
-                a = tf.gather(var, i)
-                b = tf.gather(var, j)
-                a = a / tf.norm(a, axis=1, keepdims=True)
-                b = b / tf.norm(b, axis=1, keepdims=True)
-                # The paper's d_q: 2 acos(|<a, b>|), the dot product shrunk by (1 - 2 eps) as
-                # its safe_shrink did. Rounding can make |<a, a>| exceed 1; clipping to 1 first
-                # keeps acos' finite (about -5e7), as a NaN would otherwise appear at i == j.
-                dot = tf.minimum(tf.abs(tf.reduce_sum(a * b, axis=1)), 1.0) * shrink
-                d = 2.0 * tf.acos(dot)
-                loss = tf.reduce_mean(tf.square(d - target))
-            g = tf.gather(tf.convert_to_tensor(tape.gradient(loss, var)), rows)
-            x, mr, vr = tf.gather(var, rows), tf.gather(m, rows), tf.gather(v, rows)
-            # A row drawn k times is updated k times with the same total gradient (see the module
-            # docstring); rows with fewer appearances keep their values in later rounds.
-            for_rounds = tf.reduce_max(counts)
-            r = tf.constant(0, tf.int64)
-
-            def body(r, x, mr, vr):
-                live = (counts > r)[:, None]
-                m_new = b1 * mr + (1 - b1) * g
-                v_new = b2 * vr + (1 - b2) * tf.square(g)
-                x_new = x - lr_t * m_new / (tf.sqrt(v_new) + eps)
-                return (r + 1, tf.where(live, x_new, x), tf.where(live, m_new, mr),
-                        tf.where(live, v_new, vr))
-
-            _, x, mr, vr = tf.while_loop(lambda r, *_: r < for_rounds, body, (r, x, mr, vr))
-            var.scatter_nd_update(rows[:, None], x)
-            m.scatter_nd_update(rows[:, None], mr)
-            v.scatter_nd_update(rows[:, None], vr)
-            return loss
-
-        return step

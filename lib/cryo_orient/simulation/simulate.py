@@ -34,6 +34,14 @@ from cryo_orient import __version__
 from cryo_orient.geometry import rotations
 from cryo_orient.validation import as_rng
 from cryo_orient.artifacts import atomic_output, git_commit
+from cryo_orient.simulation.noise import (
+    SHIFT_MODES,
+    add_noise,
+    noise_variance_for_snr,
+    random_shifts,
+    shift_images,
+    standardize,
+)
 from cryo_orient.tomography.projection import BACKENDS, default_size, project, resolve_backend
 
 __all__ = [
@@ -45,103 +53,12 @@ __all__ = [
     "standardize",
     "SimulationConfig",
     "simulate_dataset",
-    "load_dataset",
 ]
 
 #: Bumped whenever the content written for a given config changes, so caches are invalidated.
 FORMAT_VERSION = 1
-SHIFT_MODES = ("none", "circular", "subpixel")
 SAMPLINGS = ("uniform_so3", "uniform_euler")
 _SNR_PILOT = 512
-
-
-# --------------------------------------------------------------------------- image operations
-
-
-def _check_images(images) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 3:
-        raise ValueError(f"images must have shape (N, ny, nx), got {images.shape}")
-    if not np.issubdtype(images.dtype, np.floating):
-        images = images.astype(np.float32)
-    return images
-
-
-def add_noise(images, variance, rng=None) -> np.ndarray:
-    """Add white Gaussian noise N(0, ``variance``) to every pixel; returns a new array."""
-    images = _check_images(images)
-    if not np.isfinite(variance) or variance < 0:
-        raise ValueError(f"noise variance must be a finite number >= 0, got {variance!r}")
-    if variance == 0:
-        return images.copy()
-    noise = as_rng(rng).standard_normal(images.shape) * np.sqrt(variance)
-    return (images + noise).astype(images.dtype, copy=False)
-
-
-def noise_variance_for_snr(signal_variance, snr=None, snr_db=None) -> float:
-    """Noise variance giving ``snr`` (a ratio) or ``snr_db`` (decibels) for a signal variance."""
-    if (snr is None) == (snr_db is None):
-        raise ValueError("give exactly one of snr (a ratio) or snr_db (in dB)")
-    if snr is None:
-        snr = 10 ** (snr_db / 10)
-    if not np.isfinite(snr) or snr <= 0:
-        raise ValueError(f"the SNR must be a positive finite ratio, got {snr!r}")
-    if not np.isfinite(signal_variance) or signal_variance <= 0:
-        raise ValueError(f"signal variance must be positive, got {signal_variance!r}")
-    return float(signal_variance / snr)
-
-
-def random_shifts(n, limit, mode="circular", rng=None) -> np.ndarray:
-    """Shifts ``(dy, dx)`` in pixels, each from a triangular distribution on [-limit, limit].
-
-    ``mode="circular"`` truncates towards 0 to integers, as the paper did; ``"subpixel"`` keeps
-    real values; ``"none"`` (or ``limit == 0``) returns zeros. Shape (n, 2).
-    """
-    if mode not in SHIFT_MODES:
-        raise ValueError(f"unknown shift mode {mode!r}; choose one of {SHIFT_MODES}")
-    if not np.isfinite(limit) or limit < 0:
-        raise ValueError(f"shift limit must be a finite number >= 0 pixels, got {limit!r}")
-    if mode == "none" or limit == 0:
-        return np.zeros((n, 2))
-    shifts = as_rng(rng).triangular(-limit, 0.0, limit, size=(n, 2))
-    return np.trunc(shifts) if mode == "circular" else shifts
-
-
-def shift_images(images, shifts, mode="circular") -> np.ndarray:
-    """Move each image by its ``(dy, dx)`` shift; returns a new array.
-
-    ``"circular"`` rolls by integer shifts (content leaving one edge re-enters at the other, as in
-    the paper); ``"subpixel"`` interpolates with cubic splines and fills with zeros.
-    """
-    from scipy import ndimage
-
-    images = _check_images(images)
-    shifts = np.asarray(shifts, dtype=np.float64)
-    if shifts.shape != (len(images), 2):
-        raise ValueError(f"shifts must have shape ({len(images)}, 2), got {shifts.shape}")
-    if mode not in SHIFT_MODES:
-        raise ValueError(f"unknown shift mode {mode!r}; choose one of {SHIFT_MODES}")
-    out = np.empty_like(images)
-    for i, (image, shift) in enumerate(zip(images, shifts)):
-        if mode == "none" or not shift.any():
-            out[i] = image
-        elif mode == "circular":
-            if not np.array_equal(shift, np.round(shift)):
-                raise ValueError("circular shifts must be integers; use mode='subpixel'")
-            out[i] = np.roll(image, shift.astype(int), axis=(0, 1))
-        else:
-            out[i] = ndimage.shift(image, shift, order=3, mode="constant", cval=0.0)
-    return out
-
-
-def standardize(images, mean=None, std=None) -> np.ndarray:
-    """Global standardisation ``(X - mean) / std`` over the whole set (the paper's), new array."""
-    images = _check_images(images)
-    mean = float(images.mean(dtype=np.float64)) if mean is None else float(mean)
-    std = float(images.std(dtype=np.float64)) if std is None else float(std)
-    if not np.isfinite(std) or std <= 0:
-        raise ValueError(f"cannot standardise: the standard deviation is {std!r} (constant images?)")
-    return ((images - mean) / std).astype(images.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- dataset config
@@ -242,9 +159,9 @@ class SimulationConfig:
         return dataclasses.asdict(self)
 
 
-def _volume_source(config: SimulationConfig):
+def volume_source(config: SimulationConfig):
     """Load the volume and a fingerprint of its content for the cache key."""
-    from cryo_orient import data
+    from cryo_orient import data  # noqa: PLC0415 (data imports nothing from simulation)
 
     if config.volume in data.REGISTRY:
         entry = data.REGISTRY[config.volume]
@@ -334,7 +251,7 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
     path = Path(path)
     if path.suffix not in (".h5", ".hdf5"):
         raise ValueError(f"dataset path must end in .h5 or .hdf5, got {path}")
-    volume, voxel_size, fingerprint = _volume_source(config)
+    volume, voxel_size, fingerprint = volume_source(config)
     key = cache_key(config, fingerprint)
     if path.exists() and not overwrite and _read_key(path) == key:
         return path
@@ -420,32 +337,3 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
                 "volume_shape": np.asarray(volume.shape),
             })
     return path
-
-
-def load_dataset(path, *, projections=True) -> dict:
-    """Read a dataset written by :func:`simulate_dataset` into a dict of arrays and attributes.
-
-    ``projections=False`` skips the image arrays (orientations and metadata only).
-    """
-    import h5py
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no dataset at {path}; create it with `cryo-orient simulate` or `make simulate`")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"{path} is not a readable HDF5 file ({err}); delete it and simulate it again") from err
-    with f:
-        if "cache_key" not in f.attrs or "quaternions" not in f:
-            raise ValueError(f"{path} is not a cryo_orient dataset (no cache_key/quaternions); simulate it again")
-        out = {name: f[name][()] for name in ("quaternions", "euler", "shifts")}
-        if projections:
-            out["projections"] = f["projections"][()]
-            if "clean" in f:
-                out["clean"] = f["clean"][()]
-        attrs = dict(f.attrs)
-    for name in ("config", "provenance"):
-        attrs[name] = json.loads(attrs[name])
-    out["attrs"] = attrs
-    return out
