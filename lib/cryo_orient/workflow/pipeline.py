@@ -41,7 +41,8 @@ from cryo_orient.tomography import fsc, projection, reconstruct
 from cryo_orient.validation import InputError
 from cryo_orient.workflow.stages import Stage, StageCache, digest, run_stages
 
-__all__ = ["STAGES", "VOLUME_SETS", "PipelineConfig", "choose_gauge", "make_pipeline_estimator",
+__all__ = ["STAGES", "VOLUME_SETS", "PipelineConfig", "choose_gauge", "make_pipeline_estimator", "pair_fit",
+           "stages_until",
            "reconstruct_on_map", "recover_orientations", "run_case", "write_outputs"]
 
 
@@ -100,11 +101,12 @@ def make_pipeline_estimator(config: PipelineConfig, dataset: Dataset) -> Distanc
     return make_estimator(config.estimator, **config.estimator_options)
 
 
-def recover_orientations(distances, n: int, config: PipelineConfig, *, progress=False) -> dict:
-    """The recovery stage (Eq. 4) with the config's mode, restarts, step limit and seed."""
+def recover_orientations(distances, n: int, config: PipelineConfig, *, rng=None, progress=False) -> dict:
+    """The recovery stage (Eq. 4) with the config's mode, restarts and step limit; ``rng`` defaults
+    to the pipeline's stream ``[config.seed, 10]``."""
+    rng = np.random.default_rng([config.seed, 10]) if rng is None else rng
     result = recovery.recover(distances, n, mode=config.recovery_mode, restarts=config.recovery_restarts,
-                              max_steps=config.recovery_max_steps, rng=np.random.default_rng([config.seed, 10]),
-                              progress=progress)
+                              max_steps=config.recovery_max_steps, rng=rng, progress=progress)
     return {"quaternions": result.quaternions, "losses": result.losses,
             "seconds": np.array(result.seconds), "final_loss": np.array(result.final_loss)}
 
@@ -137,13 +139,22 @@ def _truth(dataset: Dataset):
     return np.asarray(volume, dtype=np.float64), float(voxel_size) if voxel_size else 1.0
 
 
-def _pair_fit(ctx) -> dict:
-    """How well the estimated distances fit the true orientations (pairs drawn with the seed)."""
-    config, q_true, n = ctx["config"], ctx["test"].quaternions, ctx["test"].n
-    i, j = np.random.default_rng([config.seed, 11]).integers(0, n, size=(2, 200_000))
-    d_p = ctx["estimator"].distance_function(ctx["features"])(i, j)
+def pair_fit(distances, q_true, rng, n_pairs: int = 200_000) -> dict:
+    """How well estimated distances fit the true orientations, on ``n_pairs`` random pairs.
+
+    ``test_pair_mae`` is the mean absolute error of the distances; ``L_at_true_orientations`` is
+    Eq. 4's loss at the truth: if the recovered L_OR is far below it, the estimated distances fit
+    another configuration better than the truth, and no optimiser can fix that.
+    """
+    i, j = rng.integers(0, len(q_true), size=(2, n_pairs))
+    d_p = distances(i, j)
     d_q = rotations.distance(q_true[i], q_true[j])
     return {"test_pair_mae": float(np.mean(np.abs(d_p - d_q))), "L_at_true_orientations": float(np.mean((d_p - d_q) ** 2))}
+
+
+def _pair_fit(ctx) -> dict:
+    return pair_fit(ctx["estimator"].distance_function(ctx["features"]), ctx["test"].quaternions,
+                    np.random.default_rng([ctx["config"].seed, 11]))
 
 
 def _random_orientations(ctx) -> np.ndarray:
@@ -245,6 +256,14 @@ STAGES = [
     *[_volume_stage(name, images, q) for name, (images, q) in VOLUME_SETS.items()],
     _value("placed", _place_volumes, ("truth", "frame", *[f"volume:{name}" for name in VOLUME_SETS]), log=_fsc_log),
 ]
+
+
+def stages_until(name: str) -> list[Stage]:
+    """The stages of :data:`STAGES` up to and including ``name`` (e.g. ``"alignment"``)."""
+    names = [stage.name for stage in STAGES]
+    if name not in names:
+        raise InputError(f"no stage {name!r}; the stages are {names}")
+    return STAGES[: names.index(name) + 1]
 
 
 def _summary(ctx) -> dict:

@@ -6,6 +6,9 @@ of the context that gives the parts of its cache key (``key``). :func:`run_stage
 of them in order: each result is stored in the context under the stage's name (and its key
 under ``context["keys"][name]``), so the stages after it can read it.
 
+A context entry given by the caller stands in for the stage of that name, which is then not run
+(e.g. ``{"test": dataset.split("all")}`` recovers every image instead of the test split).
+
 A cached stage's result is a dict of arrays, stored as ``<prefix>-<digest of the key>.npz`` in
 the cache folder (:class:`StageCache`): a rerun with the same inputs loads it, a changed input
 recomputes it and what depends on it (whose keys include it). A truncated or corrupt entry is
@@ -100,6 +103,8 @@ def run_stages(stages, context: Mapping, cache: StageCache, *, log=print) -> dic
     ctx = dict(context)
     ctx.setdefault("keys", {})
     for stage in stages:
+        if stage.name in context:
+            continue  # given by the caller
         missing = [name for name in stage.inputs if name not in ctx]
         if missing:
             raise RuntimeError(f"stage {stage.name!r} needs {missing}, which no earlier stage or input provides")
