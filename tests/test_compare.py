@@ -19,7 +19,7 @@ import pytest
 
 from cryo_orient.workflow import pipeline
 
-from cryo_orient.tomography import projection
+from cryo_orient.tomography import backends, projection
 
 from cryo_orient.geometry import rotations
 from cryo_orient.data.dataset import read_dataset
@@ -78,12 +78,12 @@ def test_known_case_quarter_turn_about_x():
 
 def test_fourier_slice_points_agree():
     # ASPIRE (Volume.project, rotated_grids) samples the volume's transform at R_A (kx, ky, 0) with
-    # the image indexed [y, x]; ours at R^T (kx, ky, 0) (projection._slice_points), same indexing.
+    # the image indexed [y, x]; ours at R^T (kx, ky, 0) (backends.slice_points), same indexing.
     q = rotations.uniform_so3(5, rng=np.random.default_rng(2))
     R = rotations.quaternion_to_matrix(q)
     size = 8
-    ours = projection._slice_points(R, size)  # (z, y, x), N, ky, kx
-    ky, kx, _ = projection._slice_frequencies(size)
+    ours = backends.slice_points(R, size)  # (z, y, x), N, ky, kx
+    ky, kx, _ = backends.slice_frequencies(size)
     kyy, kxx = np.meshgrid(ky, kx, indexing="ij")
     k = np.stack([kxx, kyy, np.zeros_like(kxx)])  # (x, y, z), ky, kx
     theirs = np.einsum("nij,jab->inab", convention.matrices_to_aspire(R), k)[::-1]

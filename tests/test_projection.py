@@ -212,3 +212,27 @@ def test_backprojection_reruns_are_bit_identical():
     first = backproject(p, q, (45, 45, 45), "nufft")
     for _ in range(4):
         assert np.array_equal(backproject(p, q, (45, 45, 45), "nufft"), first)
+
+
+def test_one_dispatch_chooses_the_backend(monkeypatch, volume):
+    from cryo_orient.tomography import backends
+    from cryo_orient.validation import InputError
+
+    assert backends.resolve("auto", needs={"x0"}).name == "nufft"
+    with pytest.raises(InputError, match="unknown projection backend 'cuda'"):
+        backends.resolve("cuda")
+
+    # A new backend is one entry in BACKENDS: project() and backproject() then reach it by name.
+    calls = []
+
+    class Recording(backends.NufftBackend):
+        name = "recording"
+
+        def project(self, volume, matrices, size, **options):
+            calls.append(("project", len(matrices), size))
+            return super().project(volume, matrices, size, **options)
+
+    monkeypatch.setitem(backends.BACKENDS, "recording", Recording())
+    q = np.array([[0.0, 0.0, 0.0, 1.0], [0.0, 0.6, 0.0, 0.8]])
+    np.testing.assert_array_equal(project(volume, q, 20, "recording"), project(volume, q, 20, "nufft"))
+    assert calls == [("project", 2, 20)]

@@ -37,9 +37,12 @@ import time
 
 import numpy as np
 
-from cryo_orient.tomography import projection
+from tqdm.auto import tqdm
 
-__all__ = ["Reconstruction", "conjugate_gradients", "reconstruct", "normal_operator", "remove_detector_nyquist"]
+from cryo_orient.tomography import backends
+from cryo_orient.tomography.backends import check_size, remove_detector_nyquist, rotation_matrices
+
+__all__ = ["Reconstruction", "conjugate_gradients", "normal_operator", "reconstruct", "remove_detector_nyquist"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,74 +62,14 @@ class Reconstruction:
     regularization: float
 
 
-def remove_detector_nyquist(projections) -> np.ndarray:
-    """Remove the Nyquist row and column of each image's spectrum (even sizes; odd: a copy).
-
-    Those Fourier coefficients stand for two frequencies at once (±π) and the Fourier-slice
-    model cannot give them consistent values; the NUFFT backend leaves them out of the fit.
-    """
-    p = np.asarray(projections)
-    size = p.shape[-1]
-    if size % 2:
-        return p.copy()
-    spectrum = np.fft.rfft2(np.fft.ifftshift(p, axes=(-2, -1)), axes=(-2, -1))
-    spectrum[..., size // 2, :] = 0
-    spectrum[..., :, -1] = 0
-    out = np.fft.irfft2(spectrum, s=(size, size), axes=(-2, -1))
-    return np.fft.fftshift(out, axes=(-2, -1)).astype(p.dtype, copy=False)
-
-
-def _kept_points(matrices, size):
-    """Slice frequencies and weights of the fitted (non-Nyquist) Fourier coefficients."""
-    ky, _, weight = projection._slice_frequencies(size)
-    pts = projection._slice_points(matrices, size)  # (3, N, size, size//2+1), (z, y, x)
-    w = np.broadcast_to(weight / size**2, pts.shape[1:]).copy()
-    if size % 2 == 0:
-        w[:, size // 2, :] = 0
-        w[:, :, -1] = 0
-    keep = w.ravel() > 0
-    return [p.ravel()[keep] for p in pts], w.ravel()[keep]
-
-
-class _ToeplitzNormal:
-    """``v ↦ AᵀA v`` as a linear convolution done with zero-padded real FFTs."""
-
-    def __init__(self, matrices, size, shape, eps, nthreads):
-        import finufft
-        import scipy.fft
-
-        self.shape = tuple(int(n) for n in shape)
-        self.padded = tuple(scipy.fft.next_fast_len(2 * n - 1, real=True) for n in self.shape)
-        self.workers = nthreads
-        kernel_shape = tuple(2 * n - 1 for n in self.shape)  # r from -(N-1) to N-1
-        pts, w = _kept_points(matrices, size)
-        # One spreading thread unless asked: multithreaded spreading is not bit-reproducible.
-        opts = {"nthreads": 1 if nthreads is None else int(nthreads)}
-        kernel = finufft.nufft3d1(*pts, w.astype(np.complex128), kernel_shape, eps=eps, isign=+1, **opts).real
-        circulant = np.zeros(self.padded)
-        # Put K(r) at index r mod L on each axis (negative offsets wrap to the end).
-        index = [np.arange(-(n - 1), n) % length for n, length in zip(self.shape, self.padded)]
-        circulant[np.ix_(*index)] = kernel
-        # Single precision halves the cost of the FFTs that dominate each iteration; the
-        # operator stays accurate to ~1e-6 relative, far below what CG's iterates resolve.
-        self.transfer = scipy.fft.rfftn(circulant, workers=self.workers).astype(np.complex64)
-
-    def __call__(self, v):
-        import scipy.fft
-
-        spectrum = scipy.fft.rfftn(np.asarray(v, dtype=np.float32), s=self.padded, workers=self.workers)
-        out = scipy.fft.irfftn(spectrum * self.transfer, s=self.padded, workers=self.workers)
-        return out[tuple(slice(0, n) for n in self.shape)].astype(np.float64)
-
-
 def normal_operator(quaternions, size, shape, *, eps=1e-9, nthreads=None):
     """The operator ``v ↦ AᵀA v`` of :func:`reconstruct`'s NUFFT backend, as a callable.
 
     Equal to ``backproject(remove_detector_nyquist(project(v)))`` up to the NUFFT tolerance and
     single-precision FFTs (about 1e-6 relative).
     """
-    matrices = projection._rotation_matrices(quaternions)
-    return _ToeplitzNormal(matrices, projection._check_size(size, shape), shape, eps, nthreads)
+    return backends.BACKENDS["nufft"].normal_operator(rotation_matrices(quaternions), check_size(size, shape), shape,
+                                                      eps=eps, nthreads=nthreads)
 
 
 def _check_inputs(projections, quaternions, shape):
@@ -153,12 +96,12 @@ def _check_inputs(projections, quaternions, shape):
     return p, q, shape
 
 
-def _reconstruct_nufft(p, q, shape, iterations, tol, regularization, x0, eps, nthreads, progress, callback):
-    matrices = projection._rotation_matrices(q)
-    size = p.shape[-1]
-    normal = _ToeplitzNormal(matrices, size, shape, eps, nthreads)
-    rhs = projection.backproject(remove_detector_nyquist(p.astype(np.float64)), q, shape, "nufft",
-                                 eps=eps, nthreads=nthreads)
+def _normal_equations_cg(backend, p, q, shape, iterations, tol, regularization, x0, eps, nthreads, progress,
+                         callback):
+    """CG on ``(AᵀA + λI) v = Aᵀb`` with the backend's normal operator."""
+    matrices = rotation_matrices(q)
+    normal = backend.normal_operator(matrices, p.shape[-1], shape, eps=eps, nthreads=nthreads)
+    rhs = backend.normal_rhs(p, matrices, shape, eps=eps, nthreads=nthreads)
 
     def apply(v):
         return normal(v) + regularization * v
@@ -174,8 +117,6 @@ def conjugate_gradients(apply, rhs, *, x0=None, iterations=100, tol=0.0, callbac
     ``callback(k, x)`` (a copy) after step ``k``. Returns ``(x, relative residuals per step,
     stop reason, steps)``. With ``rhs = 0`` the minimum-norm solution 0 is returned, whatever ``x0``.
     """
-    from tqdm.auto import tqdm
-
     shape = np.shape(rhs)
     rhs_norm = np.linalg.norm(rhs)
     if rhs_norm == 0:
@@ -207,28 +148,6 @@ def conjugate_gradients(apply, rhs, *, x0=None, iterations=100, tol=0.0, callbac
     if residuals[-1] <= tol:
         stop = "tolerance"
     return x, np.asarray(residuals), stop, k
-
-
-def _reconstruct_astra(p, q, shape, iterations):
-    import astra
-
-    matrices = projection._rotation_matrices(q)
-    vol_geom, proj_geom = projection._astra_geometry(matrices, p.shape[-1], shape)
-    sino = np.ascontiguousarray(np.transpose(p, (1, 0, 2)), dtype=np.float32)  # (row, angle, column)
-    sino_id = astra.data3d.create("-proj3d", proj_geom, sino)
-    vol_id = astra.data3d.create("-vol", vol_geom, 0.0)
-    alg_id = None
-    try:
-        cfg = astra.astra_dict("CGLS3D_CUDA")
-        cfg["ReconstructionDataId"] = vol_id
-        cfg["ProjectionDataId"] = sino_id
-        alg_id = astra.algorithm.create(cfg)
-        astra.algorithm.run(alg_id, int(iterations))
-        return np.asarray(astra.data3d.get(vol_id), dtype=np.float64)
-    finally:
-        if alg_id is not None:
-            astra.algorithm.delete(alg_id)
-        astra.data3d.delete([sino_id, vol_id])
 
 
 def reconstruct(projections, quaternions, shape, backend="auto", *, iterations=100, tol=1e-4,
@@ -283,17 +202,18 @@ def reconstruct(projections, quaternions, shape, backend="auto", *, iterations=1
         raise ValueError(f"regularization must be a non-negative number, got {regularization!r}")
     if x0 is not None and np.shape(x0) != shape:
         raise ValueError(f"x0 must have the volume shape {shape}, got {np.shape(x0)}")
-    nufft_only = bool(regularization) or x0 is not None or callback is not None
-    # "auto" must not turn a call that works on a CPU into an error on a GPU machine.
-    backend = "nufft" if backend == "auto" and nufft_only else projection.resolve_backend(backend)
+    needs = {name for name, given in (("regularization", bool(regularization)), ("x0", x0 is not None),
+                                      ("callback", callback is not None)) if given}
+    chosen = backends.resolve(backend, needs=needs)
+    unsupported = sorted(needs - chosen.solver_options)
+    if unsupported:
+        raise ValueError(f"the {chosen.name} backend supports no {', '.join(unsupported)}; "
+                         "use backend='nufft' for those")
     start = time.perf_counter()
-    if backend == "astra":
-        if nufft_only:
-            raise ValueError("the ASTRA backend (CGLS3D_CUDA) supports neither regularization, x0 nor callback; "
-                             "use backend='nufft' for those")
-        volume = _reconstruct_astra(p, q, shape, iterations)
-        return Reconstruction(volume, backend, int(iterations), np.empty(0), "iterations",
+    volume = chosen.least_squares(p, rotation_matrices(q), shape, int(iterations))
+    if volume is not None:
+        return Reconstruction(volume, chosen.name, int(iterations), np.empty(0), "iterations",
                               time.perf_counter() - start, 0.0)
-    volume, residuals, stop, k = _reconstruct_nufft(p, q, shape, int(iterations), float(tol),
-                                                    float(regularization), x0, eps, nthreads, progress, callback)
-    return Reconstruction(volume, backend, k, residuals, stop, time.perf_counter() - start, float(regularization))
+    volume, residuals, stop, k = _normal_equations_cg(chosen, p, q, shape, int(iterations), float(tol),
+                                                      float(regularization), x0, eps, nthreads, progress, callback)
+    return Reconstruction(volume, chosen.name, k, residuals, stop, time.perf_counter() - start, float(regularization))
