@@ -20,10 +20,9 @@ import numpy as np
 from scipy.linalg import expm
 from scipy.optimize import minimize
 
-from cryo_orient.orientation import alignment
-
-from cryo_orient.geometry import rotations
 from cryo_orient.artifacts import save_text
+from cryo_orient.geometry import rotations
+from cryo_orient.orientation import alignment
 
 N, NOISE, REPEATS = 1650, 0.2, 5
 

@@ -33,9 +33,8 @@ def main(argv=None) -> int:
     import numpy as np
 
     from cryo_orient import data
-
-    from cryo_orient.geometry import rotations
     from cryo_orient.artifacts import save_text
+    from cryo_orient.geometry import rotations
     from cryo_orient.tomography.projection import astra_available, project, project_real_space
 
     volume, _ = data.load("5j0n", progress=False)

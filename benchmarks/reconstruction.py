@@ -25,11 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from cryo_orient import data
-
-from cryo_orient.tomography import fsc, projection
-
-from cryo_orient.geometry import rotations, volumes
 from cryo_orient.artifacts import save_text
+from cryo_orient.geometry import rotations, volumes
+from cryo_orient.tomography import fsc, projection
 from cryo_orient.tomography.reconstruct import conjugate_gradients, reconstruct, remove_detector_nyquist
 
 SIZE = 116

@@ -136,10 +136,10 @@ def main(argv=None) -> int:
     import tensorflow as tf  # noqa: F401  (imported once here so no timing includes it)
 
     tf_import = time.perf_counter() - t
-    from cryo_orient.estimation import exact
-    from cryo_orient.orientation import alignment, recovery
-    from cryo_orient.geometry import rotations
     from cryo_orient.artifacts import save_text
+    from cryo_orient.estimation import exact
+    from cryo_orient.geometry import rotations
+    from cryo_orient.orientation import alignment, recovery
 
     # The truth's generator must differ from recover's (rng=seed): the same seed would start
     # the recovery at the truth.
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         print(f"  {big.steps} steps ({big.stop_reason}) of {scale['batch_size']} pairs, "
               f"{per_1000:.1f} s / 1000 steps, converged in {big.seconds:.1f} s "
               f"(target <= 600 s: {'met' if ok_scale else 'MISSED'})")
-        print(f"  time to L_OR < 1e-8: "
+        print("  time to L_OR < 1e-8: "
               + ("not reached" if k is None else f"{scale['seconds_to_loss_1e-8']:.1f} s")
               + f"; final L_OR (1e6 pairs) {scale['l_or_1e6_pairs']:.2e}, "
               f"E_OR {scale['e_or_final']:.2e} rad")

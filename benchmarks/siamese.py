@@ -149,9 +149,8 @@ def throughput(size, args, rng):
     import keras
     import numpy as np
 
-    from cryo_orient.geometry import rotations
-
     from cryo_orient.estimation import siamese
+    from cryo_orient.geometry import rotations
 
     keras.utils.set_random_seed(0)
     model = siamese.build_model(size, 512)
@@ -194,7 +193,6 @@ def throughput(size, args, rng):
     out["pairs"] = {"faithful": faithful, "batch": batches,
                     "ratio_batch_over_faithful": {str(r["batch_images"]): r["pairs_per_s"] / faithful["pairs_per_s"]
                                                   for r in batches}}
-    del model, encoder, enc
     keras.backend.clear_session()
     return out
 
@@ -223,8 +221,8 @@ def print_throughput(r):
 
 
 def dataset_split(args):
-    from cryo_orient.simulation import simulate
     from cryo_orient.data import splits
+    from cryo_orient.simulation import simulate
 
     config = simulate.SimulationConfig(volume="5j0n", n_projections=args.n_projections, sampling="uniform_so3",
                                        coverage=[2, 1, 2], seed=0)
@@ -310,7 +308,7 @@ def time_to_mae(args):
     ratios = {str(r["batch_size"]): r["ratio_t1_over_t3"] for r in runs}
     reached = [r for r in runs if r["reached"]]
     best = max(reached, key=lambda r: r["ratio_t1_over_t3"]) if reached else None
-    print(f"  ratio t1 / t3: " + ", ".join(f"B = {b}: " + ("not reached" if v is None else f"{v:.1f} x")
+    print("  ratio t1 / t3: " + ", ".join(f"B = {b}: " + ("not reached" if v is None else f"{v:.1f} x")
                                           for b, v in ratios.items()) + f"   (target >= {RATIO_TARGET})")
     return {
         "dataset": data,

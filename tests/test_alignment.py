@@ -7,8 +7,8 @@ import pytest
 from scipy.linalg import expm
 from scipy.optimize import minimize
 
-from cryo_orient.orientation import alignment as al
 from cryo_orient.geometry import rotations as rot
+from cryo_orient.orientation import alignment as al
 
 K = np.array([0.0, 0.0, 1.0, 0.0])  # quaternion of Rz(pi)
 J = np.diag([1.0, 1.0, -1.0])  # mirror through the plane z = 0

@@ -17,13 +17,10 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryo_orient.workflow import pipeline
-
-from cryo_orient.tomography import backends, projection
-
-from cryo_orient.geometry import rotations
 from cryo_orient.data.dataset import read_dataset
+from cryo_orient.geometry import rotations
 from cryo_orient.simulation.simulate import SimulationConfig, simulate_dataset
+from cryo_orient.tomography import backends, projection
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "experiments" / "compare"

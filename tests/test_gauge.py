@@ -3,11 +3,9 @@
 import numpy as np
 import pytest
 
-from cryo_orient.orientation import alignment, gauge
-
-from cryo_orient.tomography import fsc
-
 from cryo_orient.geometry import rotations, volumes
+from cryo_orient.orientation import alignment, gauge
+from cryo_orient.tomography import fsc
 from cryo_orient.tomography.projection import project
 from cryo_orient.tomography.reconstruct import reconstruct
 

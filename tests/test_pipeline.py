@@ -4,14 +4,12 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryo_orient.workflow import pipeline
-
 from cryo_orient.data import relion
-
-from cryo_orient.geometry import rotations
 from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation.exact import ExactDistances
+from cryo_orient.geometry import rotations
 from cryo_orient.simulation.simulate import SimulationConfig, simulate_dataset
+from cryo_orient.workflow import pipeline
 from cryo_orient.workflow.stages import Stage, StageCache, run_stages
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cryo_orient.workflow import profiles
 from cryo_orient.cli import main as cli_main
 from cryo_orient.simulation.simulate import SimulationConfig
+from cryo_orient.workflow import profiles
 
 REPO = Path(__file__).resolve().parents[1]
 

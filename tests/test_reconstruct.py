@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cryo_orient.tomography import fsc
-
 from cryo_orient.geometry import rotations
+from cryo_orient.tomography import fsc
 from cryo_orient.tomography.projection import astra_available, backproject, project
 from cryo_orient.tomography.reconstruct import normal_operator, reconstruct, remove_detector_nyquist
 

@@ -9,9 +9,8 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from cryo_orient.estimation import exact
-from cryo_orient.orientation import alignment, recovery, engine
-
 from cryo_orient.geometry import rotations as rot  # noqa: E402
+from cryo_orient.orientation import alignment, engine, recovery
 
 
 def all_pair_distances(q):

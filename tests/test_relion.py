@@ -5,9 +5,6 @@ from gemmi import cif
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from cryo_orient.tomography import projection
-
-from cryo_orient.geometry import rotations
 from cryo_orient.data.relion import (
     quaternions_to_relion,
     read_star,
@@ -15,7 +12,9 @@ from cryo_orient.data.relion import (
     write_particle_stack,
     write_star,
 )
+from cryo_orient.geometry import rotations
 from cryo_orient.simulation.simulate import shift_images
+from cryo_orient.tomography import projection
 
 
 def relion_matrix(rot, tilt, psi):

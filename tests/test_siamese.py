@@ -5,13 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from cryo_orient.tomography import projection
-
-from cryo_orient.geometry import rotations
-
 from cryo_orient.estimation import siamese
-
+from cryo_orient.geometry import rotations
 from cryo_orient.simulation import simulate
+from cryo_orient.tomography import projection
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,12 @@
 import json
 
-import h5py
 import mrcfile
 import numpy as np
 import pytest
 
-from cryo_orient.simulation import simulate
 from cryo_orient.cli import main as cli_main
 from cryo_orient.data.dataset import read_dataset
+from cryo_orient.simulation import simulate
 from cryo_orient.simulation.simulate import (
     SimulationConfig,
     add_noise,

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tqdm.auto import tqdm
 from cryo_orient import validation
 from cryo_orient.artifacts import atomic_output, save_text
 from cryo_orient.data.models import density_from_model
@@ -313,8 +314,6 @@ def _record_first_use(datafile: DataFile, target: Path, sha: str, source: str) -
 
 def _stream_to_temp(src, cache: Path, filename: str, total, progress: bool) -> tuple[Path, str]:
     """Copy binary file object ``src`` to a temporary file in ``cache``; return it and sha256."""
-    from tqdm.auto import tqdm
-
     digest = hashlib.sha256()
     tmp, out = _open_temp(cache / filename)
     try:

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+import mrcfile
+from gemmi import cif
 from cryo_orient.geometry import rotations
 from cryo_orient.artifacts import atomic_output
 from cryo_orient import validation
@@ -255,8 +257,6 @@ def write_particle_stack(path, images, pixel_size) -> Path:
     images = _check_images(images)
     pixel_size = validation.positive(pixel_size, "pixel_size")
 
-    import mrcfile
-
     data = np.array(images, dtype=np.float32, order="C", copy=True)  # mrcfile keeps a reference
     with atomic_output(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
         mrc.set_data(data)
@@ -266,8 +266,6 @@ def write_particle_stack(path, images, pixel_size) -> Path:
 
 
 def _existing_stack(stack, n, image_size, pixel_size) -> None:
-    import mrcfile
-
     if not stack.is_file():
         raise FileNotFoundError(f"image_stack {stack} does not exist; write it first with write_particle_stack")
     with mrcfile.open(stack, header_only=True) as mrc:
@@ -401,8 +399,6 @@ def write_star(path, quaternions, *, pixel_size, image_size, shifts=None, image_
 
 def _columns(block) -> dict[str, list[str]]:
     """Every item of a block, looped or not, as ``{"rlnName": [values]}``."""
-    from gemmi import cif
-
     out = {}
     for item in block:
         if item.loop is not None:
@@ -475,8 +471,6 @@ def read_star(path) -> dict:
         If the file is not valid STAR, has no ``data_particles`` table or no angle columns, or
         holds angles or origins that are not finite numbers.
     """
-    from gemmi import cif
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"STAR file {path} does not exist")

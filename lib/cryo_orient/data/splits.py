@@ -9,6 +9,7 @@ drawn with replacement; the test set uses all of its |set|^2 pairs.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
 PAPER_TEST_SIZE = 0.33
 PAPER_VAL_SIZE = 0.25
@@ -35,8 +36,6 @@ def train_val_test_split(n, test_size=PAPER_TEST_SIZE, val_size=PAPER_VAL_SIZE, 
     train, val, test : ndarray of int
         Disjoint index arrays covering ``range(n)``, in scikit-learn's (shuffled) order.
     """
-    from sklearn.model_selection import train_test_split
-
     if not isinstance(n, (int, np.integer)) or n < 3:
         raise ValueError(f"need at least 3 projections to split three ways, got n={n!r}")
     for name, frac in (("test_size", test_size), ("val_size", val_size)):

@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -53,15 +53,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from skimage.transform import resize
+from tqdm.auto import tqdm
 
-from cryo_orient.geometry import rotations
-from cryo_orient.validation import as_rng
 from cryo_orient import validation
-from cryo_orient.artifacts import atomic_output, jsonable, save_text
+from cryo_orient.artifacts import jsonable, save_text
 from cryo_orient.data.dataset import Dataset
 from cryo_orient.estimation.base import DistanceEstimator, register
+from cryo_orient.geometry import rotations
 from cryo_orient.simulation.noise import Perturbation
-from cryo_orient.validation import InputError
+from cryo_orient.validation import InputError, as_rng
 
 __all__ = [
     "FILTERS",
@@ -104,7 +105,7 @@ UNIFORM_BINS = 32
 
 def _keras():
     # Imported lazily: TensorFlow takes seconds to import and most of the package never needs it.
-    import keras
+    import keras  # noqa: PLC0415
 
     return keras
 
@@ -267,7 +268,7 @@ def build_encoder(input_size=116, n_features=512, *, name="encoder"):
     paper's Fig. 17b varies it from 4 to 512).
     """
     keras = _keras()
-    from keras import layers
+    layers = keras.layers
 
     _check_size(input_size, n_features)
     filters = FILTERS[:-1] + (int(n_features),)
@@ -368,8 +369,6 @@ def resize_images(images, size) -> np.ndarray:
     if size < s and s % size == 0:
         k = s // size
         return images.reshape(n, size, k, size, k).mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
-    from skimage.transform import resize
-
     return np.stack([resize(im, (size, size), anti_aliasing=size < s, preserve_range=True) for im in images]
                     ).astype(np.float32)
 
@@ -501,8 +500,6 @@ def _check_split(images, q, name):
 
 
 def _fingerprint(*arrays) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for a in arrays:
         a = np.ascontiguousarray(a)
@@ -570,7 +567,7 @@ def _distribution_scope():
     """``tf.distribute.MirroredStrategy`` over several GPUs (TensorFlow backend); else nothing."""
     keras = _keras()
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # noqa: PLC0415 (see _keras)
 
         if len(tf.config.list_logical_devices("GPU")) > 1:
             return tf.distribute.MirroredStrategy().scope()
@@ -581,7 +578,7 @@ def _seed_everything(seed):
     keras = _keras()
     keras.utils.set_random_seed(int(seed))
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # noqa: PLC0415 (see _keras)
 
         # Same config and seed on CPU, same numbers: deterministic kernels, single-op order.
         tf.config.experimental.enable_op_determinism()
@@ -731,8 +728,6 @@ def train(train_images, train_quaternions, val_images, val_quaternions, config=N
 
     bar = None
     if progress and done_reason is None and start_epoch < config.epochs:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=config.epochs, initial=start_epoch, desc=f"training ({config.regime})", unit="epoch")
     last_epoch = start_epoch if done_reason is not None else config.epochs  # a finished run: no epochs
     try:
@@ -936,8 +931,6 @@ def embed(model, images, *, batch_size=256, progress=True) -> np.ndarray:
     images = _as_batch(images, encoder.input_shape[1])
     chunks = range(0, len(images), batch_size)
     if progress and len(chunks) > 1:
-        from tqdm.auto import tqdm
-
         chunks = tqdm(chunks, desc="embedding", unit="batch")
     # predict_on_batch runs the compiled inference function (an eager call is several times slower
     # on JAX and TensorFlow alike, which matters for the per-epoch validation of short epochs).

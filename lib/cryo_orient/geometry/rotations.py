@@ -531,7 +531,7 @@ def distance_tf(q1, q2):
     Zero quaternions give NaN. Finiteness is not checked inside graphs; use :func:`distance`
     to validate data.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: PLC0415 (seconds to import; only the TF recovery and training need it)
 
     q1 = tf.convert_to_tensor(q1)
     q2 = tf.convert_to_tensor(q2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from scipy.optimize import minimize
 from scipy.spatial.transform import Rotation
 
 __all__ = ["transform_volume", "refine_alignment", "correlation"]
@@ -67,8 +68,6 @@ def refine_alignment(volume, reference, matrix, *, max_iter=200):
     Local search (Nelder–Mead over a rotation vector applied on the left of ``M``) from a
     starting ``M``, e.g. :func:`cryo_orient.orientation.gauge.volume_frame`'s. Returns ``(M, correlation)``.
     """
-    from scipy.optimize import minimize
-
     ref = np.asarray(reference, dtype=np.float64)
     M0 = _check_matrix(matrix)
 

@@ -247,10 +247,10 @@ def _right_matrix(b):
 # The 16 products L(e_k) R(e_l), flattened row-major. (k, l) -> L(e_k) R(e_l) is, up to the
 # factor 2, an isometry of R^4 (x) R^4 onto R^{4x4}: these matrices are orthogonal with
 # squared Frobenius norm 4 (checked in the tests), so the coordinates of L(a) R(b) in this
-# basis are the 16 products a_k b_l.
+# basis are the 16 products a_k b_m.
 _PRODUCT_BASIS = np.stack(
-    [(_left_matrix(_BASIS[k]) @ _right_matrix(_BASIS[l])).ravel()
-     for k in range(4) for l in range(4)]
+    [(_left_matrix(_BASIS[k]) @ _right_matrix(_BASIS[m])).ravel()
+     for k in range(4) for m in range(4)]
 )
 
 

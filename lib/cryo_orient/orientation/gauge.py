@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import finufft
 import numpy as np
+from scipy.optimize import minimize
 from scipy.spatial.transform import Rotation
+from tqdm.auto import tqdm
 
 from cryo_orient.geometry import rotations
 from cryo_orient.validation import as_rng
@@ -89,8 +92,6 @@ def common_lines(images, *, n_angles=360, max_radius=None, nthreads=None) -> Com
     nthreads : int, optional
         Threads for finufft.
     """
-    import finufft
-
     p = _check_images(images)
     size = p.shape[-1]
     max_radius = size // 4 if max_radius is None else int(max_radius)
@@ -175,8 +176,6 @@ def _random_pairs(n, n_pairs, rng):
 
 
 def _refine(cl, base, pairs, start, max_iter):
-    from scipy.optimize import minimize
-
     def negative(vec):
         A = (Rotation.from_rotvec(vec) * Rotation.from_matrix(start)).as_matrix()
         return -_scores(cl, _candidate_matrices(A[None], base), pairs, interpolate=True)[0]
@@ -217,8 +216,6 @@ def choose_gauge(images, quaternions, *, n_images=400, n_pairs=4000, n_candidate
         ``quaternions`` in the chosen gauge (canonical), ready for reconstruction; the volume
         may come out rotated or mirrored as a whole.
     """
-    from tqdm.auto import tqdm
-
     p = _check_images(images)
     q = np.asarray(quaternions, dtype=np.float64)
     if q.shape != (len(p), 4):

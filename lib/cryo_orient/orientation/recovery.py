@@ -86,28 +86,24 @@ call, unclipped) and a harder, realistic variant (a fixed error per unordered pa
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
-import operator
 import time
 from types import MappingProxyType
 
 import numpy as np
 
+from cryo_orient import validation
+from cryo_orient.artifacts import jsonable
 from cryo_orient.geometry import rotations
 from cryo_orient.orientation import engine
 from cryo_orient.validation import as_rng
-from cryo_orient import validation
-from cryo_orient.artifacts import jsonable
 
 __all__ = [
     "FAITHFUL",
     "IMPROVED",
     "MODES",
     "RecoveryResult",
-    "exact_distances",
     "pairwise_loss",
-    "perturbed_distances",
     "recover",
 ]
 
@@ -485,7 +481,7 @@ def recover(distances, n, *, mode="improved", rng=None, batch_size=None, learnin
     s["restarts"] = validation.integer(restarts, "restarts", 1)
     init = init if init is not None else s["init"]
 
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: PLC0415 (seconds to import; only recovery and training need it)
 
     best, finals, opt = None, [], None
     for run in range(s["restarts"]):

@@ -27,13 +27,13 @@ import json
 import platform
 from pathlib import Path
 
+import h5py
 import numpy as np
+from tqdm.auto import tqdm
 
-from cryo_orient import __version__
-
-from cryo_orient.geometry import rotations
-from cryo_orient.validation import as_rng
+from cryo_orient import __version__, data
 from cryo_orient.artifacts import atomic_output, git_commit
+from cryo_orient.geometry import rotations
 from cryo_orient.simulation.noise import (
     SHIFT_MODES,
     add_noise,
@@ -161,8 +161,6 @@ class SimulationConfig:
 
 def volume_source(config: SimulationConfig):
     """Load the volume and a fingerprint of its content for the cache key."""
-    from cryo_orient import data  # noqa: PLC0415 (data imports nothing from simulation)
-
     if config.volume in data.REGISTRY:
         entry = data.REGISTRY[config.volume]
         volume, voxel_size = data.load(config.volume)
@@ -194,8 +192,6 @@ def _sample(config: SimulationConfig, rng):
 
 
 def _read_key(path: Path):
-    import h5py
-
     try:
         with h5py.File(path, "r") as f:
             return f.attrs.get("cache_key")
@@ -241,9 +237,6 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
     ``standardization_mean``/``_std`` (the raw image is ``projection * std + mean``),
     ``voxel_size``, ``volume_sha256``, ``volume_shape``.
     """
-    import h5py
-    from tqdm.auto import tqdm
-
     if isinstance(config, dict):
         config = SimulationConfig.from_dict(config)
     if chunk_size < 1:

@@ -36,7 +36,6 @@ import dataclasses
 import time
 
 import numpy as np
-
 from tqdm.auto import tqdm
 
 from cryo_orient.tomography import backends

@@ -35,6 +35,8 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
+from markdown_it import MarkdownIt
+
 from cryo_orient import artifacts
 
 REFERENCE_FILE = Path("experiments/paper-reference.toml")
@@ -510,8 +512,6 @@ code{background:#f4f4f4;padding:0 .2em}"""
 
 def render_html(markdown_text: str, title: str) -> str:
     """The Markdown report as a standalone HTML page (images stay beside it)."""
-    from markdown_it import MarkdownIt
-
     body = MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown_text)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>\n{body}</body></html>\n")
