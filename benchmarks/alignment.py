@@ -74,14 +74,26 @@ def main() -> int:
         start = time.perf_counter()
         baseline = random_restarts(q_true, q_est, rng)
         t_base = time.perf_counter() - start
-        rows.append({"det": det, "align_seconds_median": float(np.median(times)), "align_mean_error": result.mean_error,
-                     "true_transform_mean_error": truth, "baseline_seconds": t_base, "baseline_mean_error": baseline})
-        print(f"det {det:+d}: align {np.median(times) * 1e3:7.1f} ms, mean error {result.mean_error:.4f} rad "
-              f"(true transform: {truth:.4f}) | 6 random starts: {t_base:6.2f} s, {baseline:.4f} rad "
-              f"| {t_base / np.median(times):.0f}x faster")
+        rows.append(
+            {
+                "det": det,
+                "align_seconds_median": float(np.median(times)),
+                "align_mean_error": result.mean_error,
+                "true_transform_mean_error": truth,
+                "baseline_seconds": t_base,
+                "baseline_mean_error": baseline,
+            }
+        )
+        print(
+            f"det {det:+d}: align {np.median(times) * 1e3:7.1f} ms, mean error {result.mean_error:.4f} rad "
+            f"(true transform: {truth:.4f}) | 6 random starts: {t_base:6.2f} s, {baseline:.4f} rad "
+            f"| {t_base / np.median(times):.0f}x faster"
+        )
     worst = max(r["align_seconds_median"] for r in rows)
     print(f"target: 1,650 orientations in <= 1 s: {'met' if worst <= 1 else 'MISSED'} ({worst * 1e3:.0f} ms)")
-    save_text(json.dumps({"n": N, "noise_rad": NOISE, "runs": rows}, indent=2) + "\n", Path("build/bench/alignment.json"))
+    save_text(
+        json.dumps({"n": N, "noise_rad": NOISE, "runs": rows}, indent=2) + "\n", Path("build/bench/alignment.json")
+    )
     return 0 if worst <= 1 else 1
 
 

@@ -59,10 +59,15 @@ def main(argv=None) -> int:
     agreement = float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
     result = {
-        "volume": "5j0n", "detector": int(a.shape[-1]), "threads": args.threads,
-        "nufft_projections_per_s": nufft_rate, "reference_projections_per_s": ref_rate,
-        "speedup": nufft_rate / ref_rate, "relative_difference_nufft_vs_reference": agreement,
-        "n_nufft": args.n_nufft, "n_reference": args.n_reference,
+        "volume": "5j0n",
+        "detector": int(a.shape[-1]),
+        "threads": args.threads,
+        "nufft_projections_per_s": nufft_rate,
+        "reference_projections_per_s": ref_rate,
+        "speedup": nufft_rate / ref_rate,
+        "relative_difference_nufft_vs_reference": agreement,
+        "n_nufft": args.n_nufft,
+        "n_reference": args.n_reference,
         "targets": {"speedup_at_least": 10, "nufft_projections_per_s_at_least": 300},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
@@ -83,8 +88,11 @@ def main(argv=None) -> int:
     print(f"  NUFFT target >= 300/s         {'met' if nufft_rate >= 300 else 'MISSED'}")
     print(f"  relative difference of the two projectors: {agreement:.3%} (interpolation error)")
     if "astra_projections_per_s" in result:
-        print(f"  ASTRA (CUDA)                  {result['astra_projections_per_s']:9.1f} projections/s"
-              f"  ({result['astra_over_nufft']:.1f} x NUFFT; difference {result['relative_difference_astra_vs_nufft']:.2%})")
+        print(
+            f"  ASTRA (CUDA)                  {result['astra_projections_per_s']:9.1f} projections/s"
+            f"  ({result['astra_over_nufft']:.1f} x NUFFT; "
+            f"difference {result['relative_difference_astra_vs_nufft']:.2%})"
+        )
     else:
         print("  ASTRA: no usable CUDA GPU here, not measured")
     save_text(json.dumps(result, indent=2) + "\n", Path(args.out))

@@ -71,13 +71,17 @@ def main(argv=None) -> int:
     plateau = next(k for k, c in enumerate(curves) if np.mean(np.abs(c - final)) <= PLATEAU) + 1
     to_plateau = stamps[plateau - 1]
     res = fsc.fsc(on_map(result.volume, truth), truth, voxel)
-    print(f"Toeplitz CG, {args.n} projections, {SIZE}³: setup {setup:.1f} s, {per_iteration:.2f} s per iteration; "
-          f"FSC plateau at iteration {plateau} after {to_plateau:.1f} s (total for {args.iterations}: {total:.1f} s); "
-          f"FSC 0.5 at {res.resolution(0.5)[0]:.2f} Å (Nyquist {2 * voxel:.2f} Å)")
+    print(
+        f"Toeplitz CG, {args.n} projections, {SIZE}³: setup {setup:.1f} s, {per_iteration:.2f} s per iteration; "
+        f"FSC plateau at iteration {plateau} after {to_plateau:.1f} s (total for {args.iterations}: {total:.1f} s); "
+        f"FSC 0.5 at {res.resolution(0.5)[0]:.2f} Å (Nyquist {2 * voxel:.2f} Å)"
+    )
 
     # Baseline: the same CG iterates with AᵀA applied by projecting and backprojecting.
     def normal(v):
-        return projection.backproject(remove_detector_nyquist(projection.project(v, q, SIZE, "nufft")), q, cube, "nufft")
+        return projection.backproject(
+            remove_detector_nyquist(projection.project(v, q, SIZE, "nufft")), q, cube, "nufft"
+        )
 
     t0 = time.perf_counter()
     rhs = projection.backproject(remove_detector_nyquist(images), q, cube, "nufft")
@@ -86,29 +90,49 @@ def main(argv=None) -> int:
     x, *_ = conjugate_gradients(normal, rhs, iterations=args.baseline_iterations)
     base_per_iteration = (time.perf_counter() - t0) / args.baseline_iterations
     base_to_plateau = base_setup + plateau * base_per_iteration
-    agree = volumes.correlation(x, reconstruct(images, q, cube, "nufft", iterations=args.baseline_iterations,
-                                               tol=0.0).volume)
-    print(f"baseline (project + backproject per iteration): setup {base_setup:.1f} s, {base_per_iteration:.2f} s "
-          f"per iteration; to the same plateau ≈ {base_to_plateau:.0f} s; iterates agree (correlation {agree:.6f})")
-    print(f"ratio: {base_per_iteration / per_iteration:.1f}x per iteration, {base_to_plateau / to_plateau:.1f}x to the plateau")
+    agree = volumes.correlation(
+        x, reconstruct(images, q, cube, "nufft", iterations=args.baseline_iterations, tol=0.0).volume
+    )
+    print(
+        f"baseline (project + backproject per iteration): setup {base_setup:.1f} s, {base_per_iteration:.2f} s "
+        f"per iteration; to the same plateau ≈ {base_to_plateau:.0f} s; iterates agree (correlation {agree:.6f})"
+    )
+    print(
+        f"ratio: {base_per_iteration / per_iteration:.1f}x per iteration, "
+        f"{base_to_plateau / to_plateau:.1f}x to the plateau"
+    )
     met = to_plateau <= TARGET_SECONDS
-    print(f"target: {SIZE}³ from {args.n} projections to the FSC plateau in <= {TARGET_SECONDS:.0f} s: "
-          f"{'met' if met else 'MISSED'} ({to_plateau:.1f} s)")
+    print(
+        f"target: {SIZE}³ from {args.n} projections to the FSC plateau in <= {TARGET_SECONDS:.0f} s: "
+        f"{'met' if met else 'MISSED'} ({to_plateau:.1f} s)"
+    )
 
-    record = {"n": args.n, "size": SIZE, "iterations": args.iterations, "setup_seconds": setup,
-              "seconds_per_iteration": per_iteration, "plateau_iteration": plateau, "seconds_to_plateau": to_plateau,
-              "fsc_0.5_angstrom": res.resolution(0.5)[0], "baseline_setup_seconds": base_setup,
-              "baseline_seconds_per_iteration": base_per_iteration, "baseline_seconds_to_plateau": base_to_plateau,
-              "baseline_iterates_correlation": agree, "target_met": met}
+    record = {
+        "n": args.n,
+        "size": SIZE,
+        "iterations": args.iterations,
+        "setup_seconds": setup,
+        "seconds_per_iteration": per_iteration,
+        "plateau_iteration": plateau,
+        "seconds_to_plateau": to_plateau,
+        "fsc_0.5_angstrom": res.resolution(0.5)[0],
+        "baseline_setup_seconds": base_setup,
+        "baseline_seconds_per_iteration": base_per_iteration,
+        "baseline_seconds_to_plateau": base_to_plateau,
+        "baseline_iterates_correlation": agree,
+        "target_met": met,
+    }
     if projection.astra_available():
         t0 = time.perf_counter()
         astra = reconstruct(images, q, cube, "astra", iterations=100).volume
         record["astra_seconds_100_iterations"] = time.perf_counter() - t0
         record["astra_fsc_0.5_angstrom"] = fsc.fsc(on_map(astra, truth), truth, voxel).resolution(0.5)[0]
         record["astra_vs_nufft_correlation"] = volumes.correlation(astra, result.volume)
-        print(f"ASTRA CGLS3D_CUDA, 100 iterations: {record['astra_seconds_100_iterations']:.1f} s, FSC 0.5 at "
-              f"{record['astra_fsc_0.5_angstrom']:.2f} Å; correlation with the NUFFT volume "
-              f"{record['astra_vs_nufft_correlation']:.4f}")
+        print(
+            f"ASTRA CGLS3D_CUDA, 100 iterations: {record['astra_seconds_100_iterations']:.1f} s, FSC 0.5 at "
+            f"{record['astra_fsc_0.5_angstrom']:.2f} Å; correlation with the NUFFT volume "
+            f"{record['astra_vs_nufft_correlation']:.4f}"
+        )
     save_text(json.dumps(record, indent=2) + "\n", Path("build/bench/reconstruction.json"))
     return 0 if met else 1
 

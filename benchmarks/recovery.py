@@ -55,9 +55,15 @@ def timed_run(recovery, distances, n, mode, seed, **kwargs):
 
     stamps = []
     start = time.perf_counter()
-    result = recovery.recover(distances, n, mode=mode, rng=seed, progress=False,
-                              callback=lambda step, loss: stamps.append(time.perf_counter()),
-                              **kwargs)
+    result = recovery.recover(
+        distances,
+        n,
+        mode=mode,
+        rng=seed,
+        progress=False,
+        callback=lambda step, loss: stamps.append(time.perf_counter()),
+        **kwargs,
+    )
     return result, np.asarray(stamps) - start
 
 
@@ -72,13 +78,16 @@ def measure(mode, q_true, seed, *, probe_eor=True):
     losses = result.losses
     loss_step = first_step_below(losses, LOSS_TARGET)
     out = {
-        "mode": mode, "n": n, "steps": result.steps, "stop_reason": result.stop_reason,
+        "mode": mode,
+        "n": n,
+        "steps": result.steps,
+        "stop_reason": result.stop_reason,
         "seconds_total": result.seconds,
         "seconds_per_1000_steps": 1000 * seconds[-1] / result.steps,
         "final_training_loss": result.final_loss,
         "l_or_all_pairs": recovery.pairwise_loss(
-            exact.exact_distances(q_true), result.quaternions, n_pairs=None
-            if n <= 5000 else 1_000_000, rng=seed),
+            exact.exact_distances(q_true), result.quaternions, n_pairs=None if n <= 5000 else 1_000_000, rng=seed
+        ),
         "e_or_final": alignment.align(q_true, result.quaternions).mean_error,
         "steps_to_loss_1e-8": loss_step,
         "seconds_to_loss_1e-8": None if loss_step is None else float(seconds[loss_step - 1]),
@@ -92,8 +101,7 @@ def measure(mode, q_true, seed, *, probe_eor=True):
                 break
             rerun = recovery.recover(true_distances, n, mode=mode, rng=seed, max_steps=k, progress=False)
             e = alignment.align(q_true, rerun.quaternions).mean_error
-            probes.append({"loss_level": level, "step": k, "seconds": float(seconds[k - 1]),
-                           "e_or": e})
+            probes.append({"loss_level": level, "step": k, "seconds": float(seconds[k - 1]), "e_or": e})
             if e < EOR_TARGET:
                 break
         out["e_or_probes"] = probes
@@ -107,20 +115,20 @@ def print_mode(r):
     def fmt(x, unit="s"):
         return "not reached" if x is None else f"{x:8.2f} {unit}"
 
-    print(f"  {r['mode']:9s} {r['steps']:6d} steps ({r['stop_reason']}), "
-          f"{r['seconds_per_1000_steps']:.2f} s / 1000 steps, total {r['seconds_total']:.2f} s")
-    print(f"            time to L_OR < 1e-8       {fmt(r['seconds_to_loss_1e-8'])}"
-          f"   (step {r['steps_to_loss_1e-8']})")
+    print(
+        f"  {r['mode']:9s} {r['steps']:6d} steps ({r['stop_reason']}), "
+        f"{r['seconds_per_1000_steps']:.2f} s / 1000 steps, total {r['seconds_total']:.2f} s"
+    )
+    print(f"            time to L_OR < 1e-8       {fmt(r['seconds_to_loss_1e-8'])}   (step {r['steps_to_loss_1e-8']})")
     if "seconds_to_e_or_0.01" in r:
-        print(f"            time to E_OR < 0.01 rad   {fmt(r['seconds_to_e_or_0.01'])}"
-              f"   (step {r['steps_to_e_or_0.01']})")
-    print(f"            final: L_OR (all pairs) {r['l_or_all_pairs']:.2e}, "
-          f"E_OR {r['e_or_final']:.2e} rad")
+        print(
+            f"            time to E_OR < 0.01 rad   {fmt(r['seconds_to_e_or_0.01'])}   (step {r['steps_to_e_or_0.01']})"
+        )
+    print(f"            final: L_OR (all pairs) {r['l_or_all_pairs']:.2e}, E_OR {r['e_or_final']:.2e} rad")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1650, help="orientations (default 1650)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-faithful", action="store_true", help="skip the faithful mode")
@@ -145,15 +153,19 @@ def main(argv=None) -> int:
     # the recovery at the truth.
     q_true = rotations.uniform_so3(args.n, np.random.default_rng([args.seed, 1]))
     result = {
-        "n": args.n, "seed": args.seed, "distances": "exact, callable",
-        "targets": {"improved_seconds_to_loss_1e-8_at_most": 30,
-                    "scale_seconds_to_converge_at_most": 600},
+        "n": args.n,
+        "seed": args.seed,
+        "distances": "exact, callable",
+        "targets": {"improved_seconds_to_loss_1e-8_at_most": 30, "scale_seconds_to_converge_at_most": 600},
         "tensorflow_import_seconds": tf_import,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "tensorflow": tf.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+        },
     }
-    print(f"orientation recovery, exact distances, n = {args.n} uniform on SO(3), "
-          f"{os.cpu_count()} CPUs")
+    print(f"orientation recovery, exact distances, n = {args.n} uniform on SO(3), {os.cpu_count()} CPUs")
     improved = measure("improved", q_true, args.seed)
     print_mode(improved)
     result["improved"] = improved
@@ -167,42 +179,54 @@ def main(argv=None) -> int:
             a, b = faithful.get(key), improved.get(key)
             ratios[key] = None if a is None or b is None else a / b
         result["faithful_over_improved"] = ratios
-        print("  faithful / improved: "
-              + ", ".join(f"{k.replace('seconds_to_', 'time to ')} "
-                          + ("n/a" if v is None else f"{v:.1f}x") for k, v in ratios.items()))
+        print(
+            "  faithful / improved: "
+            + ", ".join(
+                f"{k.replace('seconds_to_', 'time to ')} " + ("n/a" if v is None else f"{v:.1f}x")
+                for k, v in ratios.items()
+            )
+        )
     print(f"  target improved <= 30 s to L_OR < 1e-8: {'met' if ok else 'MISSED'}")
 
     if args.scale:
         n = args.scale_n
         print(f"scale: n = {n:,}, exact distances from a callable (no n x n matrix)")
         q_big = rotations.uniform_so3(n, np.random.default_rng([args.seed, 2]))
-        big, seconds = timed_run(recovery, exact.exact_distances(q_big), n, "improved",
-                                 args.seed)
+        big, seconds = timed_run(recovery, exact.exact_distances(q_big), n, "improved", args.seed)
         k = first_step_below(big.losses, LOSS_TARGET)
         # Steady-state rate, excluding the first step (compilation).
         per_1000 = 1000 * (seconds[-1] - seconds[0]) / max(big.steps - 1, 1)
         aligned = alignment.align(q_big, big.quaternions)
         scale = {
-            "n": n, "batch_size": big.settings["batch_size"], "steps": big.steps,
-            "stop_reason": big.stop_reason, "seconds_total": big.seconds,
+            "n": n,
+            "batch_size": big.settings["batch_size"],
+            "steps": big.steps,
+            "stop_reason": big.stop_reason,
+            "seconds_total": big.seconds,
             "seconds_per_1000_steps": per_1000,
             "steps_to_loss_1e-8": k,
             "seconds_to_loss_1e-8": None if k is None else float(seconds[k - 1]),
             "final_training_loss": big.final_loss,
-            "l_or_1e6_pairs": recovery.pairwise_loss(exact.exact_distances(q_big),
-                                                     big.quaternions, n_pairs=1_000_000, rng=0),
-            "e_or_final": aligned.mean_error, "e_or_median_final": aligned.median_error,
+            "l_or_1e6_pairs": recovery.pairwise_loss(
+                exact.exact_distances(q_big), big.quaternions, n_pairs=1_000_000, rng=0
+            ),
+            "e_or_final": aligned.mean_error,
+            "e_or_median_final": aligned.median_error,
             "settings": big.settings,
         }
         result["scale"] = scale
         ok_scale = big.converged and big.seconds <= 600
-        print(f"  {big.steps} steps ({big.stop_reason}) of {scale['batch_size']} pairs, "
-              f"{per_1000:.1f} s / 1000 steps, converged in {big.seconds:.1f} s "
-              f"(target <= 600 s: {'met' if ok_scale else 'MISSED'})")
-        print("  time to L_OR < 1e-8: "
-              + ("not reached" if k is None else f"{scale['seconds_to_loss_1e-8']:.1f} s")
-              + f"; final L_OR (1e6 pairs) {scale['l_or_1e6_pairs']:.2e}, "
-              f"E_OR {scale['e_or_final']:.2e} rad")
+        print(
+            f"  {big.steps} steps ({big.stop_reason}) of {scale['batch_size']} pairs, "
+            f"{per_1000:.1f} s / 1000 steps, converged in {big.seconds:.1f} s "
+            f"(target <= 600 s: {'met' if ok_scale else 'MISSED'})"
+        )
+        print(
+            "  time to L_OR < 1e-8: "
+            + ("not reached" if k is None else f"{scale['seconds_to_loss_1e-8']:.1f} s")
+            + f"; final L_OR (1e6 pairs) {scale['l_or_1e6_pairs']:.2e}, "
+            f"E_OR {scale['e_or_final']:.2e} rad"
+        )
         ok = ok and ok_scale
     save_text(json.dumps(result, indent=2) + "\n", Path(args.out))
     print(f"  written to {args.out}")

@@ -44,13 +44,39 @@ import sys
 import time
 from pathlib import Path
 
-GPU_DEFAULTS = {"input_size": 116, "n_projections": 5000, "faithful_epochs": 20, "batch_epochs_cap": 300,
-                "train_batch": 256, "steps": 10, "warmup": 3, "batch_size": "256,64"}
-CPU_DEFAULTS = {"input_size": 29, "n_projections": 5000, "faithful_epochs": 3, "batch_epochs_cap": 150,
-                "train_batch": 64, "steps": 3, "warmup": 1, "batch_size": "32,256"}
-QUICK = {"input_size": 29, "n_projections": 300, "faithful_epochs": 3, "batch_epochs_cap": 30,
-         "train_batch": 32, "steps": 2, "warmup": 1, "sizes": "29", "forward_batch": 64,
-         "pair_batch": 64, "batch_size": "64,16"}
+GPU_DEFAULTS = {
+    "input_size": 116,
+    "n_projections": 5000,
+    "faithful_epochs": 20,
+    "batch_epochs_cap": 300,
+    "train_batch": 256,
+    "steps": 10,
+    "warmup": 3,
+    "batch_size": "256,64",
+}
+CPU_DEFAULTS = {
+    "input_size": 29,
+    "n_projections": 5000,
+    "faithful_epochs": 3,
+    "batch_epochs_cap": 150,
+    "train_batch": 64,
+    "steps": 3,
+    "warmup": 1,
+    "batch_size": "32,256",
+}
+QUICK = {
+    "input_size": 29,
+    "n_projections": 300,
+    "faithful_epochs": 3,
+    "batch_epochs_cap": 30,
+    "train_batch": 32,
+    "steps": 2,
+    "warmup": 1,
+    "sizes": "29",
+    "forward_batch": 64,
+    "pair_batch": 64,
+    "batch_size": "64,16",
+}
 RATIO_TARGET = 10
 
 
@@ -62,9 +88,15 @@ def machine_info():
     import keras
 
     backend = keras.backend.backend()
-    info = {"keras": keras.__version__, "keras_backend": backend, "accelerator": None,
-            "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu_model": _cpu_model()}
+    info = {
+        "keras": keras.__version__,
+        "keras_backend": backend,
+        "accelerator": None,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+    }
     if backend == "jax":
         import jax
 
@@ -124,8 +156,13 @@ def step_times(step, warmup, steps):
 
 def summary(times, per_step, unit):
     med = statistics.median(times)
-    return {f"{unit}_per_s": per_step / med, "median_step_seconds": med, "min_step_seconds": min(times),
-            "per_step": per_step, "step_seconds": times}
+    return {
+        f"{unit}_per_s": per_step / med,
+        "median_step_seconds": med,
+        "min_step_seconds": min(times),
+        "per_step": per_step,
+        "step_seconds": times,
+    }
 
 
 def random_batch(rng, n, size):
@@ -172,14 +209,20 @@ def throughput(size, args, rng):
         return lambda: model.train_on_batch([a, b], y)
 
     t = step_times(pair_step(args.train_batch), args.warmup, args.steps)
-    out["train"] = {"batch_pairs": args.train_batch, "cnn_passes_per_step": 2 * args.train_batch,
-                    **summary(t, 2 * args.train_batch, "images")}
+    out["train"] = {
+        "batch_pairs": args.train_batch,
+        "cnn_passes_per_step": 2 * args.train_batch,
+        **summary(t, 2 * args.train_batch, "images"),
+    }
     if args.pair_batch == args.train_batch:
         t_faithful = t
     else:
         t_faithful = step_times(pair_step(args.pair_batch), args.warmup, args.steps)
-    faithful = {"batch_pairs": args.pair_batch, "cnn_passes_per_step": 2 * args.pair_batch,
-                **summary(t_faithful, args.pair_batch, "pairs")}
+    faithful = {
+        "batch_pairs": args.pair_batch,
+        "cnn_passes_per_step": 2 * args.pair_batch,
+        **summary(t_faithful, args.pair_batch, "pairs"),
+    }
 
     # (b) batch: a fresh encoder with the in-batch loss over all B(B-1)/2 pairs, for each B.
     batches = []
@@ -190,9 +233,13 @@ def throughput(size, args, rng):
         xb, qb = random_batch(rng, b, size), random_quaternions(rng, b)
         t = step_times(lambda: enc.train_on_batch(xb, qb), args.warmup, args.steps)
         batches.append({"batch_images": b, "cnn_passes_per_step": b, **summary(t, b * (b - 1) // 2, "pairs")})
-    out["pairs"] = {"faithful": faithful, "batch": batches,
-                    "ratio_batch_over_faithful": {str(r["batch_images"]): r["pairs_per_s"] / faithful["pairs_per_s"]
-                                                  for r in batches}}
+    out["pairs"] = {
+        "faithful": faithful,
+        "batch": batches,
+        "ratio_batch_over_faithful": {
+            str(r["batch_images"]): r["pairs_per_s"] / faithful["pairs_per_s"] for r in batches
+        },
+    }
     keras.backend.clear_session()
     return out
 
@@ -202,16 +249,28 @@ def print_throughput(r):
     f, t, p = r["forward"], r["train"], r["pairs"]
     rows = [
         (f"forward (encoder, batch {f['batch_images']})", f"{f['images_per_s']:12.1f} images/s"),
-        (f"training (Siamese, {t['batch_pairs']} pairs = {t['cnn_passes_per_step']} images/step)",
-         f"{t['images_per_s']:12.1f} images/s"),
-        (f"faithful ({p['faithful']['batch_pairs']} pairs/step, 2 CNN passes per pair)",
-         f"{p['faithful']['pairs_per_s']:12.1f} pairs/s"),
+        (
+            f"training (Siamese, {t['batch_pairs']} pairs = {t['cnn_passes_per_step']} images/step)",
+            f"{t['images_per_s']:12.1f} images/s",
+        ),
+        (
+            f"faithful ({p['faithful']['batch_pairs']} pairs/step, 2 CNN passes per pair)",
+            f"{p['faithful']['pairs_per_s']:12.1f} pairs/s",
+        ),
     ]
     for b in p["batch"]:
-        rows.append((f"batch (B = {b['batch_images']} images, {b['per_step']:,} pairs/step)",
-                     f"{b['pairs_per_s']:12.1f} pairs/s"))
-        rows.append((f"  ratio batch (B = {b['batch_images']}) / faithful, pairs/s",
-                     f"{p['ratio_batch_over_faithful'][str(b['batch_images'])]:12.1f} x"))
+        rows.append(
+            (
+                f"batch (B = {b['batch_images']} images, {b['per_step']:,} pairs/step)",
+                f"{b['pairs_per_s']:12.1f} pairs/s",
+            )
+        )
+        rows.append(
+            (
+                f"  ratio batch (B = {b['batch_images']}) / faithful, pairs/s",
+                f"{p['ratio_batch_over_faithful'][str(b['batch_images'])]:12.1f} x",
+            )
+        )
     print(f"  {s} x {s} px, {r['parameters']:,} parameters")
     for label, value in rows:
         print(f"    {label:<56s}{value}")
@@ -224,8 +283,9 @@ def dataset_split(args):
     from cryo_orient.data import splits
     from cryo_orient.simulation import simulate
 
-    config = simulate.SimulationConfig(volume="5j0n", n_projections=args.n_projections, sampling="uniform_so3",
-                                       coverage=[2, 1, 2], seed=0)
+    config = simulate.SimulationConfig(
+        volume="5j0n", n_projections=args.n_projections, sampling="uniform_so3", coverage=[2, 1, 2], seed=0
+    )
     path = Path(args.data_dir) / f"5j0n-full-so3-{args.n_projections}.h5"
     start = time.perf_counter()
     simulate.simulate_dataset(config, path, progress=False)
@@ -233,8 +293,13 @@ def dataset_split(args):
     data = simulate.load_dataset(path)
     tr, va, _ = splits.train_val_test_split(len(data["quaternions"]))
     images, q = data["projections"], data["quaternions"]
-    return (images[tr], q[tr], images[va], q[va]), {"path": str(path), "simulate_or_load_seconds": seconds,
-                                                    "config": config.to_dict(), "train": len(tr), "val": len(va)}
+    return (images[tr], q[tr], images[va], q[va]), {
+        "path": str(path),
+        "simulate_or_load_seconds": seconds,
+        "config": config.to_dict(),
+        "train": len(tr),
+        "val": len(va),
+    }
 
 
 def steady_seconds(history, k):
@@ -265,22 +330,30 @@ def time_to_mae(args):
 
     split, data = dataset_split(args)
     common = {"input_size": args.input_size, "n_features": 512, "seed": args.seed}
-    faithful_cfg = siamese.TrainingConfig(regime="faithful", epochs=args.faithful_epochs,
-                                          batch_size=args.pair_batch, **common)
-    print(f"  faithful: {args.faithful_epochs} epochs of {int(faithful_cfg.pair_fraction * data['train'] ** 2):,} "
-          f"pairs ({data['train']} training, {data['val']} validation projections, {args.input_size} px)", flush=True)
+    faithful_cfg = siamese.TrainingConfig(
+        regime="faithful", epochs=args.faithful_epochs, batch_size=args.pair_batch, **common
+    )
+    print(
+        f"  faithful: {args.faithful_epochs} epochs of {int(faithful_cfg.pair_fraction * data['train'] ** 2):,} "
+        f"pairs ({data['train']} training, {data['val']} validation projections, {args.input_size} px)",
+        flush=True,
+    )
     res1 = siamese.train(*split, faithful_cfg, progress=args.progress)
     h1 = res1.history
     k1 = int(np.argmin(h1["val_mae"]))
     m1, t1 = float(h1["val_mae"][k1]), float(h1["seconds"][k1])
     t1_steady = steady_seconds(h1, k1)
-    print(f"    best val MAE m1 = {m1:.4f} rad at epoch {k1 + 1}, t1 = {t1:.1f} s, {t1_steady:.1f} s without "
-          f"compilation (all {res1.epochs} epochs: {res1.seconds:.1f} s)", flush=True)
+    print(
+        f"    best val MAE m1 = {m1:.4f} rad at epoch {k1 + 1}, t1 = {t1:.1f} s, {t1_steady:.1f} s without "
+        f"compilation (all {res1.epochs} epochs: {res1.seconds:.1f} s)",
+        flush=True,
+    )
 
     runs = []
     for b in args.batch_sizes:
-        cfg = siamese.TrainingConfig(regime="batch", epochs=args.batch_epochs_cap, batch_size=b,
-                                     target_val_mae=m1, **common)
+        cfg = siamese.TrainingConfig(
+            regime="batch", epochs=args.batch_epochs_cap, batch_size=b, target_val_mae=m1, **common
+        )
         print(f"  batch: B = {b}, target val MAE {m1:.4f}, at most {args.batch_epochs_cap} epochs", flush=True)
         res = siamese.train(*split, cfg, progress=args.progress)
         h = res.history
@@ -288,43 +361,71 @@ def time_to_mae(args):
         t3 = float(h["seconds"][-1]) if reached else None
         t3_steady = steady_seconds(h, len(h["seconds"]) - 1) if reached else None
         if reached:
-            print(f"    reached at epoch {res.epochs}, t3 = {t3:.1f} s (val MAE {h['val_mae'][-1]:.4f}): "
-                  f"t1 / t3 = {t1 / t3:.1f} x; without compilation {t1_steady:.1f} s / {t3_steady:.1f} s "
-                  f"= {t1_steady / t3_steady:.1f} x", flush=True)
+            print(
+                f"    reached at epoch {res.epochs}, t3 = {t3:.1f} s (val MAE {h['val_mae'][-1]:.4f}): "
+                f"t1 / t3 = {t1 / t3:.1f} x; without compilation {t1_steady:.1f} s / {t3_steady:.1f} s "
+                f"= {t1_steady / t3_steady:.1f} x",
+                flush=True,
+            )
         else:
-            print(f"    NOT reached in {res.epochs} epochs ({res.seconds:.1f} s; best val MAE {min(h['val_mae']):.4f}): "
-                  f"t1 / t3 < {t1 / res.seconds:.2f}", flush=True)
-        runs.append({"batch_size": b, "config": cfg.to_dict(), "reached": reached, "stop_reason": res.stop_reason,
-                     "epochs": res.epochs, "steps": res.epochs * _steps_per_epoch(data["train"], b),
-                     "seconds_to_target": t3, "seconds_total": res.seconds,
-                     "ratio_t1_over_t3": None if t3 is None else t1 / t3,
-                     "seconds_to_target_without_compilation": t3_steady,
-                     "ratio_t1_over_t3_without_compilation": None if t3 is None else t1_steady / t3_steady,
-                     "seconds_first_epoch": float(h["seconds"][0]),
-                     "ratio_upper_bound_if_not_reached": None if reached else t1 / res.seconds,
-                     "best_val_mae": float(min(h["val_mae"])),
-                     "pairs_seen": int(h["pairs_seen"][-1]), "images_seen": int(h["images_seen"][-1]),
-                     "history": history_rows(h)})
+            print(
+                f"    NOT reached in {res.epochs} epochs ({res.seconds:.1f} s; best val MAE {min(h['val_mae']):.4f}): "
+                f"t1 / t3 < {t1 / res.seconds:.2f}",
+                flush=True,
+            )
+        runs.append(
+            {
+                "batch_size": b,
+                "config": cfg.to_dict(),
+                "reached": reached,
+                "stop_reason": res.stop_reason,
+                "epochs": res.epochs,
+                "steps": res.epochs * _steps_per_epoch(data["train"], b),
+                "seconds_to_target": t3,
+                "seconds_total": res.seconds,
+                "ratio_t1_over_t3": None if t3 is None else t1 / t3,
+                "seconds_to_target_without_compilation": t3_steady,
+                "ratio_t1_over_t3_without_compilation": None if t3 is None else t1_steady / t3_steady,
+                "seconds_first_epoch": float(h["seconds"][0]),
+                "ratio_upper_bound_if_not_reached": None if reached else t1 / res.seconds,
+                "best_val_mae": float(min(h["val_mae"])),
+                "pairs_seen": int(h["pairs_seen"][-1]),
+                "images_seen": int(h["images_seen"][-1]),
+                "history": history_rows(h),
+            }
+        )
     ratios = {str(r["batch_size"]): r["ratio_t1_over_t3"] for r in runs}
     reached = [r for r in runs if r["reached"]]
     best = max(reached, key=lambda r: r["ratio_t1_over_t3"]) if reached else None
-    print("  ratio t1 / t3: " + ", ".join(f"B = {b}: " + ("not reached" if v is None else f"{v:.1f} x")
-                                          for b, v in ratios.items()) + f"   (target >= {RATIO_TARGET})")
+    print(
+        "  ratio t1 / t3: "
+        + ", ".join(f"B = {b}: " + ("not reached" if v is None else f"{v:.1f} x") for b, v in ratios.items())
+        + f"   (target >= {RATIO_TARGET})"
+    )
     return {
         "dataset": data,
-        "faithful": {"config": faithful_cfg.to_dict(), "best_val_mae": m1, "best_epoch": k1 + 1,
-                     "steps_to_best": (k1 + 1) * -(-int(faithful_cfg.pair_fraction * data["train"] ** 2)
-                                                   // args.pair_batch),
-                     "seconds_to_best": t1, "seconds_to_best_without_compilation": t1_steady,
-                     "seconds_first_epoch": float(h1["seconds"][0]), "seconds_total": res1.seconds,
-                     "pairs_seen_to_best": int(h1["pairs_seen"][k1]),
-                     "images_seen_to_best": int(h1["images_seen"][k1]), "history": history_rows(h1)},
+        "faithful": {
+            "config": faithful_cfg.to_dict(),
+            "best_val_mae": m1,
+            "best_epoch": k1 + 1,
+            "steps_to_best": (k1 + 1) * -(-int(faithful_cfg.pair_fraction * data["train"] ** 2) // args.pair_batch),
+            "seconds_to_best": t1,
+            "seconds_to_best_without_compilation": t1_steady,
+            "seconds_first_epoch": float(h1["seconds"][0]),
+            "seconds_total": res1.seconds,
+            "pairs_seen_to_best": int(h1["pairs_seen"][k1]),
+            "images_seen_to_best": int(h1["images_seen"][k1]),
+            "history": history_rows(h1),
+        },
         "batch_runs": runs,
         "ratio_t1_over_t3": runs[0]["ratio_t1_over_t3"],
         "ratios_t1_over_t3_by_batch_size": ratios,
         "ratios_t1_over_t3_without_compilation_by_batch_size": {
-            str(r["batch_size"]): r["ratio_t1_over_t3_without_compilation"] for r in runs},
-        "best": None if best is None else {"batch_size": best["batch_size"], "ratio_t1_over_t3": best["ratio_t1_over_t3"]},
+            str(r["batch_size"]): r["ratio_t1_over_t3_without_compilation"] for r in runs
+        },
+        "best": None
+        if best is None
+        else {"batch_size": best["batch_size"], "ratio_t1_over_t3": best["ratio_t1_over_t3"]},
         "target_ratio_at_least": RATIO_TARGET,
     }
 
@@ -342,23 +443,48 @@ def main(argv=None) -> int:
     auto = "(default: GPU {}, CPU {})".format
     parser.add_argument("--sizes", default="116,58", help="input sides for (a) and (b), comma-separated (116,58)")
     parser.add_argument("--forward-batch", type=int, default=256, help="images per forward step (256)")
-    parser.add_argument("--train-batch", type=int, help="pairs per Siamese training step in (a) "
-                        + auto(GPU_DEFAULTS["train_batch"], CPU_DEFAULTS["train_batch"]))
-    parser.add_argument("--pair-batch", type=int, default=256,
-                        help="pairs per step of the faithful regime in (b) and (c) (256, the paper's)")
-    parser.add_argument("--batch-size",
-                        help="images B per step of the batch regime, comma-separated; (b) and (c) run each, "
-                             "the first is the headline " + auto(GPU_DEFAULTS["batch_size"], CPU_DEFAULTS["batch_size"]))
-    parser.add_argument("--warmup", type=int, help="untimed steps " + auto(GPU_DEFAULTS["warmup"], CPU_DEFAULTS["warmup"]))
+    parser.add_argument(
+        "--train-batch",
+        type=int,
+        help="pairs per Siamese training step in (a) " + auto(GPU_DEFAULTS["train_batch"], CPU_DEFAULTS["train_batch"]),
+    )
+    parser.add_argument(
+        "--pair-batch",
+        type=int,
+        default=256,
+        help="pairs per step of the faithful regime in (b) and (c) (256, the paper's)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        help="images B per step of the batch regime, comma-separated; (b) and (c) run each, "
+        "the first is the headline " + auto(GPU_DEFAULTS["batch_size"], CPU_DEFAULTS["batch_size"]),
+    )
+    parser.add_argument(
+        "--warmup", type=int, help="untimed steps " + auto(GPU_DEFAULTS["warmup"], CPU_DEFAULTS["warmup"])
+    )
     parser.add_argument("--steps", type=int, help="timed steps " + auto(GPU_DEFAULTS["steps"], CPU_DEFAULTS["steps"]))
-    parser.add_argument("--input-size", type=int, help="input side in (c) "
-                        + auto(GPU_DEFAULTS["input_size"], CPU_DEFAULTS["input_size"]))
-    parser.add_argument("--n-projections", type=int, help="projections simulated for (c) "
-                        + auto(GPU_DEFAULTS["n_projections"], CPU_DEFAULTS["n_projections"]))
-    parser.add_argument("--faithful-epochs", type=int, help="epochs of the faithful regime in (c) "
-                        + auto(GPU_DEFAULTS["faithful_epochs"], CPU_DEFAULTS["faithful_epochs"]))
-    parser.add_argument("--batch-epochs-cap", type=int, help="most epochs of the batch regime in (c) "
-                        + auto(GPU_DEFAULTS["batch_epochs_cap"], CPU_DEFAULTS["batch_epochs_cap"]))
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        help="input side in (c) " + auto(GPU_DEFAULTS["input_size"], CPU_DEFAULTS["input_size"]),
+    )
+    parser.add_argument(
+        "--n-projections",
+        type=int,
+        help="projections simulated for (c) " + auto(GPU_DEFAULTS["n_projections"], CPU_DEFAULTS["n_projections"]),
+    )
+    parser.add_argument(
+        "--faithful-epochs",
+        type=int,
+        help="epochs of the faithful regime in (c) "
+        + auto(GPU_DEFAULTS["faithful_epochs"], CPU_DEFAULTS["faithful_epochs"]),
+    )
+    parser.add_argument(
+        "--batch-epochs-cap",
+        type=int,
+        help="most epochs of the batch regime in (c) "
+        + auto(GPU_DEFAULTS["batch_epochs_cap"], CPU_DEFAULTS["batch_epochs_cap"]),
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed in (c)")
     parser.add_argument("--parts", default="abc", help="which of (a)+(b) ('a' or 'b') and (c) to run (abc)")
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke test of the script (~1 min)")
@@ -377,8 +503,9 @@ def main(argv=None) -> int:
     if args.quick:
         defaults |= QUICK
     for name, value in defaults.items():
-        if getattr(args, name, None) is None or (args.quick and name in QUICK
-                                                  and getattr(args, name) == parser.get_default(name)):
+        if getattr(args, name, None) is None or (
+            args.quick and name in QUICK and getattr(args, name) == parser.get_default(name)
+        ):
             setattr(args, name, value)
     sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
     args.batch_sizes = [int(b) for b in str(args.batch_size).split(",") if b.strip()]

@@ -136,9 +136,7 @@ def test_orientation_errors_are_geodesic_distances():
     q1, q2 = rot.uniform_so3(40, rng), rot.uniform_so3(40, rng)
     np.testing.assert_allclose(al.orientation_errors(q1, q2), rot.distance(q1, q2), atol=1e-15)
     # Sign and scale do not matter.
-    np.testing.assert_allclose(
-        al.orientation_errors(-2 * q1, 0.5 * q2), rot.distance(q1, q2), atol=1e-15
-    )
+    np.testing.assert_allclose(al.orientation_errors(-2 * q1, 0.5 * q2), rot.distance(q1, q2), atol=1e-15)
 
 
 def test_errors_before_and_after():
@@ -184,8 +182,7 @@ def test_synchronised_start_is_exact_in_a_cap(reflect):
     rng = np.random.default_rng(9)
     n = 300
     centre = rot.uniform_so3(1, rng)[0]
-    q = rot.multiply(centre, perturb(np.tile([0, 0, 0, 1.0], (n, 1)),
-                                     0.5 * rng.random(n) ** (1 / 3), rng))
+    q = rot.multiply(centre, perturb(np.tile([0, 0, 0, 1.0], (n, 1)), 0.5 * rng.random(n) ** (1 / 3), rng))
     q = q * random_signs(rng, n)  # any signs, on both sides
     T = random_transform(rng, reflect)
     q_est = scrambled(q, T, rng)
@@ -212,8 +209,7 @@ def test_align_recovers_exact_transform(reflect):
     a, b, _ = al.factors_of_transform(T)
     np.testing.assert_allclose(res.left, rot.canonical(a), atol=1e-9)
     np.testing.assert_allclose(res.right, rot.canonical(b), atol=1e-9)
-    np.testing.assert_allclose(al.transform_from_factors(res.left, res.right, reflect),
-                               res.transform, atol=1e-14)
+    np.testing.assert_allclose(al.transform_from_factors(res.left, res.right, reflect), res.transform, atol=1e-14)
     # The other handedness cannot fit: for Haar data its best mean error is far from 0.
     other = res.branch_mean_errors[0 if reflect else 1]
     assert other > 0.5
@@ -294,8 +290,9 @@ def test_align_is_the_global_minimum_on_a_hard_case():
         S[iu] = x
         return mean_error_at(res.transform @ expm(S - S.T), q, q_est)
 
-    polished = minimize(objective, np.zeros(6), method="Nelder-Mead",
-                        options=dict(xatol=1e-10, fatol=1e-14, maxiter=4000))
+    polished = minimize(
+        objective, np.zeros(6), method="Nelder-Mead", options=dict(xatol=1e-10, fatol=1e-14, maxiter=4000)
+    )
     assert polished.fun >= res.mean_error - 1e-9
 
 
@@ -316,9 +313,7 @@ def test_refine_false_gives_the_chordal_minimum():
     assert chordal_error(chordal.transform) <= chordal_error(geodesic.transform)
     # The chordal solution is a fixed point of the sign-aware Procrustes step.
     s = np.sign(np.einsum("ij,ij->i", q, q_est @ chordal.transform.T))
-    np.testing.assert_allclose(
-        al._nearest_on_component((q * s[:, None]).T @ q_est, 1), chordal.transform, atol=1e-12
-    )
+    np.testing.assert_allclose(al._nearest_on_component((q * s[:, None]).T @ q_est, 1), chordal.transform, atol=1e-12)
 
 
 def test_align_does_not_mutate_and_ignores_scale_and_sign():
@@ -370,8 +365,7 @@ def test_handedness_is_left_and_right_rz_pi():
     np.testing.assert_allclose(mirrored, rz(np.pi) @ R @ rz(np.pi), atol=1e-14)
     # ... i.e. q -> k q k with k the quaternion of Rz(pi): left = right = k.
     T = al.transform_from_factors(K, K)
-    np.testing.assert_allclose(rot.quaternion_to_matrix(al.apply_transform(T, q)), mirrored,
-                               atol=1e-14)
+    np.testing.assert_allclose(rot.quaternion_to_matrix(al.apply_transform(T, q)), mirrored, atol=1e-14)
     left, right, reflect = al.factors_of_transform(T)
     assert not reflect
     assert same_up_to_sign(np.concatenate([left, right]), np.concatenate([K, K]), 1e-15)

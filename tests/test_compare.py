@@ -135,9 +135,11 @@ def test_runner_cache_key_follows_every_input(dataset, tmp_path):
     base = runner.cache_path(tmp_path, dataset, "k", np.arange(5), settings, "py")
     assert base == runner.cache_path(tmp_path, dataset, "k", np.arange(5), dict(settings), "py")
     assert base.name.startswith("aspire-blobs-")
-    for changed in (runner.cache_path(tmp_path, dataset, "k2", np.arange(5), settings, "py"),
-                    runner.cache_path(tmp_path, dataset, "k", np.arange(1, 6), settings, "py"),
-                    runner.cache_path(tmp_path, dataset, "k", np.arange(5), settings | {"n_theta": 180}, "py")):
+    for changed in (
+        runner.cache_path(tmp_path, dataset, "k2", np.arange(5), settings, "py"),
+        runner.cache_path(tmp_path, dataset, "k", np.arange(1, 6), settings, "py"),
+        runner.cache_path(tmp_path, dataset, "k", np.arange(5), settings | {"n_theta": 180}, "py"),
+    ):
         assert changed != base
 
 
@@ -162,8 +164,14 @@ def _aspire_projections(volume, R_aspire, tmp_path):
     np.savez(tmp_path / "in.npz", volume=volume, R_aspire=R_aspire)
     (tmp_path / "check.py").write_text(_PROJECT_CHECK)
     (tmp_path / "config.yaml").write_text(f"logging:\n  log_dir: {tmp_path}\n  console_level: WARNING\n")
-    done = subprocess.run([str(COMPARE_PYTHON), "check.py", "in.npz"], cwd=tmp_path, capture_output=True, text=True,
-                          env=os.environ | {"ASPIREDIR": str(tmp_path)}, timeout=300)
+    done = subprocess.run(
+        [str(COMPARE_PYTHON), "check.py", "in.npz"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"ASPIREDIR": str(tmp_path)},
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return np.array(json.loads(done.stdout.strip().splitlines()[-1]))
 

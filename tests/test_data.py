@@ -120,9 +120,7 @@ def test_corrupted_cache_file_is_fetched_again(tmp_path, no_network, data_mirror
     assert sha256(path.read_bytes()) == data.REGISTRY["hand"].sha256
 
 
-def test_default_cache_dir_and_mirror_from_environment(
-    tmp_path, monkeypatch, no_network, data_mirror
-):
+def test_default_cache_dir_and_mirror_from_environment(tmp_path, monkeypatch, no_network, data_mirror):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(data.MIRROR_ENV, str(data_mirror))
     path = data.fetch("relion31-star", progress=False)
@@ -241,9 +239,7 @@ def test_bad_source_then_good_source_succeeds_with_warning(tmp_path, http_root):
     root, base = http_root
     (root / "bad.bin").write_bytes(b"not it")
     (root / "good.bin").write_bytes(PAYLOAD)
-    entry = DataFile(
-        "good", "good.bin", sha256(PAYLOAD), (f"{base}/bad.bin", f"{base}/good.bin"), "test file"
-    )
+    entry = DataFile("good", "good.bin", sha256(PAYLOAD), (f"{base}/bad.bin", f"{base}/good.bin"), "test file")
     with pytest.warns(UserWarning, match=f"discarded good.bin from {base}/bad.bin"):
         path = data.fetch(entry, cache_dir=tmp_path / "cache", progress=False)
     assert path.read_bytes() == PAYLOAD
@@ -440,9 +436,7 @@ def electron_f0(element):
 @pytest.mark.parametrize("voxel_size", [1.0, 0.75])
 def test_density_from_model_geometry(tmp_path, voxel_size):
     pdb = write_pdb(tmp_path / "atoms.pdb", ATOMS)
-    volume, returned, origin = data.density_from_model(
-        pdb, voxel_size, 3.0, margin=6.0, return_origin=True
-    )
+    volume, returned, origin = data.density_from_model(pdb, voxel_size, 3.0, margin=6.0, return_origin=True)
     assert returned == voxel_size
     assert volume.dtype == np.float32 and volume.flags.c_contiguous
     np.testing.assert_allclose(origin, [2 - 6, 3 - 6, 4 - 6])

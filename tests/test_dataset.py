@@ -28,12 +28,17 @@ def files(tmp_path_factory):
     base = dict(volume=str(volume), n_projections=N, seed=1)
     paths = {
         "clean": simulate_dataset(SimulationConfig(**base), folder / "clean.h5", progress=False),
-        "noisy": simulate_dataset(SimulationConfig(**base, noise_variance=2.0, store_clean=True),
-                                  folder / "noisy.h5", progress=False),
-        "noisy_only": simulate_dataset(SimulationConfig(**base, noise_variance=2.0), folder / "noisy_only.h5",
-                                       progress=False),
-        "shifted": simulate_dataset(SimulationConfig(**base, shift_mode="circular", shift_limit=2.0,
-                                                     store_clean=True), folder / "shifted.h5", progress=False),
+        "noisy": simulate_dataset(
+            SimulationConfig(**base, noise_variance=2.0, store_clean=True), folder / "noisy.h5", progress=False
+        ),
+        "noisy_only": simulate_dataset(
+            SimulationConfig(**base, noise_variance=2.0), folder / "noisy_only.h5", progress=False
+        ),
+        "shifted": simulate_dataset(
+            SimulationConfig(**base, shift_mode="circular", shift_limit=2.0, store_clean=True),
+            folder / "shifted.h5",
+            progress=False,
+        ),
     }
     return folder, paths
 
@@ -99,18 +104,30 @@ def _copy_with(files, name, edit):
     return target
 
 
-@pytest.mark.parametrize("name, edit, match", [
-    # The case: a file with 43 quaternions for 48 images.
-    ("short_q.h5", lambda f: (f.__delitem__("quaternions"), f.create_dataset("quaternions", data=np.ones((43, 4)))),
-     r"quaternions must have shape \(48, 4\).*got \(43, 4\)"),
-    ("wide_shifts.h5", lambda f: (f.__delitem__("shifts"), f.create_dataset("shifts", data=np.zeros((N, 3)))),
-     r"shifts must have shape \(48, 2\)"),
-    ("nan_euler.h5", lambda f: f["euler"].__setitem__(0, [np.nan, 0, 0]), "euler hold NaN"),
-    ("short_clean.h5", lambda f: (f.__delitem__("clean"), f.create_dataset("clean", data=np.zeros((40, 3, 3)))),
-     "clean images"),
-    ("no_std.h5", lambda f: f.attrs.__delitem__("standardization_std"), r"lacks \['standardization_std'\]"),
-    ("bad_config.h5", lambda f: f.attrs.__setitem__("config", "{not json"), "'config' attribute is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "name, edit, match",
+    [
+        # The case: a file with 43 quaternions for 48 images.
+        (
+            "short_q.h5",
+            lambda f: (f.__delitem__("quaternions"), f.create_dataset("quaternions", data=np.ones((43, 4)))),
+            r"quaternions must have shape \(48, 4\).*got \(43, 4\)",
+        ),
+        (
+            "wide_shifts.h5",
+            lambda f: (f.__delitem__("shifts"), f.create_dataset("shifts", data=np.zeros((N, 3)))),
+            r"shifts must have shape \(48, 2\)",
+        ),
+        ("nan_euler.h5", lambda f: f["euler"].__setitem__(0, [np.nan, 0, 0]), "euler hold NaN"),
+        (
+            "short_clean.h5",
+            lambda f: (f.__delitem__("clean"), f.create_dataset("clean", data=np.zeros((40, 3, 3)))),
+            "clean images",
+        ),
+        ("no_std.h5", lambda f: f.attrs.__delitem__("standardization_std"), r"lacks \['standardization_std'\]"),
+        ("bad_config.h5", lambda f: f.attrs.__setitem__("config", "{not json"), "'config' attribute is not valid JSON"),
+    ],
+)
 def test_inconsistent_files_are_refused_with_the_reason(files, name, edit, match):
     path = _copy_with(files, name, edit)
     with pytest.raises(InputError, match=match) as err:

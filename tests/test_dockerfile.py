@@ -60,8 +60,13 @@ def test_hadolint_passes():
     hadolint = _hadolint()
     if hadolint is None:
         pytest.skip("hadolint is not installed (it comes with the lock files: make install)")
-    result = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -69,8 +74,9 @@ def test_installs_through_make_install_into_the_venv_make_uses():
     instructions = _instructions()
     for keyword, args in instructions:
         if keyword == "RUN":
-            assert not re.search(r"\b(pip3?|uv)\b[^&|;]*\binstall\b|-m\s+pip\b", args), \
+            assert not re.search(r"\b(pip3?|uv)\b[^&|;]*\binstall\b|-m\s+pip\b", args), (
                 f"the image installs packages outside `make install`: RUN {args}"
+            )
     make_vars = _make_vars(instructions[_install_index(instructions)][1])
     assert {"LOCK", "VENV"} <= make_vars.keys(), make_vars
     # Later `make reproduce` in the container must find the same venv and stamp, else it reinstalls.
@@ -114,7 +120,7 @@ def _ignore_rules() -> list[tuple[bool, re.Pattern]]:
                 out, i = out + ".*", i + 2
             elif pattern[i] == "[":
                 j = pattern.index("]", i)
-                out, i = out + pattern[i:j + 1], j + 1
+                out, i = out + pattern[i : j + 1], j + 1
             else:
                 out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
                 i += 1
@@ -135,22 +141,40 @@ def _excluded(path: str, rules) -> bool:
 def test_build_context_has_install_inputs_and_no_outputs():
     instructions = _instructions()
     install = _install_index(instructions)
-    sources = [src for k, a in instructions[:install] if k == "COPY"
-               for src in [w for w in a.split() if not w.startswith("--")][:-1]]
+    sources = [
+        src
+        for k, a in instructions[:install]
+        if k == "COPY"
+        for src in [w for w in a.split() if not w.startswith("--")][:-1]
+    ]
     for src in sources:
         assert (ROOT / src).exists(), f"COPY source {src} does not exist"
-    needed = ["Makefile", "pyproject.toml", "requirements/cpu.lock", "requirements/gpu.lock",
-              "requirements/nodeps.txt", "lib/cryo_orient/__init__.py"]
+    needed = [
+        "Makefile",
+        "pyproject.toml",
+        "requirements/cpu.lock",
+        "requirements/gpu.lock",
+        "requirements/nodeps.txt",
+        "lib/cryo_orient/__init__.py",
+    ]
     rules = _ignore_rules()
     for path in needed:
-        assert any(path == s.rstrip("/") or path.startswith(s.rstrip("/") + "/") for s in sources), \
+        assert any(path == s.rstrip("/") or path.startswith(s.rstrip("/") + "/") for s in sources), (
             f"{path} is not copied before `make install`"
+        )
         assert not _excluded(path, rules), f".dockerignore excludes {path}"
     # The image's own `make test` lints the Dockerfile and runs these tests.
     for path in ["Dockerfile", "tests/test_dockerfile.py", "data/README.md", "experiments/figure-6.py"]:
         assert not _excluded(path, rules), f".dockerignore excludes {path}"
-    for path in [".venv/bin/python", ".git/HEAD", "build/cpu/profile.mk", "data/5j0n.mrc",
-                 "data/simulated/cpu/5j0n.h5", "figures/cpu/figure-6.pdf",
-                 "lib/cryo_orient/__pycache__/rotations.cpython-311.pyc", ".pytest_cache/README.md",
-                 "experiments/.ipynb_checkpoints/figure-6-checkpoint.py"]:
+    for path in [
+        ".venv/bin/python",
+        ".git/HEAD",
+        "build/cpu/profile.mk",
+        "data/5j0n.mrc",
+        "data/simulated/cpu/5j0n.h5",
+        "figures/cpu/figure-6.pdf",
+        "lib/cryo_orient/__pycache__/rotations.cpython-311.pyc",
+        ".pytest_cache/README.md",
+        "experiments/.ipynb_checkpoints/figure-6-checkpoint.py",
+    ]:
         assert _excluded(path, rules), f".dockerignore lets {path} into the build context"

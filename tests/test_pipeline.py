@@ -30,9 +30,15 @@ def dataset(tmp_path_factory):
     return simulate_dataset(config, folder / "blobs.h5", progress=False), folder
 
 
-SETTINGS = dict(training=dict(input_size=16, n_features=8, regime="batch", batch_size=8, epochs=1),
-                recovery_restarts=1, recovery_max_steps=300, reconstruction_iterations=5,
-                gauge_images=20, gauge_pairs=200, gauge_candidates=50)
+SETTINGS = dict(
+    training=dict(input_size=16, n_features=8, regime="batch", batch_size=8, epochs=1),
+    recovery_restarts=1,
+    recovery_max_steps=300,
+    reconstruction_iterations=5,
+    gauge_images=20,
+    gauge_pairs=200,
+    gauge_candidates=50,
+)
 
 
 def test_run_case_end_to_end(dataset):
@@ -41,8 +47,15 @@ def test_run_case_end_to_end(dataset):
     first = pipeline.run_case(path, SETTINGS, cache_dir=cache, progress=False, log=lambda s: None)
     n = first["summary"]["n_test"]
     assert n == 20 and first["q_recovered"].shape == (n, 4) and first["q_gauge"].shape == (n, 4)
-    assert set(first["fsc"]) == {"truth", "truth_noisy_images", "random", "recovered", "recovered_noisy_images", "gauge",
-                                 "gauge_noisy_images"}
+    assert set(first["fsc"]) == {
+        "truth",
+        "truth_noisy_images",
+        "random",
+        "recovered",
+        "recovered_noisy_images",
+        "gauge",
+        "gauge_noisy_images",
+    }
     for volume in first["volumes"].values():
         assert volume.shape == (16, 16, 16) and np.all(np.isfinite(volume))
     # The true orientations reconstruct the map better than random ones.
@@ -68,8 +81,12 @@ def test_run_case_end_to_end(dataset):
 def test_stages_read_declared_inputs_and_cache_under_their_key(tmp_path):
     calls = []
     stages = [
-        Stage("double", ("x",), lambda ctx: calls.append("double") or {"y": 2 * ctx["x"]},
-              key=lambda ctx: ("double", ctx["x"])),
+        Stage(
+            "double",
+            ("x",),
+            lambda ctx: calls.append("double") or {"y": 2 * ctx["x"]},
+            key=lambda ctx: ("double", ctx["x"]),
+        ),
         Stage("plus", ("double",), lambda ctx: ctx["double"]["y"] + 1),
     ]
     cache = StageCache(tmp_path)
@@ -89,19 +106,21 @@ def test_estimators_are_chosen_by_name(dataset):
     path, folder = dataset
     # Exact distances: they fit the true orientations perfectly (n = 20 is too small to ask the
     # recovery for more: it has local minima there, see cryo_orient.orientation.recovery).
-    case = pipeline.run_case(path, dict(SETTINGS, estimator="exact"), cache_dir=folder / "exact-cache",
-                             progress=False, log=lambda s: None)
+    case = pipeline.run_case(
+        path, dict(SETTINGS, estimator="exact"), cache_dir=folder / "exact-cache", progress=False, log=lambda s: None
+    )
     assert case["summary"]["estimator"] == {"name": "exact", "key": "exact"}
     assert case["summary"]["test_pair_mae"] < 1e-12 and case["summary"]["L_at_true_orientations"] < 1e-24
     assert np.isfinite(case["summary"]["E_OR_median"])
     with pytest.raises(ValueError, match="unknown distance estimator 'oracle'"):
         pipeline.PipelineConfig.from_dict({"estimator": "oracle"})
-    estimator = pipeline.make_pipeline_estimator(pipeline.PipelineConfig(estimator="perturbed",
-                                                                         estimator_options={"sigma": 0.2}),
-                                                 read_dataset(path))
+    estimator = pipeline.make_pipeline_estimator(
+        pipeline.PipelineConfig(estimator="perturbed", estimator_options={"sigma": 0.2}), read_dataset(path)
+    )
     assert estimator.name == "perturbed" and estimator.sigma == 0.2
-    assert isinstance(pipeline.make_pipeline_estimator(pipeline.PipelineConfig(estimator="exact"), read_dataset(path)),
-                      ExactDistances)
+    assert isinstance(
+        pipeline.make_pipeline_estimator(pipeline.PipelineConfig(estimator="exact"), read_dataset(path)), ExactDistances
+    )
 
 
 def test_unknown_pipeline_key_is_an_error():
@@ -116,27 +135,97 @@ def test_cli_stages_chain(dataset, capsys):
     out = folder / "cli"
     out.mkdir()
     run, emb, rec = out / "run", out / "test.npz", out / "recovered.npz"
-    assert cli.main(["train", "--dataset", str(path), "--out", str(run), "--set", "input_size=16",
-                     "--set", "n_features=8", "--set", "regime=batch", "--set", "batch_size=8",
-                     "--set", "epochs=1", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--dataset",
+                str(path),
+                "--out",
+                str(run),
+                "--set",
+                "input_size=16",
+                "--set",
+                "n_features=8",
+                "--set",
+                "regime=batch",
+                "--set",
+                "batch_size=8",
+                "--set",
+                "epochs=1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert cli.main(["embed", "--model", str(run), "--dataset", str(path), "--out", str(emb), "--quiet"]) == 0
-    assert cli.main(["recover", "--embeddings", str(emb), "--out", str(rec), "--restarts", "1",
-                     "--max-steps", "200", "--quiet"]) == 0
+    assert (
+        cli.main(
+            ["recover", "--embeddings", str(emb), "--out", str(rec), "--restarts", "1", "--max-steps", "200", "--quiet"]
+        )
+        == 0
+    )
     star = out / "gauge.star"
-    assert cli.main(["gauge", "--dataset", str(path), "--orientations", str(rec), "--out", str(star),
-                     "--candidates", "30", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "gauge",
+                "--dataset",
+                str(path),
+                "--orientations",
+                str(rec),
+                "--out",
+                str(star),
+                "--candidates",
+                "30",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     for name, orientations, images in (("truth", "truth", "clean"), ("gauge", str(star), "noisy")):
-        assert cli.main(["reconstruct", "--dataset", str(path), "--orientations", orientations, "--images", images,
-                         "--box", "map", "--iterations", "5", "--backend", "nufft",
-                         "--out", str(out / f"{name}.mrc"), "--quiet"]) == 0
+        assert (
+            cli.main(
+                [
+                    "reconstruct",
+                    "--dataset",
+                    str(path),
+                    "--orientations",
+                    orientations,
+                    "--images",
+                    images,
+                    "--box",
+                    "map",
+                    "--iterations",
+                    "5",
+                    "--backend",
+                    "nufft",
+                    "--out",
+                    str(out / f"{name}.mrc"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     capsys.readouterr()
     assert cli.main(["fsc", str(out / "truth.mrc"), str(folder / "blobs.mrc"), "--out", str(out / "fsc.csv")]) == 0
     printed = capsys.readouterr().out
     assert "FSC 0.5:" in printed and "FSC 0.143:" in printed
     assert (out / "fsc.csv").read_text().startswith("frequency_per_angstrom,fsc,voxels")
     with pytest.raises(SystemExit, match="other images than the chosen split"):
-        cli.main(["reconstruct", "--dataset", str(path), "--orientations", str(rec), "--split", "all",
-                  "--out", str(out / "x.mrc")])
+        cli.main(
+            [
+                "reconstruct",
+                "--dataset",
+                str(path),
+                "--orientations",
+                str(rec),
+                "--split",
+                "all",
+                "--out",
+                str(out / "x.mrc"),
+            ]
+        )
 
 
 def test_corrupt_cache_entry_is_recomputed(tmp_path):
@@ -163,13 +252,15 @@ def test_reconstruct_on_map_is_run_cases_reconstruction(dataset, tmp_path):
     path, folder = dataset
     case = pipeline.run_case(path, SETTINGS, cache_dir=folder / "cache", progress=False, log=lambda s: None)
     clean = read_dataset(path).split("test").images("clean")
-    out = pipeline.reconstruct_on_map(clean, case["q_aligned"], SETTINGS, case["truth"], case["voxel_size"],
-                                      cache_dir=tmp_path)
+    out = pipeline.reconstruct_on_map(
+        clean, case["q_aligned"], SETTINGS, case["truth"], case["voxel_size"], cache_dir=tmp_path
+    )
     np.testing.assert_allclose(out["volume"], case["cube_volumes"]["recovered"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out["fsc"].correlation, case["fsc"]["recovered"].correlation, atol=1e-4)
     assert out["volume_on_map"].shape == case["truth"].shape
     cached = list(tmp_path.glob("volume-*.npz"))
     assert len(cached) == 1 and (folder / "cache" / "pipeline" / cached[0].name).is_file()  # the same key
-    again = pipeline.reconstruct_on_map(clean, case["q_aligned"], SETTINGS, case["truth"], case["voxel_size"],
-                                        cache_dir=tmp_path)
+    again = pipeline.reconstruct_on_map(
+        clean, case["q_aligned"], SETTINGS, case["truth"], case["voxel_size"], cache_dir=tmp_path
+    )
     np.testing.assert_array_equal(again["volume"], out["volume"])

@@ -25,7 +25,7 @@ def embed(image, size):
     out = np.zeros((size, size))
     ny, nx = image.shape
     y0, x0 = size // 2 - ny // 2, size // 2 - nx // 2
-    out[y0:y0 + ny, x0:x0 + nx] = image
+    out[y0 : y0 + ny, x0 : x0 + nx] = image
     return out
 
 

@@ -89,8 +89,7 @@ def test_regularization_shrinks_the_solution():
     ],
 )
 def test_bad_inputs(kwargs, match):
-    args = {"projections": np.zeros((3, 8, 8)), "quaternions": np.tile([0, 0, 0, 1.0], (3, 1)),
-            "shape": (8, 8, 8)}
+    args = {"projections": np.zeros((3, 8, 8)), "quaternions": np.tile([0, 0, 0, 1.0], (3, 1)), "shape": (8, 8, 8)}
     args.update({k: v for k, v in kwargs.items() if k in args})
     options = {k: v for k, v in kwargs.items() if k not in args}
     with pytest.raises(ValueError, match=match):

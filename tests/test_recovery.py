@@ -101,8 +101,7 @@ def test_stable_loss_at_zero_and_pi():
 
 def test_restarts_keep_the_lowest_final_loss():
     q = rot.uniform_so3(60, np.random.default_rng(3))
-    res = recovery.recover(exact.exact_distances(q), 60, rng=0, restarts=3, max_steps=60,
-                           progress=False)
+    res = recovery.recover(exact.exact_distances(q), 60, rng=0, restarts=3, max_steps=60, progress=False)
     finals = res.settings["restart_final_losses"]
     assert len(finals) == 3 and len(set(finals)) == 3  # independent starts
     assert res.final_loss == min(finals) == finals[res.settings["restart_chosen"]]
@@ -115,11 +114,9 @@ def test_restarts_keep_the_lowest_final_loss():
 
 def test_faithful_mode_uses_the_papers_settings_and_decreases_the_loss():
     q = rot.uniform_so3(100, np.random.default_rng(11))
-    res = recovery.recover(exact.exact_distances(q), 100, mode="faithful", rng=0,
-                           max_steps=1500, progress=False)
+    res = recovery.recover(exact.exact_distances(q), 100, mode="faithful", rng=0, max_steps=1500, progress=False)
     s = res.settings
-    assert (s["batch_size"], s["learning_rate"], s["init"], s["distance_form"]) == (
-        256, 0.5, "uniform_euler", "arccos")
+    assert (s["batch_size"], s["learning_rate"], s["init"], s["distance_form"]) == (256, 0.5, "uniform_euler", "arccos")
     assert s["init_coverage"] == [2.0, 0.4, 2.0]
     assert (s["window"], s["tol"], s["plateau_tol"]) == (1000, 1e-8, 1e-7)
     assert recovery.FAITHFUL["max_steps"] == 30_000
@@ -181,8 +178,7 @@ def test_redrawn_noise_gives_the_noise_floor(q200):
     err = all_pair_distances(res.quaternions) - all_pair_distances(q200)
     assert np.sqrt(np.mean(err**2)) < 0.05
     # L_OR evaluated off the training batches agrees.
-    assert recovery.pairwise_loss(d, res.quaternions, n_pairs=200_000, rng=0) == pytest.approx(
-        sigma**2, rel=0.05)
+    assert recovery.pairwise_loss(d, res.quaternions, n_pairs=200_000, rng=0) == pytest.approx(sigma**2, rel=0.05)
 
 
 def test_redrawn_noise_is_fresh_and_unclipped(q200):
@@ -263,8 +259,7 @@ def test_nan_entries(d30):
         recovery.recover(d, 30, progress=False)
 
 
-@pytest.mark.parametrize("value, what",
-                         [(-0.1, "1 entry is negative"), (3.5, "1 entry is above pi")])
+@pytest.mark.parametrize("value, what", [(-0.1, "1 entry is negative"), (3.5, "1 entry is above pi")])
 def test_out_of_range(d30, value, what):
     d = d30.copy()
     d[0, 0] = value
@@ -320,8 +315,7 @@ def test_bad_arguments(d30):
 def test_same_seed_same_result(mode):
     q = rot.uniform_so3(80, np.random.default_rng(4))
     f = exact.exact_distances(q)
-    runs = [recovery.recover(f, 80, mode=mode, rng=seed, max_steps=150, progress=False)
-            for seed in (12, 12, 13)]
+    runs = [recovery.recover(f, 80, mode=mode, rng=seed, max_steps=150, progress=False) for seed in (12, 12, 13)]
     np.testing.assert_array_equal(runs[0].quaternions, runs[1].quaternions)
     np.testing.assert_array_equal(runs[0].losses, runs[1].losses)
     assert not np.array_equal(runs[0].quaternions, runs[2].quaternions)
@@ -332,9 +326,15 @@ def test_generator_rng_and_init_array_not_mutated():
     init = rot.uniform_so3(50, np.random.default_rng(7)) * 2.0  # not unit: normalised inside
     before = init.copy()
     seen = []
-    res = recovery.recover(exact.exact_distances(q), 50, rng=np.random.default_rng(0),
-                           init=init, max_steps=20, progress=False,
-                           callback=lambda step, loss: seen.append((step, loss)))
+    res = recovery.recover(
+        exact.exact_distances(q),
+        50,
+        rng=np.random.default_rng(0),
+        init=init,
+        max_steps=20,
+        progress=False,
+        callback=lambda step, loss: seen.append((step, loss)),
+    )
     np.testing.assert_array_equal(init, before)
     assert res.settings["init"] == "array" and res.settings["rng_seed"] is None
     assert [s for s, _ in seen] == list(range(1, 21))

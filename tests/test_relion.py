@@ -22,11 +22,13 @@ def relion_matrix(rot, tilt, psi):
     a, b, g = np.radians([rot, tilt, psi])
     ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
     cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
-    return np.array([
-        [cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
-        [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
-        [sc, ss, cb],
-    ])
+    return np.array(
+        [
+            [cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
+            [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
+            [sc, ss, cb],
+        ]
+    )
 
 
 @pytest.fixture
@@ -93,13 +95,16 @@ def test_identity_and_single_quaternion():
     np.testing.assert_allclose(relion_to_quaternions([0, 0, 0]), [0, 0, 0, 1], atol=1e-12)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.ones((3, 3)), r"shape \(N, 4\)"),
-    (np.ones((4, 3)), "transpose"),
-    ([[0, 0, np.nan, 1]], "NaN or infinite"),
-    ([[0, 0, 0, 0]], "zero quaternion"),
-    ("abc", "real numbers"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.ones((3, 3)), r"shape \(N, 4\)"),
+        (np.ones((4, 3)), "transpose"),
+        ([[0, 0, np.nan, 1]], "NaN or infinite"),
+        ([[0, 0, 0, 0]], "zero quaternion"),
+        ("abc", "real numbers"),
+    ],
+)
 def test_quaternions_to_relion_rejects_bad_input(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
         quaternions_to_relion(bad)
@@ -122,7 +127,7 @@ def test_relion_angles_give_our_projections():
     rng = np.random.default_rng(0)
     volume = np.clip(ndimage.gaussian_filter(rng.standard_normal((n, n, n)), 1.5), 0, None)
     r = np.indices(volume.shape) - n // 2
-    volume *= np.sqrt((r ** 2).sum(axis=0)) < 5.5  # inside the sphere no rotation clips it
+    volume *= np.sqrt((r**2).sum(axis=0)) < 5.5  # inside the sphere no rotation clips it
     q = rotations.uniform_so3(6, rng=3)
     ours = projection.project(volume, q, size=n, backend="nufft")
 
@@ -175,9 +180,14 @@ def test_write_read_round_trip(tmp_path, quats):
     np.testing.assert_allclose(got["angles"], quaternions_to_relion(quats), atol=1e-6)
     assert got["image_names"] is None
     assert got["optics"] == {
-        "rlnOpticsGroup": 1, "rlnOpticsGroupName": "opticsGroup1", "rlnAmplitudeContrast": 0.1,
-        "rlnSphericalAberration": 2.7, "rlnVoltage": 300.0, "rlnImagePixelSize": 1.5,
-        "rlnImageSize": 64, "rlnImageDimensionality": 2,
+        "rlnOpticsGroup": 1,
+        "rlnOpticsGroupName": "opticsGroup1",
+        "rlnAmplitudeContrast": 0.1,
+        "rlnSphericalAberration": 2.7,
+        "rlnVoltage": 300.0,
+        "rlnImagePixelSize": 1.5,
+        "rlnImageSize": 64,
+        "rlnImageDimensionality": 2,
     }
     assert [p.name for p in tmp_path.iterdir()] == ["particles.star"]  # no temporary left
 
@@ -190,12 +200,23 @@ def test_written_file_has_relion_layout(tmp_path, quats):
     assert "_rlnAngleRot #1" in text and "_rlnOpticsGroup #6" in text
     doc = cif.read(str(path))
     assert [b.name for b in doc] == ["optics", "particles"]
-    optics = doc.find_block("optics").find("_rln", [
-        "OpticsGroup", "OpticsGroupName", "AmplitudeContrast", "SphericalAberration", "Voltage",
-        "ImagePixelSize", "ImageSize", "ImageDimensionality"])
+    optics = doc.find_block("optics").find(
+        "_rln",
+        [
+            "OpticsGroup",
+            "OpticsGroupName",
+            "AmplitudeContrast",
+            "SphericalAberration",
+            "Voltage",
+            "ImagePixelSize",
+            "ImageSize",
+            "ImageDimensionality",
+        ],
+    )
     assert len(optics) == 1 and optics[0][1] == "opticsGroup1" and optics[0][7] == "2"
-    particles = doc.find_block("particles").find("_rln", [
-        "AngleRot", "AngleTilt", "AnglePsi", "OriginXAngst", "OriginYAngst", "OpticsGroup"])
+    particles = doc.find_block("particles").find(
+        "_rln", ["AngleRot", "AngleTilt", "AnglePsi", "OriginXAngst", "OriginYAngst", "OpticsGroup"]
+    )
     assert len(particles) == 3
     assert all(len(v.split(".")[1]) >= 6 for v in particles.column(0))
     np.testing.assert_allclose(cif.as_number(particles[0][3]), 0.0)
@@ -276,26 +297,29 @@ def test_read_errors(tmp_path, quats):
         read_star(garbage)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"quaternions": np.ones((3, 3))}, r"shape \(N, 4\)"),
-    ({"quaternions": np.ones((0, 4))}, "N >= 1"),
-    ({"quaternions": [[0, 0, np.nan, 1]] * 3}, "NaN or infinite"),
-    ({"pixel_size": 0}, "pixel_size must be a positive"),
-    ({"pixel_size": -1.5}, "pixel_size must be a positive"),
-    ({"pixel_size": np.nan}, "pixel_size must be a positive"),
-    ({"image_size": 0}, "image_size must be a positive integer"),
-    ({"image_size": 8.5}, "image_size must be a positive integer"),
-    ({"shifts": np.zeros((2, 2))}, r"shifts must have shape \(3, 2\)"),
-    ({"shifts": np.zeros((3, 3))}, r"shape \(N, 2\)"),
-    ({"shifts": [[0, np.inf]] * 3}, "NaN or infinite"),
-    ({"image_stack": np.zeros((2, 8, 8))}, "holds 2 images but there are 3"),
-    ({"image_stack": np.zeros((3, 16, 16))}, "image_size is 8"),
-    ({"image_stack": np.zeros((3, 8, 6))}, "square"),
-    ({"image_stack": np.full((3, 8, 8), np.nan)}, "NaN or infinite"),
-    ({"voltage": 0}, "voltage"),
-    ({"amplitude_contrast": 1.5}, r"\[0, 1\]"),
-    ({"optics_group_name": "my group"}, "without spaces"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"quaternions": np.ones((3, 3))}, r"shape \(N, 4\)"),
+        ({"quaternions": np.ones((0, 4))}, "N >= 1"),
+        ({"quaternions": [[0, 0, np.nan, 1]] * 3}, "NaN or infinite"),
+        ({"pixel_size": 0}, "pixel_size must be a positive"),
+        ({"pixel_size": -1.5}, "pixel_size must be a positive"),
+        ({"pixel_size": np.nan}, "pixel_size must be a positive"),
+        ({"image_size": 0}, "image_size must be a positive integer"),
+        ({"image_size": 8.5}, "image_size must be a positive integer"),
+        ({"shifts": np.zeros((2, 2))}, r"shifts must have shape \(3, 2\)"),
+        ({"shifts": np.zeros((3, 3))}, r"shape \(N, 2\)"),
+        ({"shifts": [[0, np.inf]] * 3}, "NaN or infinite"),
+        ({"image_stack": np.zeros((2, 8, 8))}, "holds 2 images but there are 3"),
+        ({"image_stack": np.zeros((3, 16, 16))}, "image_size is 8"),
+        ({"image_stack": np.zeros((3, 8, 6))}, "square"),
+        ({"image_stack": np.full((3, 8, 8), np.nan)}, "NaN or infinite"),
+        ({"voltage": 0}, "voltage"),
+        ({"amplitude_contrast": 1.5}, r"\[0, 1\]"),
+        ({"optics_group_name": "my group"}, "without spaces"),
+    ],
+)
 def test_write_star_rejects_bad_input(tmp_path, kwargs, match):
     args = {"quaternions": rotations.uniform_so3(3, rng=0), "pixel_size": 1.0, "image_size": 8} | kwargs
     path = tmp_path / "p.star"

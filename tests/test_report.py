@@ -73,8 +73,13 @@ REFERENCE = textwrap.dedent("""
 
 
 def _record(target, parameters, results, outputs=None):
-    return {"target": target, "outputs": outputs or [f"{target}.png"], "parameters": parameters,
-            "results": results, "provenance": {"git_commit": "0123456789abcdef"}}
+    return {
+        "target": target,
+        "outputs": outputs or [f"{target}.png"],
+        "parameters": parameters,
+        "results": results,
+        "provenance": {"git_commit": "0123456789abcdef"},
+    }
 
 
 @pytest.fixture
@@ -84,13 +89,23 @@ def setup(tmp_path):
     figs = tmp_path / "figures"
     figs.mkdir()
     records = {
-        "figure-10": _record("figure-10", {"datasets": ["5j0n-full", "ribosome-quarter"]},
-                             {"5j0n-full": {"E_OR_median": 0.23}, "ribosome-quarter": {"E_OR_median": 0.8}}),
-        "figure-7": _record("figure-7", {}, {"runs": [
-            {"mode": "faithful", "sigma": 1.0, "E_OR": 0.1},
-            {"mode": "improved", "sigma": 1.0, "E_OR": 0.9},
-            {"mode": "faithful", "sigma": 2.0, "E_OR": 0.01, "steps": 10, "seconds": 4.5},
-            {"mode": "faithful", "sigma": 3.0, "E_OR": 0.9}]}),
+        "figure-10": _record(
+            "figure-10",
+            {"datasets": ["5j0n-full", "ribosome-quarter"]},
+            {"5j0n-full": {"E_OR_median": 0.23}, "ribosome-quarter": {"E_OR_median": 0.8}},
+        ),
+        "figure-7": _record(
+            "figure-7",
+            {},
+            {
+                "runs": [
+                    {"mode": "faithful", "sigma": 1.0, "E_OR": 0.1},
+                    {"mode": "improved", "sigma": 1.0, "E_OR": 0.9},
+                    {"mode": "faithful", "sigma": 2.0, "E_OR": 0.01, "steps": 10, "seconds": 4.5},
+                    {"mode": "faithful", "sigma": 3.0, "E_OR": 0.9},
+                ]
+            },
+        ),
     }
     for target, record in records.items():
         (figs / f"{target}.json").write_text(json.dumps(record))
@@ -138,7 +153,10 @@ def test_compare_resolves_placeholders_selectors_sweeps_and_stand_ins(setup):
 
 
 def test_resolve_explains_what_is_missing():
-    record = {"parameters": {"datasets": ["a"]}, "results": {"a": {"x": 1.0, "s": "text"}, "runs": [{"k": 1}, {"k": 1}]}}
+    record = {
+        "parameters": {"datasets": ["a"]},
+        "results": {"a": {"x": 1.0, "s": "text"}, "runs": [{"k": 1}, {"k": 1}]},
+    }
     assert report.resolve(record, ["results", "{datasets[0]}", "x"]) == (1.0, "results/a/x")
     with pytest.raises(LookupError, match="no key 'y'"):
         report.resolve(record, ["results", "a", "y"])
@@ -150,16 +168,29 @@ def test_resolve_explains_what_is_missing():
         report.resolve(record, ["results", "{datasets[3]}"])
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t + '\n[[value]]\nid = "x"\ntarget = "t"\nkind = "error"\nquantity = "q"\npaper = 1\nsource = "s"\nours = ["a"]\nunit = "rad"\n', "unknown key"),
-    (lambda t: t.replace('kind = "count"\nquantity = "pairs"', 'kind = "counts"\nquantity = "pairs"'), "kind 'counts' is not defined"),
-    (lambda t: t.replace("paper = [0.1, 0.2, 0.3]", "paper = [0.1, 0.2]"), "as long as sweep"),
-    (lambda t: t.replace('id = "pairs"', 'id = "curve"'), "used twice"),
-    (lambda t: t.replace("{abs = 0.05}", "{abs = 0.05, rel = 0.1}"), "tolerance must be one of"),
-    (lambda t: t.replace('"curve@2"', '"nothing"'), "no \\[\\[value\\]\\] id"),
-    (lambda t: t.replace('followed = "the code"', ''), "keys must be exactly"),
-    (lambda t: t + "\nstray = 1\n[x]\n", "unknown top-level"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda t: (
+                t
+                + '\n[[value]]\nid = "x"\ntarget = "t"\nkind = "error"\nquantity = "q"\npaper = 1\nsource = "s"\n'
+                + 'ours = ["a"]\nunit = "rad"\n'
+            ),
+            "unknown key",
+        ),
+        (
+            lambda t: t.replace('kind = "count"\nquantity = "pairs"', 'kind = "counts"\nquantity = "pairs"'),
+            "kind 'counts' is not defined",
+        ),
+        (lambda t: t.replace("paper = [0.1, 0.2, 0.3]", "paper = [0.1, 0.2]"), "as long as sweep"),
+        (lambda t: t.replace('id = "pairs"', 'id = "curve"'), "used twice"),
+        (lambda t: t.replace("{abs = 0.05}", "{abs = 0.05, rel = 0.1}"), "tolerance must be one of"),
+        (lambda t: t.replace('"curve@2"', '"nothing"'), "no \\[\\[value\\]\\] id"),
+        (lambda t: t.replace('followed = "the code"', ""), "keys must be exactly"),
+        (lambda t: t + "\nstray = 1\n[x]\n", "unknown top-level"),
+    ],
+)
 def test_bad_reference_files_are_refused_with_the_reason(tmp_path, edit, message):
     path = tmp_path / "ref.toml"
     path.write_text(edit(textwrap.dedent(REFERENCE)))
@@ -177,13 +208,15 @@ def test_missing_or_broken_reference_file(tmp_path):
 
 def test_write_report_and_check(setup, tmp_path):
     ref_path, figs, _ = setup
-    (figs / "figure-2.json").write_text(json.dumps(_record("figure-2", {"seed": 3}, {},
-                                                           outputs=["figure-2.png", "figure-2.md"])))
+    (figs / "figure-2.json").write_text(
+        json.dumps(_record("figure-2", {"seed": 3}, {}, outputs=["figure-2.png", "figure-2.md"]))
+    )
     (figs / "figure-2.png").write_bytes(b"png")
     (figs / "figure-2.md").write_text("# A table\n\n| a |\n|---|\n| 1 |\n")
     targets = ["figure-10", "figure-7", "figure-2", "table-1"]
-    md, page = report.write_report("cpu", fig_dir=figs, reference_path=ref_path, targets=targets,
-                                   experiments_dir=tmp_path, notebooks_dir=tmp_path)
+    md, page = report.write_report(
+        "cpu", fig_dir=figs, reference_path=ref_path, targets=targets, experiments_dir=tmp_path, notebooks_dir=tmp_path
+    )
     text = md.read_text()
     # Sections in figure order, then tables; a target without a record is flagged.
     assert text.index('<a id="figure-2">') < text.index('<a id="figure-7">') < text.index('<a id="figure-10">')
@@ -203,8 +236,15 @@ def test_write_report_and_check(setup, tmp_path):
 
 def test_recorded_stage_seconds_count_each_cached_run_once():
     records = {
-        "a": {"results": {"x": {"training_seconds": 10.0, "recovery_seconds": 2.0}, "runs": [{"steps": 5, "seconds": 1.5}]}},
-        "b": {"results": {"x": {"estimator": {"seconds": 10.0}, "reconstruction_seconds": {"truth": 3.0, "random": 4.0}}}},
+        "a": {
+            "results": {
+                "x": {"training_seconds": 10.0, "recovery_seconds": 2.0},
+                "runs": [{"steps": 5, "seconds": 1.5}],
+            }
+        },
+        "b": {
+            "results": {"x": {"estimator": {"seconds": 10.0}, "reconstruction_seconds": {"truth": 3.0, "random": 4.0}}}
+        },
     }
     stages = report.recorded_stage_seconds(records)
     assert stages["distance learning (train one estimator)"] == [10.0]
@@ -213,15 +253,20 @@ def test_recorded_stage_seconds_count_each_cached_run_once():
 
 
 def test_target_order():
-    assert report.target_order(["table-1", "figure-10", "compare", "figure-2"]) == \
-        ["figure-2", "figure-10", "table-1", "compare"]
+    assert report.target_order(["table-1", "figure-10", "compare", "figure-2"]) == [
+        "figure-2",
+        "figure-10",
+        "table-1",
+        "compare",
+    ]
 
 
 def test_readme_headline_table_is_the_one_of_the_committed_cpu_records():
     """README.md shows the cpu profile's headline numbers; they must be today's records' numbers.
     After rebuilding figures/cpu, refresh it with `cryo-orient report --profile cpu --readme README.md`."""
-    expected = report.headline_for("cpu", fig_dir=ROOT / "figures" / "cpu",
-                                   reference_path=ROOT / "experiments" / "paper-reference.toml")
+    expected = report.headline_for(
+        "cpu", fig_dir=ROOT / "figures" / "cpu", reference_path=ROOT / "experiments" / "paper-reference.toml"
+    )
     assert report.readme_headline(ROOT / "README.md") == expected
 
 

@@ -76,21 +76,18 @@ def test_euler_conversions_match_scipy_intrinsic_zyz():
     # Outside the canonical ranges too: the conversion must not assume them.
     angles = g.uniform(-7, 7, (500, 3))
     ref = Rotation.from_euler("ZYZ", angles)
-    np.testing.assert_allclose(rot.euler_to_quaternion(angles), ref.as_quat(canonical=True),
-                               atol=1e-12)
+    np.testing.assert_allclose(rot.euler_to_quaternion(angles), ref.as_quat(canonical=True), atol=1e-12)
     np.testing.assert_allclose(rot.euler_to_matrix(angles), ref.as_matrix(), atol=1e-12)
     q = ref.as_quat()
     np.testing.assert_allclose(rot.quaternion_to_matrix(q), ref.as_matrix(), atol=1e-12)
-    np.testing.assert_allclose(rot.matrix_to_quaternion(ref.as_matrix()),
-                               ref.as_quat(canonical=True), atol=1e-12)
+    np.testing.assert_allclose(rot.matrix_to_quaternion(ref.as_matrix()), ref.as_quat(canonical=True), atol=1e-12)
 
 
 def test_euler_matrix_is_rz_ry_rz_in_stored_order():
     t3, t2, t1 = 0.3, 1.1, 2.5
     expected = rz(t3) @ ry(t2) @ rz(t1)
     np.testing.assert_allclose(rot.euler_to_matrix([t3, t2, t1]), expected, atol=1e-14)
-    np.testing.assert_allclose(rot.quaternion_to_matrix(rot.euler_to_quaternion([t3, t2, t1])),
-                               expected, atol=1e-14)
+    np.testing.assert_allclose(rot.quaternion_to_matrix(rot.euler_to_quaternion([t3, t2, t1])), expected, atol=1e-14)
 
 
 def test_euler_round_trip_in_canonical_ranges():
@@ -163,8 +160,7 @@ def test_canonical_is_unit_w_nonnegative_same_rotation_and_matches_scipy():
     np.testing.assert_allclose(c, rot.canonical(-q), atol=0)
     # Ties at w == 0: the first non-zero component decides, as in scipy.
     ties = np.array([[-1.0, 2, 0, 0], [0, -1, 1, 0], [0, 0, -1, 0], [1, -1, 0, 0]])
-    np.testing.assert_allclose(rot.canonical(ties),
-                               Rotation.from_quat(ties).as_quat(canonical=True), atol=1e-15)
+    np.testing.assert_allclose(rot.canonical(ties), Rotation.from_quat(ties).as_quat(canonical=True), atol=1e-15)
 
 
 def test_multiply_composes_like_matrices_and_scipy():
@@ -172,21 +168,23 @@ def test_multiply_composes_like_matrices_and_scipy():
     a, b = rot.uniform_so3(200, g), rot.uniform_so3(200, g)
     ab = rot.multiply(a, b)
     np.testing.assert_allclose(
-        rot.quaternion_to_matrix(ab),
-        rot.quaternion_to_matrix(a) @ rot.quaternion_to_matrix(b), atol=1e-12)
+        rot.quaternion_to_matrix(ab), rot.quaternion_to_matrix(a) @ rot.quaternion_to_matrix(b), atol=1e-12
+    )
     np.testing.assert_allclose(
-        rot.canonical(ab),
-        (Rotation.from_quat(a) * Rotation.from_quat(b)).as_quat(canonical=True), atol=1e-12)
+        rot.canonical(ab), (Rotation.from_quat(a) * Rotation.from_quat(b)).as_quat(canonical=True), atol=1e-12
+    )
     # Not commutative: the order matters.
     assert np.max(rot.distance(ab, rot.multiply(b, a))) > 0.1
 
 
 def test_conjugate_is_inverse():
     q = rot.uniform_so3(100, 6)
-    np.testing.assert_allclose(rot.canonical(rot.multiply(q, rot.conjugate(q))),
-                               np.broadcast_to(IDENTITY, q.shape), atol=1e-15)
-    np.testing.assert_allclose(rot.quaternion_to_matrix(rot.conjugate(q)),
-                               np.swapaxes(rot.quaternion_to_matrix(q), -1, -2), atol=1e-14)
+    np.testing.assert_allclose(
+        rot.canonical(rot.multiply(q, rot.conjugate(q))), np.broadcast_to(IDENTITY, q.shape), atol=1e-15
+    )
+    np.testing.assert_allclose(
+        rot.quaternion_to_matrix(rot.conjugate(q)), np.swapaxes(rot.quaternion_to_matrix(q), -1, -2), atol=1e-14
+    )
 
 
 def test_multiply_broadcasts():
@@ -208,8 +206,7 @@ def test_viewing_direction_is_rt_ez_and_ignores_in_plane_angle():
     np.testing.assert_allclose(np.linalg.norm(v, axis=-1), 1.0, atol=1e-15)
     other = angles.copy()
     other[:, 0] = np.random.default_rng(10).uniform(0, 2 * np.pi, len(angles))
-    np.testing.assert_allclose(rot.viewing_direction(rot.euler_to_quaternion(other)), v,
-                               atol=1e-12)
+    np.testing.assert_allclose(rot.viewing_direction(rot.euler_to_quaternion(other)), v, atol=1e-12)
 
 
 def test_viewing_direction_is_the_papers_astra_ray():
@@ -217,8 +214,7 @@ def test_viewing_direction_is_the_papers_astra_ray():
     angles = random_angles(300, 11)
     r_astra = np.swapaxes(Rotation.from_euler("ZYZ", angles).as_matrix(), -1, -2)
     ray = r_astra @ np.array([0, 0, 1.0])
-    np.testing.assert_allclose(rot.viewing_direction(rot.euler_to_quaternion(angles)), ray,
-                               atol=1e-12)
+    np.testing.assert_allclose(rot.viewing_direction(rot.euler_to_quaternion(angles)), ray, atol=1e-12)
 
 
 def test_papers_extrinsic_quaternions_give_the_same_distances():
@@ -230,8 +226,8 @@ def test_papers_extrinsic_quaternions_give_the_same_distances():
     # ... related by M_paper = C R^T C with C = Rx(pi) ...
     c = np.diag([1.0, -1.0, -1.0])
     np.testing.assert_allclose(
-        rot.quaternion_to_matrix(paper),
-        c @ np.swapaxes(rot.quaternion_to_matrix(ours), -1, -2) @ c, atol=1e-12)
+        rot.quaternion_to_matrix(paper), c @ np.swapaxes(rot.quaternion_to_matrix(ours), -1, -2) @ c, atol=1e-12
+    )
     # ... hence identical pairwise distances, the paper's labels.
     d_ours = rot.distance(ours[:, None], ours[None, :])
     d_paper = rot.distance(paper[:, None], paper[None, :])
@@ -265,8 +261,8 @@ def test_distance_properties():
     np.testing.assert_allclose(rot.distance(-q1, q2), d, atol=1e-15)
     np.testing.assert_allclose(rot.distance(3 * q1, 0.1 * q2), d, atol=1e-14)
     np.testing.assert_allclose(
-        rot.distance(rot.multiply(rot.multiply(a, q1), b), rot.multiply(rot.multiply(a, q2), b)),
-        d, atol=1e-12)
+        rot.distance(rot.multiply(rot.multiply(a, q1), b), rot.multiply(rot.multiply(a, q2), b)), d, atol=1e-12
+    )
     np.testing.assert_allclose(rot.distance(rot.conjugate(q1), rot.conjugate(q2)), d, atol=1e-14)
     np.testing.assert_array_equal(rot.distance(q1, q1), 0.0)
     np.testing.assert_array_equal(rot.distance(q1, -q1), 0.0)
@@ -307,9 +303,9 @@ def test_distance_broadcasts():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("func", [rot.canonical, rot.quaternion_to_euler,
-                                  rot.quaternion_to_matrix, rot.viewing_direction,
-                                  rot.conjugate])
+@pytest.mark.parametrize(
+    "func", [rot.canonical, rot.quaternion_to_euler, rot.quaternion_to_matrix, rot.viewing_direction, rot.conjugate]
+)
 def test_quaternion_shape_errors_name_shapes(func):
     with pytest.raises(ValueError, match=r"\(\.\.\., 4\).*\(5, 3\)"):
         func(np.ones((5, 3)))
@@ -475,8 +471,7 @@ def test_uniform_euler_is_the_papers_uniform_angles():
     q, e = rot.uniform_euler(5000, coverage, offset, rng=3, return_euler=True)
     # Same formula and draw order as theta_k = (s_k + c_k U(0, 1)) pi.
     u = np.random.default_rng(3).random((5000, 3))
-    np.testing.assert_allclose(e, (np.array(offset) + np.array(coverage) * u) * np.pi,
-                               atol=1e-15)
+    np.testing.assert_allclose(e, (np.array(offset) + np.array(coverage) * u) * np.pi, atol=1e-15)
     np.testing.assert_allclose(q, rot.euler_to_quaternion(e), atol=0)
     for k in range(3):
         lo, hi = offset[k] * np.pi, (offset[k] + coverage[k]) * np.pi
@@ -492,12 +487,15 @@ def test_uniform_euler_allows_fixed_angles():
     np.testing.assert_allclose(v, np.broadcast_to(v[0], v.shape), atol=1e-12)
 
 
-@pytest.mark.parametrize("coverage, offset", [
-    ((2, 0.4, 2), (0, 0, 0)),          # 5j0n "half"
-    ((2, 1, 0.4), (0, 0, 0)),          # 5a1a "quarter"
-    ((1, 0.4, 1), (0, 0, 0)),          # 5a1a "quarter, half in-plane"
-    ((0.3, 0.2, 0.5), (1.5, 0.7, 1.2)),
-])
+@pytest.mark.parametrize(
+    "coverage, offset",
+    [
+        ((2, 0.4, 2), (0, 0, 0)),  # 5j0n "half"
+        ((2, 1, 0.4), (0, 0, 0)),  # 5a1a "quarter"
+        ((1, 0.4, 1), (0, 0, 0)),  # 5a1a "quarter, half in-plane"
+        ((0.3, 0.2, 0.5), (1.5, 0.7, 1.2)),
+    ],
+)
 def test_uniform_so3_in_box_exact_count_box_and_distribution(coverage, offset):
     n = 3000
     q, e = rot.uniform_so3_in_box(n, coverage, offset, rng=7, return_euler=True)
@@ -515,20 +513,22 @@ def test_uniform_so3_in_box_exact_count_box_and_distribution(coverage, offset):
 
 def test_uniform_so3_in_box_full_box_is_uniform_so3():
     np.testing.assert_array_equal(rot.uniform_so3_in_box(100, rng=4), rot.uniform_so3(100, rng=4))
-    np.testing.assert_array_equal(rot.sample_orientations(100, "uniform_so3", rng=4),
-                                  rot.uniform_so3(100, rng=4))
+    np.testing.assert_array_equal(rot.sample_orientations(100, "uniform_so3", rng=4), rot.uniform_so3(100, rng=4))
 
 
-@pytest.mark.parametrize("coverage, offset, match", [
-    ((2, 0, 2), (0, 0, 0), "coverage of theta2 must be > 0"),
-    ((-1, 1, 2), (0, 0, 0), "coverage of theta3"),
-    ((2, 1.5, 2), (0, 0, 0), "beyond its range"),
-    ((2, 0.5, 2), (0, 0.6, 0), "beyond its range"),
-    ((2, 1, 2), (-0.1, 0, 0), "offset of theta3 must be >= 0"),
-    ((2, np.nan, 2), (0, 0, 0), "finite"),
-    ((2, 1), (0, 0, 0), "3 numbers"),
-    ((0.001, 0.001, 0.001), (0, 0.5, 0), "Haar probability"),
-])
+@pytest.mark.parametrize(
+    "coverage, offset, match",
+    [
+        ((2, 0, 2), (0, 0, 0), "coverage of theta2 must be > 0"),
+        ((-1, 1, 2), (0, 0, 0), "coverage of theta3"),
+        ((2, 1.5, 2), (0, 0, 0), "beyond its range"),
+        ((2, 0.5, 2), (0, 0.6, 0), "beyond its range"),
+        ((2, 1, 2), (-0.1, 0, 0), "offset of theta3 must be >= 0"),
+        ((2, np.nan, 2), (0, 0, 0), "finite"),
+        ((2, 1), (0, 0, 0), "3 numbers"),
+        ((0.001, 0.001, 0.001), (0, 0.5, 0), "Haar probability"),
+    ],
+)
 def test_uniform_so3_in_box_rejects_bad_boxes(coverage, offset, match):
     with pytest.raises(ValueError, match=match):
         rot.uniform_so3_in_box(10, coverage, offset, rng=0)
@@ -541,8 +541,7 @@ def test_uniform_euler_rejects_bad_boxes():
         rot.uniform_euler(10, (2, 1, -2))
 
 
-@pytest.mark.parametrize("n, exc", [(-1, ValueError), (2.5, TypeError), (True, TypeError),
-                                    ("10", TypeError)])
+@pytest.mark.parametrize("n, exc", [(-1, ValueError), (2.5, TypeError), (True, TypeError), ("10", TypeError)])
 def test_samplers_reject_bad_counts(n, exc):
     with pytest.raises(exc, match="non-negative integer"):
         rot.uniform_so3(n)
@@ -557,14 +556,18 @@ def test_bad_rng_is_reported():
 
 def test_sample_orientations_dispatch_and_aliases():
     box = dict(coverage=(2, 0.4, 2), offset=(0, 0, 0))
-    np.testing.assert_array_equal(rot.sample_orientations(20, "uniform_euler", rng=1, **box),
-                                  rot.uniform_euler(20, rng=1, **box))
-    np.testing.assert_array_equal(rot.sample_orientations(20, "uniform_angles", rng=1, **box),
-                                  rot.uniform_euler(20, rng=1, **box))
-    np.testing.assert_array_equal(rot.sample_orientations(20, "uniform_so3", rng=1, **box),
-                                  rot.uniform_so3_in_box(20, rng=1, **box))
-    np.testing.assert_array_equal(rot.sample_orientations(20, "uniform_S2", rng=1, **box),
-                                  rot.uniform_so3_in_box(20, rng=1, **box))
+    np.testing.assert_array_equal(
+        rot.sample_orientations(20, "uniform_euler", rng=1, **box), rot.uniform_euler(20, rng=1, **box)
+    )
+    np.testing.assert_array_equal(
+        rot.sample_orientations(20, "uniform_angles", rng=1, **box), rot.uniform_euler(20, rng=1, **box)
+    )
+    np.testing.assert_array_equal(
+        rot.sample_orientations(20, "uniform_so3", rng=1, **box), rot.uniform_so3_in_box(20, rng=1, **box)
+    )
+    np.testing.assert_array_equal(
+        rot.sample_orientations(20, "uniform_S2", rng=1, **box), rot.uniform_so3_in_box(20, rng=1, **box)
+    )
     q, e = rot.sample_orientations(20, "uniform_S2", rng=1, return_euler=True, **box)
     assert e.shape == (20, 3) and np.all(e[:, 1] <= 0.4 * np.pi)
 

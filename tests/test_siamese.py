@@ -41,16 +41,19 @@ def _gpu_backend() -> bool:
 
 
 cpu_repeatability = pytest.mark.skipif(
-    "_gpu_backend()", reason="same numbers for the same seed are promised on CPU (measured on an H200 with "
-    "JAX: losses differ in the 4th digit between identical runs)")
+    "_gpu_backend()",
+    reason="same numbers for the same seed are promised on CPU (measured on an H200 with "
+    "JAX: losses differ in the 4th digit between identical runs)",
+)
 
 TINY = dict(input_size=24, n_features=16, regime="batch", batch_size=40, epochs=3, seed=3)
 
 
 def _train(data, **overrides):
     p, q = data
-    return siamese.train(p[:180], q[:180], p[180:], q[180:], TINY | overrides.pop("config", {}),
-                         progress=False, **overrides)
+    return siamese.train(
+        p[:180], q[:180], p[180:], q[180:], TINY | overrides.pop("config", {}), progress=False, **overrides
+    )
 
 
 def test_paper_model_has_the_papers_parameter_count():
@@ -126,8 +129,9 @@ def test_save_and_load_give_identical_outputs(small_data, tmp_path):
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(siamese.predict_pairs(model, p[:10], p[10:20]),
-                                  siamese.predict_pairs(loaded, p[:10], p[10:20]))
+    np.testing.assert_array_equal(
+        siamese.predict_pairs(model, p[:10], p[10:20]), siamese.predict_pairs(loaded, p[:10], p[10:20])
+    )
 
 
 def test_training_lowers_the_validation_loss(small_data):
@@ -258,11 +262,45 @@ def test_cli_train_and_embed(tmp_path, data_mirror, monkeypatch):
 
     monkeypatch.setenv("DATA_MIRROR", str(data_mirror))
     dataset = tmp_path / "d.h5"
-    assert cli.main(["simulate", "--set", "volume=5j0n", "--set", "n_projections=60", "--set", "size=64",
-                     "--out", str(dataset), "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "simulate",
+                "--set",
+                "volume=5j0n",
+                "--set",
+                "n_projections=60",
+                "--set",
+                "size=64",
+                "--out",
+                str(dataset),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     run = tmp_path / "run"
-    assert cli.main(["train", "--dataset", str(dataset), "--out", str(run), "--set", "input_size=16",
-                     "--set", "n_features=8", "--set", "epochs=1", "--set", "regime=batch", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--dataset",
+                str(dataset),
+                "--out",
+                str(run),
+                "--set",
+                "input_size=16",
+                "--set",
+                "n_features=8",
+                "--set",
+                "epochs=1",
+                "--set",
+                "regime=batch",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (run / "model.keras").is_file() and (run / "history.csv").is_file()
     assert json.loads((run / "run.json").read_text())["stop_reason"] == "epochs"
     out = tmp_path / "features.npz"

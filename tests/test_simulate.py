@@ -120,8 +120,9 @@ def test_config_rejects_unknown_keys_and_bad_values(volume_file):
 
 
 def test_dataset_layout_and_provenance(volume_file, tmp_path):
-    path = simulate_dataset(config(volume_file, noise_variance=4.0, store_clean=True), tmp_path / "d.h5",
-                            progress=False)
+    path = simulate_dataset(
+        config(volume_file, noise_variance=4.0, store_clean=True), tmp_path / "d.h5", progress=False
+    )
     data = read_dataset(path)
     size = simulate.default_size((12, 14, 16))
     projections, clean = data.images("standardized"), data.images("clean")
@@ -157,15 +158,15 @@ def test_same_seed_same_dataset_whatever_the_chunking(volume_file, tmp_path):
 
 def test_noise_does_not_change_the_orientations(volume_file, tmp_path):
     clean = read_dataset(simulate_dataset(config(volume_file), tmp_path / "a.h5", progress=False))
-    noisy = read_dataset(simulate_dataset(config(volume_file, noise_variance=16.0), tmp_path / "b.h5",
-                                          progress=False))
+    noisy = read_dataset(simulate_dataset(config(volume_file, noise_variance=16.0), tmp_path / "b.h5", progress=False))
     np.testing.assert_array_equal(clean.quaternions, noisy.quaternions)
     assert not np.allclose(clean.images(), noisy.images())
 
 
 def test_snr_sets_the_noise_from_the_signal(volume_file, tmp_path):
-    data = read_dataset(simulate_dataset(config(volume_file, noise_variance=None, snr_db=-10.0),
-                                         tmp_path / "a.h5", progress=False))
+    data = read_dataset(
+        simulate_dataset(config(volume_file, noise_variance=None, snr_db=-10.0), tmp_path / "a.h5", progress=False)
+    )
     assert data.noise_variance == pytest.approx(10 * data.metadata["signal_variance"])
 
 

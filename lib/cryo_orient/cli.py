@@ -65,8 +65,9 @@ def _simulation_values(args) -> dict:
     if args.profile:
         datasets = load_profile(args.profile)["datasets"]
         if args.dataset not in datasets:
-            raise SystemExit(f"error: profile {args.profile!r} has no dataset {args.dataset!r}; "
-                             f"it defines {sorted(datasets)}")
+            raise SystemExit(
+                f"error: profile {args.profile!r} has no dataset {args.dataset!r}; it defines {sorted(datasets)}"
+            )
         values.update(datasets[args.dataset])
     return values | _set_values(args.set)
 
@@ -77,10 +78,13 @@ def _cmd_simulate(args) -> int:
     values = _simulation_values(args)
     if not values:
         fields = ", ".join(f.name for f in dataclasses.fields(simulate.SimulationConfig))
-        raise SystemExit(f"error: nothing to simulate; give --config, --profile/--dataset or --set key=value ({fields})")
+        raise SystemExit(
+            f"error: nothing to simulate; give --config, --profile/--dataset or --set key=value ({fields})"
+        )
     config = simulate.SimulationConfig.from_dict(values)
-    path = simulate.simulate_dataset(config, args.out, chunk_size=args.chunk_size,
-                                     progress=not args.quiet, overwrite=args.overwrite)
+    path = simulate.simulate_dataset(
+        config, args.out, chunk_size=args.chunk_size, progress=not args.quiet, overwrite=args.overwrite
+    )
     print(path)
     return 0
 
@@ -89,8 +93,10 @@ def _cmd_train(args) -> int:
     config = siamese.TrainingConfig.from_dict(_config_values(args))
     estimator = siamese.SiameseEstimator(config, fresh_noise=args.fresh_perturbation)
     result = estimator.fit(read_dataset(args.dataset), out_dir=args.out, progress=not args.quiet).result
-    print(f"{args.out}: {result.epochs} epochs, {result.seconds:.0f} s, stop: {result.stop_reason}, "
-          f"last train loss {result.history['loss'][-1]:.4f}, validation MAE {result.history['val_mae'][-1]:.4f}")
+    print(
+        f"{args.out}: {result.epochs} epochs, {result.seconds:.0f} s, stop: {result.stop_reason}, "
+        f"last train loss {result.history['loss'][-1]:.4f}, validation MAE {result.history['val_mae'][-1]:.4f}"
+    )
     return 0
 
 
@@ -100,8 +106,13 @@ def _cmd_embed(args) -> int:
     features = estimator.embed(part, progress=not args.quiet)
     with atomic_output(args.out) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, features=features, index=part.index, quaternions=part.quaternions,
-                     feature_distance=estimator.config.feature_distance)
+            np.savez(
+                fh,
+                features=features,
+                index=part.index,
+                quaternions=part.quaternions,
+                feature_distance=estimator.config.feature_distance,
+            )
     print(f"{args.out}: {features.shape[0]} × {features.shape[1]} features ({args.split} split)")
     return 0
 
@@ -116,30 +127,38 @@ def _read_orientations(path, index):
     else:
         with np.load(path) as f:
             if "quaternions" not in f or "losses" not in f:
-                raise SystemExit(f"error: {path} is not an output of `cryo-orient recover` (quaternions, losses, "
-                                 "index); an `embed` file holds the true orientations, not recovered ones")
+                raise SystemExit(
+                    f"error: {path} is not an output of `cryo-orient recover` (quaternions, losses, "
+                    "index); an `embed` file holds the true orientations, not recovered ones"
+                )
             q = f["quaternions"]
             if "index" in f and not np.array_equal(np.sort(f["index"]), np.sort(index)):
-                raise SystemExit(f"error: {path} was recovered for other images than the chosen split's; "
-                                 "use the same --split (and dataset) as for `cryo-orient embed`")
+                raise SystemExit(
+                    f"error: {path} was recovered for other images than the chosen split's; "
+                    "use the same --split (and dataset) as for `cryo-orient embed`"
+                )
     if len(q) != n:
-        raise SystemExit(f"error: {path} holds {len(q)} orientations but the chosen split has {n} images; "
-                         "use the same --split as when they were made")
+        raise SystemExit(
+            f"error: {path} holds {len(q)} orientations but the chosen split has {n} images; "
+            "use the same --split as when they were made"
+        )
     return q
 
 
 def _cmd_recover(args) -> int:
     with np.load(args.embeddings) as f:
         features, index, kind = f["features"], f["index"], str(f["feature_distance"])
-    config = pipeline.PipelineConfig(recovery_restarts=args.restarts, recovery_max_steps=args.max_steps,
-                                     seed=args.seed)
-    result = pipeline.recover_orientations(siamese.distance_function(features, kind), len(features), config,
-                                           progress=not args.quiet)
+    config = pipeline.PipelineConfig(recovery_restarts=args.restarts, recovery_max_steps=args.max_steps, seed=args.seed)
+    result = pipeline.recover_orientations(
+        siamese.distance_function(features, kind), len(features), config, progress=not args.quiet
+    )
     with atomic_output(args.out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, index=index, **result)
-    print(f"{args.out}: {len(features)} orientations, L_OR {float(result['final_loss']):.4g} after "
-          f"{len(result['losses'])} steps")
+    print(
+        f"{args.out}: {len(features)} orientations, L_OR {float(result['final_loss']):.4g} after "
+        f"{len(result['losses'])} steps"
+    )
     return 0
 
 
@@ -150,9 +169,11 @@ def _cmd_gauge(args) -> int:
     config = pipeline.PipelineConfig(gauge_candidates=args.candidates, seed=args.seed)
     choice = pipeline.choose_gauge(images, q, config, progress=not args.quiet)
     relion.write_star(args.out, choice["quaternions"], pixel_size=part.pixel_size or 1.0, image_size=part.image_size)
-    print(f"{args.out}: gauge chosen from common lines (conjugate branch {bool(choice['conjugated'])}, score "
-          f"{float(choice['score']):.4f}; other branch "
-          f"{float(min(choice['score_q'], choice['score_conjugate'])):.4f})")
+    print(
+        f"{args.out}: gauge chosen from common lines (conjugate branch {bool(choice['conjugated'])}, score "
+        f"{float(choice['score']):.4f}; other branch "
+        f"{float(min(choice['score_q'], choice['score_conjugate'])):.4f})"
+    )
     return 0
 
 
@@ -163,25 +184,33 @@ def _cmd_reconstruct(args) -> int:
     images = part.images(args.images)
     size = images.shape[-1]
     shape = tuple(int(n) for n in dataset.metadata["volume_shape"]) if args.box == "map" else (size,) * 3
-    result = reconstruct.reconstruct(images, q, shape, args.backend, iterations=args.iterations,
-                                     progress=not args.quiet)
+    result = reconstruct.reconstruct(
+        images, q, shape, args.backend, iterations=args.iterations, progress=not args.quiet
+    )
     data.write_volume(args.out, result.volume.astype(np.float32), part.pixel_size or 1.0)
-    print(f"{args.out}: {shape} volume from {len(images)} {args.images} images, {result.iterations} iterations "
-          f"({result.backend}, {result.seconds:.0f} s)")
+    print(
+        f"{args.out}: {shape} volume from {len(images)} {args.images} images, {result.iterations} iterations "
+        f"({result.backend}, {result.seconds:.0f} s)"
+    )
     return 0
 
 
 def _cmd_run(args) -> int:
     config = pipeline.PipelineConfig.from_dict(_config_values(args))
     dataset = read_dataset(args.dataset)
-    case = pipeline.run_case(dataset, config, cache_dir=args.cache_dir or Path(args.out) / "cache",
-                             progress=not args.quiet, log=print)
+    case = pipeline.run_case(
+        dataset, config, cache_dir=args.cache_dir or Path(args.out) / "cache", progress=not args.quiet, log=print
+    )
     written = pipeline.write_outputs(case, dataset, args.out)
     summary = {k: v for k, v in case["summary"].items()}
-    save_text(json.dumps(jsonable({"config": config.to_dict(), "summary": summary}), indent=2) + "\n",
-              Path(args.out) / "summary.json")
-    print(f"{args.out}: E_OR median {summary['E_OR_median']:.3f} rad, mean {summary['E_OR_mean']:.3f} rad; "
-          f"{len(written)} maps and STAR files, summary.json")
+    save_text(
+        json.dumps(jsonable({"config": config.to_dict(), "summary": summary}), indent=2) + "\n",
+        Path(args.out) / "summary.json",
+    )
+    print(
+        f"{args.out}: E_OR median {summary['E_OR_median']:.3f} rad, mean {summary['E_OR_mean']:.3f} rad; "
+        f"{len(written)} maps and STAR files, summary.json"
+    )
     return 0
 
 
@@ -197,8 +226,9 @@ def _cmd_fsc(args) -> int:
         res, crossed = curve.resolution(threshold)
         print(f"FSC {threshold}: {res:.2f} Å" + ("" if crossed else " (not crossed before Nyquist)"))
     if args.out:
-        rows = ["frequency_per_angstrom,fsc,voxels"] + [f"{f:.6g},{c:.6g},{n}" for f, c, n in
-                                                        zip(curve.frequency, curve.correlation, curve.counts)]
+        rows = ["frequency_per_angstrom,fsc,voxels"] + [
+            f"{f:.6g},{c:.6g},{n}" for f, c, n in zip(curve.frequency, curve.correlation, curve.counts)
+        ]
         save_text("\n".join(rows) + "\n", args.out)
     return 0
 
@@ -214,15 +244,13 @@ def _report_targets(profile_name: str) -> list[str]:
     ones (``make compare``) once they have been built."""
     profile = load_profile(profile_name)
     out_dir = Path("figures") / profile_name
-    return [t for t in profile if t != "datasets"
-            and (t not in OPTIONAL_TARGETS or (out_dir / f"{t}.json").is_file())]
+    return [t for t in profile if t != "datasets" and (t not in OPTIONAL_TARGETS or (out_dir / f"{t}.json").is_file())]
 
 
 def _cmd_report(args) -> int:
     """Write figures/<profile>/REPORT.md and REPORT.html."""
     try:
-        paths = report.write_report(args.profile, reference_path=args.reference,
-                                    targets=_report_targets(args.profile))
+        paths = report.write_report(args.profile, reference_path=args.reference, targets=_report_targets(args.profile))
     except report.ReportError as err:
         raise SystemExit(f"error: {err}") from err
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -254,7 +282,9 @@ def _cmd_check_outputs(args) -> int:
     if problems:
         print("missing outputs:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
-    print(f"figures/{args.profile}: all {len(targets)} targets have their outputs and a section in {report.REPORT_NAME}")
+    print(
+        f"figures/{args.profile}: all {len(targets)} targets have their outputs and a section in {report.REPORT_NAME}"
+    )
     return 0
 
 
@@ -266,8 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--config", help="a TOML or JSON file holding a SimulationConfig")
     sim.add_argument("--profile", help="take the dataset settings from this profile (with --dataset)")
     sim.add_argument("--dataset", help="the dataset's name in the profile")
-    sim.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="set or override one setting, e.g. --set noise_variance=16 (repeatable)")
+    sim.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set or override one setting, e.g. --set noise_variance=16 (repeatable)",
+    )
     sim.add_argument("--out", required=True, help="the .h5 file to write")
     sim.add_argument("--chunk-size", type=int, default=256)
     sim.add_argument("--overwrite", action="store_true", help="recompute even if the file is up to date")
@@ -283,10 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dataset", required=True, help="a dataset written by `cryo-orient simulate`")
     tr.add_argument("--out", required=True, help="run folder (model.keras, history.csv); an unfinished run resumes")
     tr.add_argument("--config", help="a TOML or JSON file holding a TrainingConfig")
-    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="set one training setting, e.g. --set regime=batch --set epochs=50 (repeatable)")
-    tr.add_argument("--fresh-perturbation", action="store_true",
-                    help="train on the clean projections with new noise and shifts every batch")
+    tr.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set one training setting, e.g. --set regime=batch --set epochs=50 (repeatable)",
+    )
+    tr.add_argument(
+        "--fresh-perturbation",
+        action="store_true",
+        help="train on the clean projections with new noise and shifts every batch",
+    )
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_train)
 
@@ -319,12 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     recon = sub.add_parser("reconstruct", help="reconstruct a volume from a split's projections")
     recon.add_argument("--dataset", required=True)
-    recon.add_argument("--orientations", required=True,
-                       help="a STAR file, an .npz with quaternions, or 'truth' (the simulated orientations)")
+    recon.add_argument(
+        "--orientations",
+        required=True,
+        help="a STAR file, an .npz with quaternions, or 'truth' (the simulated orientations)",
+    )
     recon.add_argument("--split", choices=SPLITS, default="test")
     recon.add_argument("--images", choices=("clean", "noisy"), default="noisy")
-    recon.add_argument("--box", choices=("detector", "map"), default="detector",
-                       help="the detector's cube (default) or the true map's grid")
+    recon.add_argument(
+        "--box",
+        choices=("detector", "map"),
+        default="detector",
+        help="the detector's cube (default) or the true map's grid",
+    )
     recon.add_argument("--iterations", type=int, default=100)
     recon.add_argument("--backend", choices=("auto", "nufft", "astra"), default="auto")
     recon.add_argument("--out", required=True, help="the MRC file to write")
@@ -341,8 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="write figures/<profile>/REPORT.md and .html: ours beside the paper's numbers")
     rep.add_argument("--profile", required=True)
-    rep.add_argument("--reference", default="experiments/paper-reference.toml",
-                     help="the file holding the paper's reference values")
+    rep.add_argument(
+        "--reference", default="experiments/paper-reference.toml", help="the file holding the paper's reference values"
+    )
     rep.add_argument("--readme", help="also write the headline table into this README (between its markers)")
     rep.set_defaults(func=_cmd_report)
 
@@ -350,12 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--profile", required=True)
     check.set_defaults(func=_cmd_check_outputs)
 
-    run = sub.add_parser("run", help="the whole pipeline on a simulated dataset: every stage, cached, then maps and STAR files")
+    run = sub.add_parser(
+        "run", help="the whole pipeline on a simulated dataset: every stage, cached, then maps and STAR files"
+    )
     run.add_argument("--dataset", required=True, help="a dataset written by `cryo-orient simulate`")
     run.add_argument("--out", required=True, help="folder for the maps, STAR files and summary.json")
     run.add_argument("--config", help="a TOML or JSON file holding a PipelineConfig (a profile's [pipeline] table)")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="set one pipeline setting, e.g. --set estimator=exact (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set one pipeline setting, e.g. --set estimator=exact (repeatable)",
+    )
     run.add_argument("--cache-dir", help="where stages are cached (default OUT/cache)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)

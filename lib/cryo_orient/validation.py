@@ -126,9 +126,7 @@ def real(value, name: str, *, minimum: float | None = None, strict: bool = False
         except (TypeError, ValueError):
             raise InputTypeError(f"{name} must be a real number ({need}); got {value!r}") from None
     value = float(value)
-    if not math.isfinite(value) or (
-        minimum is not None and (value < minimum or (strict and value == minimum))
-    ):
+    if not math.isfinite(value) or (minimum is not None and (value < minimum or (strict and value == minimum))):
         raise InputError(f"{name} must be {need}; got {value}")
     return value
 

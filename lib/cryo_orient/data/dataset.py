@@ -54,8 +54,15 @@ IMAGE_KINDS = ("standardized", "noisy", "clean")
 SPLITS = ("all", "train", "val", "test")
 
 #: Attributes every simulated dataset file carries (written by ``simulate_dataset``).
-_REQUIRED_ATTRS = ("config", "cache_key", "provenance", "noise_variance", "standardization_mean",
-                   "standardization_std", "voxel_size")
+_REQUIRED_ATTRS = (
+    "config",
+    "cache_key",
+    "provenance",
+    "noise_variance",
+    "standardization_mean",
+    "standardization_std",
+    "voxel_size",
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -162,7 +169,8 @@ class Dataset:
                 raise InputError(
                     f"{self.path.name}: the projections are shifted, and no stage here (as in the paper) estimates "
                     "shifts: reconstructing from them would blur the map; use its clean projections "
-                    "(store_clean = true) or a dataset without shifts")
+                    "(store_clean = true) or a dataset without shifts"
+                )
             mean, std = self.standardization
             return self._read("projections", rows).astype(np.float64) * std + mean
         if self.has_clean:
@@ -171,7 +179,8 @@ class Dataset:
             return self.images("noisy", index)
         raise InputError(
             f"{self.path.name} has no clean projections; simulate it with store_clean = true to reconstruct "
-            "from noiseless images" + ("" if self.shifted else ", or use its noisy images"))
+            "from noiseless images" + ("" if self.shifted else ", or use its noisy images")
+        )
 
     def subset(self, index) -> Dataset:
         """The dataset of the images at positions ``index`` (a view of the same file)."""
@@ -184,9 +193,14 @@ class Dataset:
         def take(a):
             return None if a is None else a[index]
 
-        return dataclasses.replace(self, index=self.index[index], quaternions=take(self.quaternions),
-                                   euler=take(self.euler), shifts=self.shifts[index],
-                                   ctf=MappingProxyType({k: v[index] for k, v in self.ctf.items()}))
+        return dataclasses.replace(
+            self,
+            index=self.index[index],
+            quaternions=take(self.quaternions),
+            euler=take(self.euler),
+            shifts=self.shifts[index],
+            ctf=MappingProxyType({k: v[index] for k, v in self.ctf.items()}),
+        )
 
     def split_index(self, name: str) -> np.ndarray:
         """Positions of the split ``name`` (see the module docstring) within this dataset."""
@@ -243,32 +257,49 @@ def _read_hdf5(path: Path) -> Dataset:
             raise InputError(f"{path} lacks {missing}: it was not fully written; simulate it again")
         projections = f["projections"]
         if projections.ndim != 3 or projections.shape[1] != projections.shape[2]:
-            raise InputError(f"{path}: projections must be an (n, s, s) stack of square images, got shape "
-                             f"{projections.shape}; simulate it again")
+            raise InputError(
+                f"{path}: projections must be an (n, s, s) stack of square images, got shape "
+                f"{projections.shape}; simulate it again"
+            )
         n, size = projections.shape[0], projections.shape[1]
         arrays = {name: f[name][()] for name in ("quaternions", "euler", "shifts")}
         has_clean = "clean" in f
         if has_clean and f["clean"].shape != projections.shape:
-            raise InputError(f"{path}: {f['clean'].shape[0]} clean images of shape {f['clean'].shape[1:]} for {n} "
-                             f"projections of {projections.shape[1:]}; simulate it again")
+            raise InputError(
+                f"{path}: {f['clean'].shape[0]} clean images of shape {f['clean'].shape[1:]} for {n} "
+                f"projections of {projections.shape[1:]}; simulate it again"
+            )
         attrs = dict(f.attrs)
     if n < 1:
         raise InputError(f"{path} holds no projections; simulate it again")
     for name, width in (("quaternions", 4), ("euler", 3), ("shifts", 2)):
         a = arrays[name]
         if a.shape != (n, width):
-            raise InputError(f"{path}: {name} must have shape ({n}, {width}), one row per projection, got "
-                             f"{a.shape}; simulate it again")
+            raise InputError(
+                f"{path}: {name} must have shape ({n}, {width}), one row per projection, got "
+                f"{a.shape}; simulate it again"
+            )
         if not np.all(np.isfinite(a)):
             raise InputError(f"{path}: {name} hold NaN or infinite values; simulate it again")
     config = _json_attr(path, attrs, "config")
     provenance = _json_attr(path, attrs, "provenance")
     metadata = {k: v for k, v in attrs.items() if k not in ("config", "provenance")}
     voxel = float(metadata["voxel_size"] or 0.0)
-    return Dataset(path=path, index=np.arange(n), quaternions=arrays["quaternions"], euler=arrays["euler"],
-                   shifts=arrays["shifts"], ctf=MappingProxyType({}), pixel_size=voxel if voxel > 0 else None,
-                   image_size=int(size), config=MappingProxyType(config), provenance=MappingProxyType(provenance),
-                   metadata=MappingProxyType(metadata), has_clean=has_clean, _read=_read_rows(path))
+    return Dataset(
+        path=path,
+        index=np.arange(n),
+        quaternions=arrays["quaternions"],
+        euler=arrays["euler"],
+        shifts=arrays["shifts"],
+        ctf=MappingProxyType({}),
+        pixel_size=voxel if voxel > 0 else None,
+        image_size=int(size),
+        config=MappingProxyType(config),
+        provenance=MappingProxyType(provenance),
+        metadata=MappingProxyType(metadata),
+        has_clean=has_clean,
+        _read=_read_rows(path),
+    )
 
 
 #: Readers by file suffix; the particle-stack readers (RELION STAR + MRCS) join them here.

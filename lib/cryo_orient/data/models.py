@@ -87,8 +87,6 @@ def density_from_model(path, voxel_size, resolution, margin=None, *, return_orig
     if not path.is_file():
         raise FileNotFoundError(f"no such atomic model file: {path}")
 
-
-
     try:
         structure = gemmi.read_structure(str(path))
     except (RuntimeError, ValueError, OSError) as err:

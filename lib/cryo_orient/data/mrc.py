@@ -71,11 +71,8 @@ def load_volume(path) -> tuple[np.ndarray, float]:
         raise DataError(f"{path} is not a file; give the path of an MRC map")
     if path.stat().st_size == 0:
         raise DataError(
-            f"{path} is empty (0 bytes), probably from an interrupted download or copy; delete it "
-            "and fetch it again"
+            f"{path} is empty (0 bytes), probably from an interrupted download or copy; delete it and fetch it again"
         )
-
-
 
     try:
         with warnings.catch_warnings():
@@ -101,8 +98,7 @@ def load_volume(path) -> tuple[np.ndarray, float]:
         raise DataError(f"{path} has an MRC header but no data; fetch it again")
     if len(shape) != 3:
         raise DataError(
-            f"{path} holds a {len(shape)}-D array of shape {shape}, not a 3-D volume; give a map "
-            "of a whole volume"
+            f"{path} holds a {len(shape)}-D array of shape {shape}, not a 3-D volume; give a map of a whole volume"
         )
     if volume is None:
         raise DataError(
@@ -120,8 +116,7 @@ def load_volume(path) -> tuple[np.ndarray, float]:
     vx, vy, vz = voxel_xyz
     if not np.allclose([vy, vz], vx, rtol=1e-5, atol=0.0):
         raise DataError(
-            f"{path} has anisotropic voxels (x, y, z) = ({vx}, {vy}, {vz}) A; resample it to "
-            "cubic voxels first"
+            f"{path} has anisotropic voxels (x, y, z) = ({vx}, {vy}, {vz}) A; resample it to cubic voxels first"
         )
     if not (math.isfinite(vx) and vx > 0):
         warnings.warn(
@@ -164,8 +159,7 @@ def write_volume(path, volume, voxel_size, *, origin=None) -> Path:
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise ValueError(
-            f"volume must be 3-D [z, y, x], got shape {volume.shape}; write images or stacks with "
-            "mrcfile directly"
+            f"volume must be 3-D [z, y, x], got shape {volume.shape}; write images or stacks with mrcfile directly"
         )
     if volume.size == 0:
         raise ValueError(f"volume is empty (shape {volume.shape})")
@@ -173,16 +167,12 @@ def write_volume(path, volume, voxel_size, *, origin=None) -> Path:
         raise ValueError(f"volume must hold real numbers, got dtype {volume.dtype}")
     bad = int(volume.size - np.count_nonzero(np.isfinite(volume)))
     if bad:
-        raise ValueError(
-            f"volume holds {bad} NaN or infinite values; replace them (e.g. np.nan_to_num) first"
-        )
+        raise ValueError(f"volume holds {bad} NaN or infinite values; replace them (e.g. np.nan_to_num) first")
     voxel_size = validation.positive(voxel_size, "voxel_size")
     if origin is not None:
         origin = np.asarray(origin, dtype=np.float64)
         if origin.shape != (3,) or not np.all(np.isfinite(origin)):
             raise ValueError(f"origin must be 3 finite numbers (x, y, z), got {origin!r}")
-
-
 
     path = Path(path)
     # our own float32 copy: mrcfile keeps a reference to what it is given

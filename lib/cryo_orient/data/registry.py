@@ -128,8 +128,7 @@ class DataFile:
         # the file name is joined to the cache and mirror directories: a path could escape them
         if self.filename in ("", ".", "..") or Path(self.filename).name != self.filename:
             raise ValueError(
-                f"DataFile {self.name!r}: filename must be a bare file name without directories, "
-                f"got {self.filename!r}"
+                f"DataFile {self.name!r}: filename must be a bare file name without directories, got {self.filename!r}"
             )
 
     @property
@@ -157,10 +156,8 @@ _ENTRIES = (
         # media.githubusercontent.com resolves Git LFS objects; raw.githubusercontent.com serves
         # the file itself only while it is stored outside LFS
         urls=(
-            "https://media.githubusercontent.com/media/JelenaBanjac/protein-reconstruction/"
-            "master/data/5j0n.mrc",
-            "https://raw.githubusercontent.com/JelenaBanjac/protein-reconstruction/"
-            "master/data/5j0n.mrc",
+            "https://media.githubusercontent.com/media/JelenaBanjac/protein-reconstruction/master/data/5j0n.mrc",
+            "https://raw.githubusercontent.com/JelenaBanjac/protein-reconstruction/master/data/5j0n.mrc",
         ),
         description=(
             "The paper's density map of PDB 5j0n (lambda integrase Holliday-junction complex), "
@@ -189,8 +186,7 @@ _ENTRIES = (
         sha256="ff89e48b437d04d5c77412ad9532fb0d56178e3ebbc2747cdbf538b29b7fba7e",
         urls=_github_raw("ml-struct-bio/cryodrgn", ("main", "master"), "tests/data/hand-vol.mrc"),
         description=(
-            "Synthetic, strongly asymmetric 'hand' volume from cryoDRGN's tests (GPL-3.0); "
-            "64^3 voxels of 1 A"
+            "Synthetic, strongly asymmetric 'hand' volume from cryoDRGN's tests (GPL-3.0); 64^3 voxels of 1 A"
         ),
         voxel_size=1.0,
     ),
@@ -244,12 +240,9 @@ def _resolve(name_or_datafile) -> DataFile:
             return REGISTRY[name_or_datafile]
         except KeyError:
             raise ValueError(
-                f"unknown data name {name_or_datafile!r}; known names: {', '.join(REGISTRY)} "
-                "(or pass a DataFile)"
+                f"unknown data name {name_or_datafile!r}; known names: {', '.join(REGISTRY)} (or pass a DataFile)"
             ) from None
-    raise TypeError(
-        f"expected a registry name (str) or a DataFile, got {type(name_or_datafile).__name__}"
-    )
+    raise TypeError(f"expected a registry name (str) or a DataFile, got {type(name_or_datafile).__name__}")
 
 
 def _cache_dir(cache_dir) -> Path:
@@ -408,16 +401,11 @@ def _fetch(datafile: DataFile, cache_dir, mirror, progress: bool, timeout: float
             continue
         try:
             if expected is not None and actual != expected:
-                hint = (
-                    " (it is a Git LFS pointer, not the file itself)"
-                    if _is_lfs_pointer(tmp)
-                    else ""
-                )
+                hint = " (it is a Git LFS pointer, not the file itself)" if _is_lfs_pointer(tmp) else ""
                 tmp.unlink()
                 mismatch = True
                 attempts.append(
-                    f"{source}: checksum mismatch, expected sha256 {expected}, got {actual}{hint}; "
-                    "discarded"
+                    f"{source}: checksum mismatch, expected sha256 {expected}, got {actual}{hint}; discarded"
                 )
                 # not silent even if a later source succeeds: a bad mirror or URL needs fixing
                 warnings.warn(
@@ -459,9 +447,7 @@ def _fetch(datafile: DataFile, cache_dir, mirror, progress: bool, timeout: float
     raise DataError("\n".join(lines))
 
 
-def fetch(
-    name_or_datafile, cache_dir=None, mirror=None, progress=True, timeout=DEFAULT_TIMEOUT
-) -> Path:
+def fetch(name_or_datafile, cache_dir=None, mirror=None, progress=True, timeout=DEFAULT_TIMEOUT) -> Path:
     """Return the path of a verified local copy of a registered file.
 
     Parameters

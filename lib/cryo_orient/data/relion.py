@@ -93,8 +93,11 @@ def _real_array(value, name, trailing, what) -> np.ndarray:
     if arr.ndim < 1 or arr.shape[-1] != trailing:
         raise ValueError(
             f"{name} must have shape (N, {trailing}) ({what}), got shape {arr.shape}"
-            + ("; transpose it if the components are on the first axis"
-               if arr.ndim == 2 and arr.shape[0] == trailing else "")
+            + (
+                "; transpose it if the components are on the first axis"
+                if arr.ndim == 2 and arr.shape[0] == trailing
+                else ""
+            )
         )
     bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
     if bad:
@@ -218,8 +221,10 @@ def relion_to_quaternions(angles_deg) -> np.ndarray:
     """
     angles = _real_array(angles_deg, "angles_deg", 3, "RELION (rot, tilt, psi) in degrees")
     r, t, s = np.moveaxis(np.radians(angles) / 2.0, -1, 0)
-    p = np.stack([np.sin(t) * np.sin(s - r), np.sin(t) * np.cos(r - s),
-                  np.cos(t) * np.sin(r + s), np.cos(t) * np.cos(r + s)], axis=-1)
+    p = np.stack(
+        [np.sin(t) * np.sin(s - r), np.sin(t) * np.cos(r - s), np.cos(t) * np.sin(r + s), np.cos(t) * np.cos(r + s)],
+        axis=-1,
+    )
     return rotations.canonical(p * np.array([-1.0, -1.0, -1.0, 1.0]))  # p is the quaternion of Rᵀ
 
 
@@ -272,13 +277,19 @@ def _existing_stack(stack, n, image_size, pixel_size) -> None:
         shape = (int(mrc.header.nz), int(mrc.header.ny), int(mrc.header.nx))
         voxel = float(mrc.voxel_size.x)
     if shape[0] != n:
-        raise ValueError(f"image_stack {stack.name} holds {shape[0]} images but there are {n} quaternions; "
-                         "write one image per orientation")
+        raise ValueError(
+            f"image_stack {stack.name} holds {shape[0]} images but there are {n} quaternions; "
+            "write one image per orientation"
+        )
     if shape[1:] != (image_size, image_size):
-        raise ValueError(f"image_stack {stack.name} holds {shape[2]} x {shape[1]} images but image_size is {image_size}")
+        raise ValueError(
+            f"image_stack {stack.name} holds {shape[2]} x {shape[1]} images but image_size is {image_size}"
+        )
     if voxel > 0 and not math.isclose(voxel, pixel_size, rel_tol=1e-5):
-        raise ValueError(f"image_stack {stack.name} has voxel size {voxel:g} Å but pixel_size is {pixel_size:g} Å; "
-                         "RELION would use the STAR file's, so make them agree")
+        raise ValueError(
+            f"image_stack {stack.name} has voxel size {voxel:g} Å but pixel_size is {pixel_size:g} Å; "
+            "RELION would use the STAR file's, so make them agree"
+        )
 
 
 def _loop(block, columns, rows) -> list[str]:
@@ -288,8 +299,19 @@ def _loop(block, columns, rows) -> list[str]:
     return lines + [""]
 
 
-def write_star(path, quaternions, *, pixel_size, image_size, shifts=None, image_stack=None, voltage=300.0,
-               spherical_aberration=2.7, amplitude_contrast=0.1, optics_group_name="opticsGroup1") -> Path:
+def write_star(
+    path,
+    quaternions,
+    *,
+    pixel_size,
+    image_size,
+    shifts=None,
+    image_stack=None,
+    voltage=300.0,
+    spherical_aberration=2.7,
+    amplitude_contrast=0.1,
+    optics_group_name="opticsGroup1",
+) -> Path:
     """Write orientations (and shifts, and image names) as a RELION 3.1 particle STAR file.
 
     Parameters
@@ -363,11 +385,14 @@ def write_star(path, quaternions, *, pixel_size, image_size, shifts=None, image_
         else:
             stack_images = _check_images(image_stack, "image_stack")
             if len(stack_images) != n:
-                raise ValueError(f"image_stack holds {len(stack_images)} images but there are {n} quaternions; "
-                                 "pass one image per orientation")
+                raise ValueError(
+                    f"image_stack holds {len(stack_images)} images but there are {n} quaternions; "
+                    "pass one image per orientation"
+                )
             if stack_images.shape[1] != image_size:
-                raise ValueError(f"image_stack images are {stack_images.shape[1]} pixels wide but image_size is "
-                                 f"{image_size}")
+                raise ValueError(
+                    f"image_stack images are {stack_images.shape[1]} pixels wide but image_size is {image_size}"
+                )
             stack = path.with_suffix(".mrcs")
         stack_name = Path(os.path.relpath(stack.resolve(), path.parent.resolve())).as_posix()
         _token("the stack's path relative to the STAR file", stack_name)
@@ -375,8 +400,16 @@ def write_star(path, quaternions, *, pixel_size, image_size, shifts=None, image_
     angles = quaternions_to_relion(q)
     # the particle was moved by +(dy, dx); RELION's origin is the opposite, x first, in Å
     origins = -shifts[:, ::-1] * pixel_size + 0.0
-    optics_row = ["1", optics_group_name, f"{amplitude_contrast:.6f}", f"{spherical_aberration:.6f}",
-                  f"{voltage:.6f}", f"{pixel_size:.6f}", str(image_size), "2"]
+    optics_row = [
+        "1",
+        optics_group_name,
+        f"{amplitude_contrast:.6f}",
+        f"{spherical_aberration:.6f}",
+        f"{voltage:.6f}",
+        f"{pixel_size:.6f}",
+        str(image_size),
+        "2",
+    ]
     columns = (["rlnImageName"] if stack is not None else []) + [*ANGLE_COLUMNS, *ORIGIN_COLUMNS, "rlnOpticsGroup"]
     rows = []
     for i in range(n):
@@ -419,8 +452,10 @@ def _numbers(path, columns, names, what) -> np.ndarray:
     bad = ~np.all(np.isfinite(values), axis=1)
     if bad.any():
         rows = (np.flatnonzero(bad)[:5] + 1).tolist()
-        raise ValueError(f"{path}: {int(bad.sum())} row(s) have NaN or infinite {what} (rows {rows}, counting from 1); "
-                         "fix or remove them")
+        raise ValueError(
+            f"{path}: {int(bad.sum())} row(s) have NaN or infinite {what} (rows {rows}, counting from 1); "
+            "fix or remove them"
+        )
     return values
 
 
@@ -481,13 +516,17 @@ def read_star(path) -> dict:
     block = doc.find_block("particles")
     if block is None:
         names = [b.name for b in doc]
-        raise ValueError(f"{path} has no data_particles table (it has data_{', data_'.join(names) or ' nothing'}); "
-                         "read_star reads RELION 3.1 files - convert older ones with relion_convert_star")
+        raise ValueError(
+            f"{path} has no data_particles table (it has data_{', data_'.join(names) or ' nothing'}); "
+            "read_star reads RELION 3.1 files - convert older ones with relion_convert_star"
+        )
     particles = _columns(block)
     missing = [c for c in ANGLE_COLUMNS if c not in particles]
     if missing:
-        raise ValueError(f"{path} has no orientations: data_particles lacks the column(s) {missing}; "
-                         "run a 3-D refinement or write the file with write_star")
+        raise ValueError(
+            f"{path} has no orientations: data_particles lacks the column(s) {missing}; "
+            "run a 3-D refinement or write the file with write_star"
+        )
     angles = _numbers(path, particles, ANGLE_COLUMNS, "angles")
     n = len(angles)
 
@@ -525,8 +564,10 @@ def _pixel_sizes(path, particles, optics, n):
     by_group = dict(zip(groups, sizes))
     if "rlnOpticsGroup" not in particles:
         if len(sizes) != 1:
-            raise ValueError(f"{path}: data_particles has no rlnOpticsGroup column but there are {len(sizes)} "
-                             "optics groups; add the column")
+            raise ValueError(
+                f"{path}: data_particles has no rlnOpticsGroup column but there are {len(sizes)} "
+                "optics groups; add the column"
+            )
         return np.full(n, sizes[0])
     wanted = [int(v) for v in particles["rlnOpticsGroup"]]
     unknown = sorted(set(wanted) - set(by_group))

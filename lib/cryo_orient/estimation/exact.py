@@ -71,7 +71,7 @@ def _pair_normal(i, j, seed):
     h1 = _splitmix64(key ^ np.uint64(seed))
     h2 = _splitmix64(h1)
     # Top 53 bits -> u1 in (0, 1] (log never sees 0) and u2 in [0, 1); then Box-Muller.
-    scale = 2.0 ** -53
+    scale = 2.0**-53
     u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 1.0) * scale
     u2 = (h2 >> np.uint64(11)).astype(np.float64) * scale
     return (np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)).reshape(shape)
@@ -130,8 +130,10 @@ def perturbed_distances(q, sigma, *, redrawn=True, rng=None, clip=None):
 
 def _true_orientations(dataset: Dataset) -> np.ndarray:
     if dataset.quaternions is None:
-        raise InputError(f"{dataset.path.name} has no known orientations, which exact and perturbed distances need; "
-                         "use a trained estimator (estimator = 'siamese')")
+        raise InputError(
+            f"{dataset.path.name} has no known orientations, which exact and perturbed distances need; "
+            "use a trained estimator (estimator = 'siamese')"
+        )
     return dataset.quaternions
 
 

@@ -275,8 +275,9 @@ def build_encoder(input_size=116, n_features=512, *, name="encoder"):
     inputs = keras.Input((input_size, input_size, 1), name="projection")
     x = inputs
     for block, (f, k) in enumerate(zip(filters, KERNELS), start=1):
-        x = layers.Conv2D(f, k, padding="same", activation="relu", kernel_initializer="glorot_uniform",
-                          name=f"conv{block}")(x)
+        x = layers.Conv2D(
+            f, k, padding="same", activation="relu", kernel_initializer="glorot_uniform", name=f"conv{block}"
+        )(x)
         x = layers.MaxPooling2D(2, padding="same", name=f"pool{block}")(x)
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
     return keras.Model(inputs, x, name=name)
@@ -320,8 +321,10 @@ def encoder_of(model):
     except ValueError:
         if len(model.inputs) == 1:
             return model
-        raise ValueError("this model has neither an 'encoder' layer nor a single input; "
-                         "pass a model built by cryo_orient.estimation.siamese.build_model") from None
+        raise ValueError(
+            "this model has neither an 'encoder' layer nor a single input; "
+            "pass a model built by cryo_orient.estimation.siamese.build_model"
+        ) from None
 
 
 def head_kind(model) -> str:
@@ -335,14 +338,16 @@ def layer_table(model) -> list[dict]:
     rows = []
     for layer in encoder.layers:
         shape = tuple(layer.output.shape[1:]) if hasattr(layer, "output") else ()
-        rows.append({
-            "name": layer.name,
-            "type": type(layer).__name__,
-            "output_shape": [int(s) for s in shape],
-            "parameters": int(layer.count_params()),
-            "kernel": list(getattr(layer, "kernel_size", ())) or None,
-            "filters": getattr(layer, "filters", None),
-        })
+        rows.append(
+            {
+                "name": layer.name,
+                "type": type(layer).__name__,
+                "output_shape": [int(s) for s in shape],
+                "parameters": int(layer.count_params()),
+                "kernel": list(getattr(layer, "kernel_size", ())) or None,
+                "filters": getattr(layer, "filters", None),
+            }
+        )
     return rows
 
 
@@ -369,8 +374,9 @@ def resize_images(images, size) -> np.ndarray:
     if size < s and s % size == 0:
         k = s // size
         return images.reshape(n, size, k, size, k).mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
-    return np.stack([resize(im, (size, size), anti_aliasing=size < s, preserve_range=True) for im in images]
-                    ).astype(np.float32)
+    return np.stack([resize(im, (size, size), anti_aliasing=size < s, preserve_range=True) for im in images]).astype(
+        np.float32
+    )
 
 
 def sample_pairs(n, n_pairs, rng=None) -> np.ndarray:
@@ -517,7 +523,7 @@ def _pair_dataset(images, pairs, labels, batch_size, rng):
             return int(np.ceil(len(order) / batch_size))
 
         def __getitem__(self, k):
-            idx = order[k * batch_size:(k + 1) * batch_size]
+            idx = order[k * batch_size : (k + 1) * batch_size]
             i, j = pairs[idx, 0], pairs[idx, 1]
             return (images[i][..., None], images[j][..., None]), labels[idx]
 
@@ -534,7 +540,7 @@ def _image_dataset(images, q, batch_size, rng):
             return n_batches
 
         def __getitem__(self, k):
-            idx = order[k * batch_size:(k + 1) * batch_size]
+            idx = order[k * batch_size : (k + 1) * batch_size]
             return images[idx][..., None], q[idx].astype(np.float32)
 
     return Images()
@@ -623,12 +629,24 @@ def _validation_metrics(encoder, images, q, pairs, kind, batch_size):
     features = embed(encoder, images, batch_size=batch_size, progress=False)
     d_p = feature_distances(features[pairs[:, 0]], features[pairs[:, 1]], kind)
     err = d_p - _pair_labels(q, pairs)
-    return {"val_mae": float(np.mean(np.abs(err))), "val_mse": float(np.mean(err**2)),
-            "val_rms": float(np.sqrt(np.mean(err**2)))}
+    return {
+        "val_mae": float(np.mean(np.abs(err))),
+        "val_mse": float(np.mean(err**2)),
+        "val_rms": float(np.sqrt(np.mean(err**2))),
+    }
 
 
-def train(train_images, train_quaternions, val_images, val_quaternions, config=None, *, out_dir=None,
-          perturbation=None, progress=True) -> TrainingResult:
+def train(
+    train_images,
+    train_quaternions,
+    val_images,
+    val_quaternions,
+    config=None,
+    *,
+    out_dir=None,
+    perturbation=None,
+    progress=True,
+) -> TrainingResult:
     """Train the Siamese distance estimator.
 
     Parameters
@@ -698,8 +716,10 @@ def train(train_images, train_quaternions, val_images, val_quaternions, config=N
         if run_file.is_file():
             previous = json.loads(run_file.read_text())
             if previous["identity"] != jsonable(identity):
-                raise ValueError(f"{out_dir} holds a different training run (other config or data); "
-                                 "choose another out_dir or delete that one")
+                raise ValueError(
+                    f"{out_dir} holds a different training run (other config or data); "
+                    "choose another out_dir or delete that one"
+                )
             if (out_dir / _checkpoint_name(config)).is_file() and (out_dir / "history.csv").is_file():
                 history = _read_history(out_dir / "history.csv")
                 _custom("FeatureDistance")  # registers the custom classes for loading
@@ -747,14 +767,21 @@ def train(train_images, train_quaternions, val_images, val_quaternions, config=N
                 pairs_seen += len(train_pairs)
                 images_seen += 2 * len(train_pairs)
             logs = fit_model.fit(data, epochs=1, verbose=0, shuffle=False).history
-            metrics = _validation_metrics(encoder, val_images, val_q, val_pairs, config.feature_distance,
-                                          config.batch_size)
-            row = {"epoch": epoch, "loss": float(logs["loss"][-1]), **metrics,
-                   "seconds": previous_seconds + time.perf_counter() - t0,
-                   "pairs_seen": int(pairs_seen), "images_seen": int(images_seen)}
+            metrics = _validation_metrics(
+                encoder, val_images, val_q, val_pairs, config.feature_distance, config.batch_size
+            )
+            row = {
+                "epoch": epoch,
+                "loss": float(logs["loss"][-1]),
+                **metrics,
+                "seconds": previous_seconds + time.perf_counter() - t0,
+                "pairs_seen": int(pairs_seen),
+                "images_seen": int(images_seen),
+            }
             if not np.isfinite(row["loss"]):
-                raise FloatingPointError(f"training loss became {row['loss']} at epoch {epoch}; "
-                                         "lower learning_rate or check the inputs")
+                raise FloatingPointError(
+                    f"training loss became {row['loss']} at epoch {epoch}; lower learning_rate or check the inputs"
+                )
             for k in HISTORY_FIELDS:
                 history[k].append(row[k])
             if bar is not None:
@@ -775,11 +802,14 @@ def train(train_images, train_quaternions, val_images, val_quaternions, config=N
         if bar is not None:
             bar.close()
     if out_dir is not None:
-        save_text(json.dumps({"identity": jsonable(identity), "stop_reason": stop_reason}, indent=2) + "\n",
-                  out_dir / "run.json")
+        save_text(
+            json.dumps({"identity": jsonable(identity), "stop_reason": stop_reason}, indent=2) + "\n",
+            out_dir / "run.json",
+        )
     seconds = history["seconds"][-1] if history["seconds"] else 0.0
-    return TrainingResult(model=model, history=history, config=config, seconds=seconds,
-                          stop_reason=stop_reason, out_dir=out_dir)
+    return TrainingResult(
+        model=model, history=history, config=config, seconds=seconds, stop_reason=stop_reason, out_dir=out_dir
+    )
 
 
 def load_run(out_dir) -> TrainingResult:
@@ -788,24 +818,38 @@ def load_run(out_dir) -> TrainingResult:
     out_dir = Path(out_dir)
     for name in ("run.json", "model.keras", "history.csv"):
         if not (out_dir / name).is_file():
-            raise FileNotFoundError(f"{out_dir / name} is missing; train with cryo_orient.estimation.siamese.train "
-                                    f"(or `cryo-orient train`) into {out_dir} first")
+            raise FileNotFoundError(
+                f"{out_dir / name} is missing; train with cryo_orient.estimation.siamese.train "
+                f"(or `cryo-orient train`) into {out_dir} first"
+            )
     run = json.loads((out_dir / "run.json").read_text())
     history = _read_history(out_dir / "history.csv")
     _custom("FeatureDistance")  # registers the custom classes for loading
     model = keras.saving.load_model(out_dir / "model.keras")
-    return TrainingResult(model=model, history=history, config=TrainingConfig.from_dict(run["identity"]["config"]),
-                          seconds=history["seconds"][-1] if history["seconds"] else 0.0,
-                          stop_reason=run.get("stop_reason") or "interrupted", out_dir=out_dir)
+    return TrainingResult(
+        model=model,
+        history=history,
+        config=TrainingConfig.from_dict(run["identity"]["config"]),
+        seconds=history["seconds"][-1] if history["seconds"] else 0.0,
+        stop_reason=run.get("stop_reason") or "interrupted",
+        out_dir=out_dir,
+    )
 
 
 def run_folder(dataset: Dataset, config: TrainingConfig, perturbation: Perturbation | None, cache_dir) -> Path:
     """The run folder of a training on ``dataset`` in ``cache_dir``: named by a hash of the
     dataset's content key, the config and the perturbation, so a re-run loads the finished model,
     an interrupted one resumes, and any change trains anew."""
-    key = json.dumps(jsonable({"dataset": dataset.cache_key, "config": config.to_dict(),
-                               "perturbation": None if perturbation is None else dataclasses.asdict(perturbation)}),
-                     sort_keys=True)
+    key = json.dumps(
+        jsonable(
+            {
+                "dataset": dataset.cache_key,
+                "config": config.to_dict(),
+                "perturbation": None if perturbation is None else dataclasses.asdict(perturbation),
+            }
+        ),
+        sort_keys=True,
+    )
     return Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -831,7 +875,9 @@ class SiameseEstimator(DistanceEstimator):
     trained = True
 
     def __init__(self, training=None, *, fresh_noise: bool = False):
-        self.config = training if isinstance(training, TrainingConfig) else TrainingConfig.from_dict(dict(training or {}))
+        self.config = (
+            training if isinstance(training, TrainingConfig) else TrainingConfig.from_dict(dict(training or {}))
+        )
         self.fresh_noise = bool(fresh_noise)
         self.result: TrainingResult | None = None
 
@@ -843,8 +889,10 @@ class SiameseEstimator(DistanceEstimator):
         perturbation = None
         if self.fresh_noise:
             if not dataset.has_clean:
-                raise InputError(f"{dataset.path} has no clean projections, which fresh noise and shifts need; "
-                                 "simulate it with store_clean = true")
+                raise InputError(
+                    f"{dataset.path} has no clean projections, which fresh noise and shifts need; "
+                    "simulate it with store_clean = true"
+                )
             perturbation = Perturbation.from_dataset(dataset)
         if dataset.quaternions is None:
             raise InputError(f"{dataset.path} has no known orientations to train on")
@@ -856,8 +904,16 @@ class SiameseEstimator(DistanceEstimator):
         train_part, val_part = dataset.split("train"), dataset.split("val")
         if out_dir is None:
             out_dir = run_folder(dataset, self.config, perturbation, cache_dir)
-        self.result = train(inputs(train_part), train_part.quaternions, inputs(val_part), val_part.quaternions,
-                            self.config, out_dir=out_dir, perturbation=perturbation, progress=progress)
+        self.result = train(
+            inputs(train_part),
+            train_part.quaternions,
+            inputs(val_part),
+            val_part.quaternions,
+            self.config,
+            out_dir=out_dir,
+            perturbation=perturbation,
+            progress=progress,
+        )
         return self
 
     @classmethod
@@ -886,14 +942,21 @@ class SiameseEstimator(DistanceEstimator):
 
     def describe(self) -> dict:
         run = self._fitted()
-        return {"run_dir": str(run.out_dir), "epochs": run.epochs, "seconds": run.seconds,
-                "fresh_noise": self.fresh_noise, "final_train_loss": run.history["loss"][-1],
-                "final_val_mae": run.history["val_mae"][-1]}
+        return {
+            "run_dir": str(run.out_dir),
+            "epochs": run.epochs,
+            "seconds": run.seconds,
+            "fresh_noise": self.fresh_noise,
+            "final_train_loss": run.history["loss"][-1],
+            "final_val_mae": run.history["val_mae"][-1],
+        }
 
     def log_line(self) -> str:
         run = self._fitted()
-        return (f"estimator: {run.epochs} epochs{' (fresh noise every batch)' if self.fresh_noise else ''}, "
-                f"val MAE {run.history['val_mae'][-1]:.3f} ({run.out_dir})")
+        return (
+            f"estimator: {run.epochs} epochs{' (fresh noise every batch)' if self.fresh_noise else ''}, "
+            f"val MAE {run.history['val_mae'][-1]:.3f} ({run.out_dir})"
+        )
 
 
 # --------------------------------------------------------------------------- inference
@@ -906,8 +969,10 @@ def _as_batch(images, input_size):
     if images.ndim != 4 or images.shape[-1] != 1:
         raise ValueError(f"images must be an (n, s, s) or (n, s, s, 1) array, got shape {images.shape}")
     if images.shape[1:3] != (input_size, input_size):
-        raise ValueError(f"the model takes {input_size}×{input_size} images, got {images.shape[1]}×{images.shape[2]}; "
-                         f"resize them with cryo_orient.estimation.siamese.resize_images(images, {input_size})")
+        raise ValueError(
+            f"the model takes {input_size}×{input_size} images, got {images.shape[1]}×{images.shape[2]}; "
+            f"resize them with cryo_orient.estimation.siamese.resize_images(images, {input_size})"
+        )
     if not np.all(np.isfinite(images)):
         raise ValueError("images contain NaN or infinite values")
     return images
@@ -934,7 +999,7 @@ def embed(model, images, *, batch_size=256, progress=True) -> np.ndarray:
         chunks = tqdm(chunks, desc="embedding", unit="batch")
     # predict_on_batch runs the compiled inference function (an eager call is several times slower
     # on JAX and TensorFlow alike, which matters for the per-epoch validation of short epochs).
-    out = [np.asarray(encoder.predict_on_batch(images[k:k + batch_size]), dtype=np.float32) for k in chunks]
+    out = [np.asarray(encoder.predict_on_batch(images[k : k + batch_size]), dtype=np.float32) for k in chunks]
     return np.concatenate(out) if out else np.zeros((0, encoder.output_shape[-1]), np.float32)
 
 
@@ -944,5 +1009,9 @@ def predict_pairs(model, images_a, images_b, *, batch_size=256) -> np.ndarray:
     a, b = _as_batch(images_a, size), _as_batch(images_b, size)
     if len(a) != len(b):
         raise ValueError(f"need as many images on both sides, got {len(a)} and {len(b)}")
-    return np.concatenate([np.asarray(model([a[k:k + batch_size], b[k:k + batch_size]], training=False))
-                           for k in range(0, len(a), batch_size)]).astype(np.float32)
+    return np.concatenate(
+        [
+            np.asarray(model([a[k : k + batch_size], b[k : k + batch_size]], training=False))
+            for k in range(0, len(a), batch_size)
+        ]
+    ).astype(np.float32)

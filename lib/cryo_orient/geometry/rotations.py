@@ -96,11 +96,14 @@ def _as_float_array(a, name, trailing, what, *, require_norm=False):
             f"{name} must be an array of real numbers ({what}); got {type(a).__name__}: {exc}"
         ) from None
     expected = "(..., " + ", ".join(str(t) for t in trailing) + ")"
-    if arr.ndim < len(trailing) or arr.shape[arr.ndim - len(trailing):] != tuple(trailing):
+    if arr.ndim < len(trailing) or arr.shape[arr.ndim - len(trailing) :] != tuple(trailing):
         raise InputError(
             f"{name} must have shape {expected} ({what}); got shape {arr.shape}."
-            + (" Transpose it if the components are on the first axis." if
-               arr.ndim >= 1 and arr.shape[0] == trailing[-1] else "")
+            + (
+                " Transpose it if the components are on the first axis."
+                if arr.ndim >= 1 and arr.shape[0] == trailing[-1]
+                else ""
+            )
         )
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
@@ -156,13 +159,11 @@ def _as_box(coverage, offset, *, allow_empty):
             arr = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
             raise TypeError(
-                f"{name} must be 3 numbers (theta3, theta2, theta1) in units of pi; "
-                f"got {value!r}."
+                f"{name} must be 3 numbers (theta3, theta2, theta1) in units of pi; got {value!r}."
             ) from None
         if arr.shape != (3,):
             raise ValueError(
-                f"{name} must be 3 numbers (theta3, theta2, theta1) in units of pi; "
-                f"got shape {arr.shape}."
+                f"{name} must be 3 numbers (theta3, theta2, theta1) in units of pi; got shape {arr.shape}."
             )
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} must be finite; got {arr.tolist()}.")
@@ -172,10 +173,7 @@ def _as_box(coverage, offset, *, allow_empty):
     for k in range(3):
         if coverage[k] < 0 or (coverage[k] == 0 and not allow_empty):
             need = ">= 0" if allow_empty else "> 0 (a zero-width box has probability 0)"
-            raise ValueError(
-                f"coverage of {names[k]} must be {need}; got coverage={coverage.tolist()} "
-                "(units of pi)."
-            )
+            raise ValueError(f"coverage of {names[k]} must be {need}; got coverage={coverage.tolist()} (units of pi).")
         if offset[k] < 0:
             raise ValueError(
                 f"offset of {names[k]} must be >= 0 (angles are in [0, 2pi) x [0, pi] x "
@@ -214,7 +212,8 @@ def canonical(q):
     q = _normalize(as_quaternions(q))
     x, y, z, w = np.moveaxis(q, -1, 0)
     flip = np.where(
-        w != 0, w < 0,
+        w != 0,
+        w < 0,
         np.where(x != 0, x < 0, np.where(y != 0, y < 0, z < 0)),
     )
     return np.where(flip[..., None], -q, q)
@@ -495,9 +494,7 @@ def distance(q1, q2):
     """
     a = _normalize(as_quaternions(q1, "q1"))
     b = _normalize(as_quaternions(q2, "q2"))
-    phi = 2.0 * np.arctan2(
-        np.linalg.norm(a - b, axis=-1), np.linalg.norm(a + b, axis=-1)
-    )
+    phi = 2.0 * np.arctan2(np.linalg.norm(a - b, axis=-1), np.linalg.norm(a + b, axis=-1))
     d = 2.0 * np.minimum(phi, np.pi - phi)
     return d[()] if d.ndim == 0 else d
 
@@ -542,14 +539,10 @@ def distance_tf(q1, q2):
                 f"Cast it with tf.cast({name}, tf.float32)."
             )
         if t.shape.rank == 0 or (t.shape.rank is not None and t.shape[-1] not in (None, 4)):
-            raise ValueError(
-                f"{name} must have shape (..., 4) (quaternions (x, y, z, w)); got shape "
-                f"{t.shape}."
-            )
+            raise ValueError(f"{name} must have shape (..., 4) (quaternions (x, y, z, w)); got shape {t.shape}.")
     if q1.dtype != q2.dtype:
         raise TypeError(
-            f"q1 and q2 must have the same dtype; got {q1.dtype.name} and {q2.dtype.name}. "
-            "Cast one with tf.cast."
+            f"q1 and q2 must have the same dtype; got {q1.dtype.name} and {q2.dtype.name}. Cast one with tf.cast."
         )
     tiny = tf.constant(np.finfo(q1.dtype.as_numpy_dtype).tiny, dtype=q1.dtype)
 
@@ -599,8 +592,7 @@ def _acceptance(coverage, offset):
     return (c3 / 2) * (c1 / 2) * max(tilt, 0.0)
 
 
-def uniform_euler(n, coverage=FULL_COVERAGE, offset=(0.0, 0.0, 0.0), rng=None, *,
-                  return_euler=False):
+def uniform_euler(n, coverage=FULL_COVERAGE, offset=(0.0, 0.0, 0.0), rng=None, *, return_euler=False):
     """Rotations with Euler angles drawn uniformly in a box (the paper's ``uniform_angles``).
 
     ``theta_k = (offset_k + coverage_k * U(0, 1)) * pi`` for ``k`` in
@@ -641,8 +633,7 @@ def uniform_euler(n, coverage=FULL_COVERAGE, offset=(0.0, 0.0, 0.0), rng=None, *
     return (q, angles) if return_euler else q
 
 
-def uniform_so3_in_box(n, coverage=FULL_COVERAGE, offset=(0.0, 0.0, 0.0), rng=None, *,
-                       return_euler=False):
+def uniform_so3_in_box(n, coverage=FULL_COVERAGE, offset=(0.0, 0.0, 0.0), rng=None, *, return_euler=False):
     """Haar-uniform rotations restricted to an Euler box (the paper's ``uniform_S2``).
 
     Uniform rotations are drawn in batches, converted to canonical Euler angles, and those
@@ -725,8 +716,9 @@ _METHODS = {
 }
 
 
-def sample_orientations(n, method="uniform_so3", coverage=FULL_COVERAGE,
-                        offset=(0.0, 0.0, 0.0), rng=None, *, return_euler=False):
+def sample_orientations(
+    n, method="uniform_so3", coverage=FULL_COVERAGE, offset=(0.0, 0.0, 0.0), rng=None, *, return_euler=False
+):
     """Sample orientations by name, as the paper's ``angles_gen_mode``.
 
     Parameters

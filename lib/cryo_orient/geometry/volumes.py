@@ -45,8 +45,9 @@ def transform_volume(volume, matrix, shape=None, *, order=1) -> np.ndarray:
     c_out = np.array(shape) // 2
     c_in = np.array(v.shape) // 2
     offset = c_in - A @ c_out
-    return ndimage.affine_transform(v, A, offset=offset, output_shape=shape, order=order, mode="constant",
-                                    cval=0.0, prefilter=order > 1)
+    return ndimage.affine_transform(
+        v, A, offset=offset, output_shape=shape, order=order, mode="constant", cval=0.0, prefilter=order > 1
+    )
 
 
 def correlation(a, b, mask=None) -> float:
@@ -77,9 +78,17 @@ def refine_alignment(volume, reference, matrix, *, max_iter=200):
     def negative(vec):
         return -correlation(transform_volume(volume, moved(vec), ref.shape), ref)
 
-    res = minimize(negative, np.zeros(3), method="Nelder-Mead",
-                   options={"maxiter": max_iter, "xatol": 1e-4, "fatol": 1e-6,
-                            "initial_simplex": np.vstack([np.zeros(3), 0.03 * np.eye(3)])})
+    res = minimize(
+        negative,
+        np.zeros(3),
+        method="Nelder-Mead",
+        options={
+            "maxiter": max_iter,
+            "xatol": 1e-4,
+            "fatol": 1e-6,
+            "initial_simplex": np.vstack([np.zeros(3), 0.03 * np.eye(3)]),
+        },
+    )
     start = -negative(np.zeros(3))
     if -res.fun <= start:
         return M0, start

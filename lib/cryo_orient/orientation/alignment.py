@@ -166,16 +166,13 @@ def _as_quaternions(q, name, *, ndim=None):
         arr = np.array(q, dtype=np.float64)  # a copy: callers' arrays are never touched
     except (TypeError, ValueError) as exc:
         raise TypeError(
-            f"{name} must be an array of quaternions (x, y, z, w) of real numbers; got "
-            f"{type(q).__name__}: {exc}"
+            f"{name} must be an array of quaternions (x, y, z, w) of real numbers; got {type(q).__name__}: {exc}"
         ) from None
     if arr.ndim < 1 or arr.shape[-1] != 4 or (ndim is not None and arr.ndim != ndim):
         shape = {1: "(4,)", 2: "(n, 4)"}.get(ndim, "(..., 4)")
-        hint = (" Transpose it if the components are on the first axis."
-                if arr.ndim == 2 and arr.shape[0] == 4 else "")
+        hint = " Transpose it if the components are on the first axis." if arr.ndim == 2 and arr.shape[0] == 4 else ""
         raise ValueError(
-            f"{name} must have shape {shape} (quaternions (x, y, z, w), scalar last); got "
-            f"shape {arr.shape}.{hint}"
+            f"{name} must have shape {shape} (quaternions (x, y, z, w), scalar last); got shape {arr.shape}.{hint}"
         )
     if not np.all(np.isfinite(arr)):
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
@@ -198,9 +195,7 @@ def _as_transform(T, name="T"):
     try:
         arr = np.array(T, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"{name} must be a 4 x 4 array of real numbers; got {type(T).__name__}: {exc}"
-        ) from None
+        raise TypeError(f"{name} must be a 4 x 4 array of real numbers; got {type(T).__name__}: {exc}") from None
     if arr.shape != (4, 4):
         raise ValueError(
             f"{name} must have shape (4, 4) (acting on quaternions (x, y, z, w) as column "
@@ -249,8 +244,7 @@ def _right_matrix(b):
 # squared Frobenius norm 4 (checked in the tests), so the coordinates of L(a) R(b) in this
 # basis are the 16 products a_k b_m.
 _PRODUCT_BASIS = np.stack(
-    [(_left_matrix(_BASIS[k]) @ _right_matrix(_BASIS[m])).ravel()
-     for k in range(4) for m in range(4)]
+    [(_left_matrix(_BASIS[k]) @ _right_matrix(_BASIS[m])).ravel() for k in range(4) for m in range(4)]
 )
 
 
@@ -651,11 +645,9 @@ def align(q_true, q_est, *, refine=True, max_iter=1000, tol=1e-12):
     best = {}
     for det in (1, -1):
         # Many starts reach the same chordal minimum: keep each once.
-        candidates = _distinct(_procrustes_signs(
-            q_s, q_hat_s, _nearest_on_component(starts, det), det, max_iter))
+        candidates = _distinct(_procrustes_signs(q_s, q_hat_s, _nearest_on_component(starts, det), det, max_iter))
         if refine:
-            scores, candidates = _refine_geodesic(
-                q_s, q_hat_s, candidates, det, SCREEN_ITERATIONS, tol)
+            scores, candidates = _refine_geodesic(q_s, q_hat_s, candidates, det, SCREEN_ITERATIONS, tol)
         else:
             scores = _chordal_errors(q_s, q_hat_s, candidates)
         T = candidates[np.argmin(scores)][None]
@@ -704,9 +696,7 @@ def summary(alignment):
         error found with det +1 and with det -1).
     """
     if not isinstance(alignment, Alignment):
-        raise TypeError(
-            f"summary expects the Alignment returned by align(); got {type(alignment).__name__}."
-        )
+        raise TypeError(f"summary expects the Alignment returned by align(); got {type(alignment).__name__}.")
     a = alignment
     return {
         "n": int(len(a.errors)),

@@ -35,8 +35,10 @@ def query(fn, i, j, step):
     try:
         d = np.asarray(out, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"the distance callable must return an array of real numbers; {where} "
-                        f"it returned {type(out).__name__}: {exc}") from None
+        raise TypeError(
+            f"the distance callable must return an array of real numbers; {where} "
+            f"it returned {type(out).__name__}: {exc}"
+        ) from None
     if d.shape != i.shape:
         if d.size == i.size:
             d = d.reshape(i.shape)
@@ -56,8 +58,6 @@ def query(fn, i, j, step):
     return d
 
 
-
-
 def sample_distinct_pairs(rng, n, size):
     """Uniform ordered pairs with i != j: j is i plus a non-zero offset modulo n."""
     i = rng.integers(0, n, size)
@@ -65,15 +65,12 @@ def sample_distinct_pairs(rng, n, size):
     return i, j
 
 
-
-
 def run(opt, fn, n, s, rng, progress, callback, label):
     """One optimisation from the optimiser's current state; returns its outcome as a dict."""
     losses = np.empty(s["max_steps"])
     stop = Stopper(s)
     sample = sample_distinct_pairs if s["mode"] == "improved" else sample_any_pairs
-    with tqdm(total=s["max_steps"], disable=not progress, desc=label, unit="step",
-              leave=False) as bar:
+    with tqdm(total=s["max_steps"], disable=not progress, desc=label, unit="step", leave=False) as bar:
         step = 0
         while step < s["max_steps"]:
             i, j = sample(rng, n, s["batch_size"])
@@ -97,8 +94,11 @@ def run(opt, fn, n, s, rng, progress, callback, label):
     losses = losses[:step].copy()
     window = min(s["window"], step)
     return {
-        "q": rotations.canonical(opt.value()), "losses": losses, "steps": step,
-        "reason": stop.reason or "max_steps", "learning_rate": stop.learning_rate,
+        "q": rotations.canonical(opt.value()),
+        "losses": losses,
+        "steps": step,
+        "reason": stop.reason or "max_steps",
+        "learning_rate": stop.learning_rate,
         "final": float(np.mean(losses[-window:])),
     }
 
@@ -143,7 +143,7 @@ class Stopper:
             return False
         if self.mode == "faithful":
             # The paper: |mean(last 1000) - mean(previous 1000)| < 1e-7, checked every step.
-            if k >= 2 * w and abs(last - float(np.mean(losses[-2 * w:-w]))) < self.plateau_tol:
+            if k >= 2 * w and abs(last - float(np.mean(losses[-2 * w : -w]))) < self.plateau_tol:
                 self.reason = "plateau"
                 return True
             return False
@@ -213,9 +213,13 @@ class TensorFlowAdam:
         tf = self.tf
         self.t += 1
         # Adam's bias correction in float64 on the host; the step gets the corrected rate.
-        lr_t = learning_rate * math.sqrt(1 - self.b2 ** self.t) / (1 - self.b1 ** self.t)
-        args = [tf.constant(i, tf.int64), tf.constant(j, tf.int64),
-                tf.constant(target.astype(self.np_dtype)), tf.constant(lr_t, self.dtype)]
+        lr_t = learning_rate * math.sqrt(1 - self.b2**self.t) / (1 - self.b1**self.t)
+        args = [
+            tf.constant(i, tf.int64),
+            tf.constant(j, tf.int64),
+            tf.constant(target.astype(self.np_dtype)),
+            tf.constant(lr_t, self.dtype),
+        ]
         if self.faithful:
             rows, counts = np.unique(np.concatenate([i, j]), return_counts=True)
             args += [tf.constant(rows, tf.int64), tf.constant(counts, tf.int64)]
@@ -258,8 +262,11 @@ class TensorFlowAdam:
         shrink = 1.0 - 2.0 * np.finfo(self.np_dtype).eps
 
         spec = [tf.TensorSpec([None], tf.int64)] * 2 + [
-            tf.TensorSpec([None], self.dtype), tf.TensorSpec([], self.dtype),
-            tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64)]
+            tf.TensorSpec([None], self.dtype),
+            tf.TensorSpec([], self.dtype),
+            tf.TensorSpec([None], tf.int64),
+            tf.TensorSpec([None], tf.int64),
+        ]
 
         @tf.function(input_signature=spec)
         def step(i, j, target, lr_t, rows, counts):
@@ -286,8 +293,7 @@ class TensorFlowAdam:
                 m_new = b1 * mr + (1 - b1) * g
                 v_new = b2 * vr + (1 - b2) * tf.square(g)
                 x_new = x - lr_t * m_new / (tf.sqrt(v_new) + eps)
-                return (r + 1, tf.where(live, x_new, x), tf.where(live, m_new, mr),
-                        tf.where(live, v_new, vr))
+                return (r + 1, tf.where(live, x_new, x), tf.where(live, m_new, mr), tf.where(live, v_new, vr))
 
             _, x, mr, vr = tf.while_loop(lambda r, *_: r < for_rounds, body, (r, x, mr, vr))
             var.scatter_nd_update(rows[:, None], x)

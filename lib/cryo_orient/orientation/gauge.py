@@ -180,15 +180,35 @@ def _refine(cl, base, pairs, start, max_iter):
         A = (Rotation.from_rotvec(vec) * Rotation.from_matrix(start)).as_matrix()
         return -_scores(cl, _candidate_matrices(A[None], base), pairs, interpolate=True)[0]
 
-    res = minimize(negative, np.zeros(3), method="Nelder-Mead",
-                   options={"maxiter": max_iter, "xatol": 1e-4, "fatol": 1e-7, "initial_simplex":
-                            np.vstack([np.zeros(3), 0.05 * np.eye(3)])})
+    res = minimize(
+        negative,
+        np.zeros(3),
+        method="Nelder-Mead",
+        options={
+            "maxiter": max_iter,
+            "xatol": 1e-4,
+            "fatol": 1e-7,
+            "initial_simplex": np.vstack([np.zeros(3), 0.05 * np.eye(3)]),
+        },
+    )
     A = (Rotation.from_rotvec(res.x) * Rotation.from_matrix(start)).as_matrix()
     return A, -float(res.fun)
 
 
-def choose_gauge(images, quaternions, *, n_images=400, n_pairs=4000, n_candidates=5000, n_refine=3,
-                 n_angles=360, max_radius=None, refine_iterations=300, rng=None, progress=False) -> GaugeChoice:
+def choose_gauge(
+    images,
+    quaternions,
+    *,
+    n_images=400,
+    n_pairs=4000,
+    n_candidates=5000,
+    n_refine=3,
+    n_angles=360,
+    max_radius=None,
+    refine_iterations=300,
+    rng=None,
+    progress=False,
+) -> GaugeChoice:
     """Choose the non-physical part of the O(4) ambiguity of recovered orientations.
 
     Parameters
@@ -251,9 +271,13 @@ def choose_gauge(images, quaternions, *, n_images=400, n_pairs=4000, n_candidate
     base_q = rotations.conjugate(q) if conj else q
     fixed = rotations.canonical(rotations.multiply(left[None], base_q))
     return GaugeChoice(
-        quaternions=fixed, left=left, conjugated=conj, score=score,
+        quaternions=fixed,
+        left=left,
+        conjugated=conj,
+        score=score,
         branch_scores={"q": best[False][1], "conjugate": best[True][1]},
-        images_used=len(subset), pairs_used=len(pairs),
+        images_used=len(subset),
+        pairs_used=len(pairs),
     )
 
 

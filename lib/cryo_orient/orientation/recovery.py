@@ -108,49 +108,59 @@ __all__ = [
 ]
 
 # The paper's settings (README section 4.3), for mode="faithful".
-FAITHFUL = MappingProxyType({
-    "mode": "faithful",
-    "batch_size": 256,
-    "learning_rate": 0.5,
-    "max_steps": 30_000,
-    "init": "uniform_euler",
-    "init_coverage": (2.0, 0.4, 2.0),
-    "pairs": "ordered, with replacement, i == j allowed",
-    "distance_form": "arccos",
-    "dtype": "float64",
-    "normalise_rows": False,
-    "adam": MappingProxyType({"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7,
-                              "rows": "lazy: only drawn rows, k updates for k appearances"}),
-    "window": 1000,
-    "tol": 1e-8,
-    "plateau_tol": 1e-7,
-    "plateau_rule": "absolute difference of consecutive window means",
-    "schedule": "constant",
-})
+FAITHFUL = MappingProxyType(
+    {
+        "mode": "faithful",
+        "batch_size": 256,
+        "learning_rate": 0.5,
+        "max_steps": 30_000,
+        "init": "uniform_euler",
+        "init_coverage": (2.0, 0.4, 2.0),
+        "pairs": "ordered, with replacement, i == j allowed",
+        "distance_form": "arccos",
+        "dtype": "float64",
+        "normalise_rows": False,
+        "adam": MappingProxyType(
+            {
+                "beta1": 0.9,
+                "beta2": 0.999,
+                "epsilon": 1e-7,
+                "rows": "lazy: only drawn rows, k updates for k appearances",
+            }
+        ),
+        "window": 1000,
+        "tol": 1e-8,
+        "plateau_tol": 1e-7,
+        "plateau_rule": "absolute difference of consecutive window means",
+        "schedule": "constant",
+    }
+)
 
 # The defaults of mode="improved"; measured in benchmarks/recovery.py (see the module docstring).
-IMPROVED = MappingProxyType({
-    "mode": "improved",
-    "batch_size": None,  # None: n, at least 1024 and at most 65536
-    "learning_rate": 0.1,
-    "max_steps": 20_000,
-    "init": "uniform_so3",
-    "pairs": "ordered, with replacement, i != j",
-    "distance_form": "atan2",
-    "dtype": "float64",
-    "normalise_rows": True,
-    "adam": MappingProxyType({"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7, "rows": "dense"}),
-    "window": 50,
-    "tol": 1e-10,
-    "plateau_tol": 1e-2,
-    "plateau_rule": "relative improvement of the window mean over the best window",
-    "schedule": "halve the learning rate after 2 windows without improvement, 6 times at most",
-    "patience": 2,
-    "decay": 0.5,
-    "max_decays": 6,
-    "arm_fraction": 0.5,
-    "arm_steps": 2000,
-})
+IMPROVED = MappingProxyType(
+    {
+        "mode": "improved",
+        "batch_size": None,  # None: n, at least 1024 and at most 65536
+        "learning_rate": 0.1,
+        "max_steps": 20_000,
+        "init": "uniform_so3",
+        "pairs": "ordered, with replacement, i != j",
+        "distance_form": "atan2",
+        "dtype": "float64",
+        "normalise_rows": True,
+        "adam": MappingProxyType({"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7, "rows": "dense"}),
+        "window": 50,
+        "tol": 1e-10,
+        "plateau_tol": 1e-2,
+        "plateau_rule": "relative improvement of the window mean over the best window",
+        "schedule": "halve the learning rate after 2 windows without improvement, 6 times at most",
+        "patience": 2,
+        "decay": 0.5,
+        "max_decays": 6,
+        "arm_fraction": 0.5,
+        "arm_steps": 2000,
+    }
+)
 
 MODES = MappingProxyType({"faithful": FAITHFUL, "improved": IMPROVED})
 
@@ -219,8 +229,9 @@ def _validate_matrix(d, n):
     try:
         arr = np.asarray(d, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"distances must be an (n, n) array of real numbers or a callable "
-                        f"f(i, j); got {type(d).__name__}: {exc}") from None
+        raise TypeError(
+            f"distances must be an (n, n) array of real numbers or a callable f(i, j); got {type(d).__name__}: {exc}"
+        ) from None
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
         raise ValueError(
             f"distances must be a square (n, n) matrix of pairwise distances; got shape "
@@ -239,21 +250,21 @@ def _validate_matrix(d, n):
         )
     inf = int(np.count_nonzero(np.isinf(arr)))
     if inf:
-        raise ValueError(f"distances has {inf} infinite entr{'y' if inf == 1 else 'ies'}; "
-                         "geodesic distances lie in [0, pi].")
+        raise ValueError(
+            f"distances has {inf} infinite entr{'y' if inf == 1 else 'ies'}; geodesic distances lie in [0, pi]."
+        )
     low = int(np.count_nonzero(arr < -RANGE_TOL))
     high = int(np.count_nonzero(arr > np.pi + RANGE_TOL))
     if low or high:
         found = []
         if low:
-            found.append(f"{low} entr{'y is' if low == 1 else 'ies are'} negative "
-                         f"(min {arr.min():.6g})")
+            found.append(f"{low} entr{'y is' if low == 1 else 'ies are'} negative (min {arr.min():.6g})")
         if high:
-            found.append(f"{high} entr{'y is' if high == 1 else 'ies are'} above pi "
-                         f"(max {arr.max():.6g})")
+            found.append(f"{high} entr{'y is' if high == 1 else 'ies are'} above pi (max {arr.max():.6g})")
         raise ValueError(
             "distances must lie in [0, pi] (geodesic distances between rotations, in radians); "
-            + " and ".join(found) + ". If they are in degrees, convert with np.deg2rad; if they "
+            + " and ".join(found)
+            + ". If they are in degrees, convert with np.deg2rad; if they "
             "are noisy estimates, clip with np.clip(d, 0, np.pi)."
         )
     asym = np.abs(arr - arr.T) > SYMMETRY_TOL
@@ -269,8 +280,10 @@ def _validate_matrix(d, n):
 
 def _lookup(matrix):
     """Callable f(i, j) -> matrix[i, j] (reads only)."""
+
     def f(i, j):
         return matrix[i, j]
+
     return f
 
 
@@ -393,8 +406,7 @@ def _initial(init, n, rng, settings):
             coverage = settings.get("init_coverage", (2.0, 0.4, 2.0))
             settings["init_coverage"] = tuple(coverage)
             return rotations.uniform_euler(n, coverage, rng=rng)
-        raise ValueError(f"init must be 'uniform_so3', 'uniform_euler' or an (n, 4) array; got "
-                         f"{init!r}.")
+        raise ValueError(f"init must be 'uniform_so3', 'uniform_euler' or an (n, 4) array; got {init!r}.")
     q0 = rotations.as_unit_quaternions(init, "init")
     if q0.shape != (n, 4):
         raise ValueError(f"init must have shape (n, 4) = ({n}, 4); got {q0.shape}.")
@@ -402,9 +414,24 @@ def _initial(init, n, rng, settings):
     return q0
 
 
-def recover(distances, n, *, mode="improved", rng=None, batch_size=None, learning_rate=None,
-            max_steps=None, init=None, tol=None, plateau_tol=None, window=None, dtype=None,
-            restarts=1, progress=True, callback=None):
+def recover(
+    distances,
+    n,
+    *,
+    mode="improved",
+    rng=None,
+    batch_size=None,
+    learning_rate=None,
+    max_steps=None,
+    init=None,
+    tol=None,
+    plateau_tol=None,
+    window=None,
+    dtype=None,
+    restarts=1,
+    progress=True,
+    callback=None,
+):
     """Recover orientations from pairwise distances by minimising Eq. 4.
 
     Parameters
@@ -471,11 +498,20 @@ def recover(distances, n, *, mode="improved", rng=None, batch_size=None, learnin
         raise TypeError(f"callback must be callable as callback(step, loss); got {callback!r}.")
     seed = rng if isinstance(rng, numbers.Integral) and not isinstance(rng, bool) else None
     rng = as_rng(rng)
-    s = _resolve_settings(mode, n, {
-        "batch_size": batch_size, "learning_rate": learning_rate, "max_steps": max_steps,
-        "init": init if isinstance(init, str) or init is None else "array", "tol": tol,
-        "plateau_tol": plateau_tol, "window": window, "dtype": dtype,
-    })
+    s = _resolve_settings(
+        mode,
+        n,
+        {
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "max_steps": max_steps,
+            "init": init if isinstance(init, str) or init is None else "array",
+            "tol": tol,
+            "plateau_tol": plateau_tol,
+            "window": window,
+            "dtype": dtype,
+        },
+    )
     s["distances"] = "matrix" if is_matrix else "callable"
     s["rng_seed"] = None if seed is None else int(seed)
     s["restarts"] = validation.integer(restarts, "restarts", 1)
@@ -490,8 +526,7 @@ def recover(distances, n, *, mode="improved", rng=None, batch_size=None, learnin
             opt = engine.TensorFlowAdam(q0, s, tf)
         else:
             opt.reset(q0)  # reuse the compiled step
-        label = f"recover ({mode}, n={n})" + (f" {run + 1}/{s['restarts']}" if s["restarts"] > 1
-                                              else "")
+        label = f"recover ({mode}, n={n})" + (f" {run + 1}/{s['restarts']}" if s["restarts"] > 1 else "")
         out = engine.run(opt, fn, n, s, rng, progress, callback, label)
         finals.append(out["final"])
         # The lowest final loss wins; a run stuck in a local minimum ends visibly higher.
@@ -504,7 +539,11 @@ def recover(distances, n, *, mode="improved", rng=None, batch_size=None, learnin
     best["q"].setflags(write=False)
     best["losses"].setflags(write=False)
     return RecoveryResult(
-        quaternions=best["q"], losses=best["losses"], steps=best["steps"],
-        converged=best["reason"] != "max_steps", stop_reason=best["reason"],
-        seconds=time.perf_counter() - started, settings=jsonable(s),
+        quaternions=best["q"],
+        losses=best["losses"],
+        steps=best["steps"],
+        converged=best["reason"] != "max_steps",
+        stop_reason=best["reason"],
+        seconds=time.perf_counter() - started,
+        settings=jsonable(s),
     )

@@ -116,7 +116,6 @@ def standardize(images, mean=None, std=None) -> np.ndarray:
     return ((images - mean) / std).astype(images.dtype, copy=False)
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Perturbation:
     """Fresh noise and shifts drawn for every training batch (the realistic option).
@@ -145,8 +144,13 @@ class Perturbation:
     def from_dataset(cls, dataset: Dataset) -> Perturbation:
         """The perturbation a simulated :class:`~cryo_orient.data.dataset.Dataset` was made with."""
         mean, std = dataset.standardization
-        return cls(noise_variance=dataset.noise_variance, shift_mode=dataset.config["shift_mode"],
-                   shift_limit=float(dataset.config["shift_limit"]), mean=mean, std=std)
+        return cls(
+            noise_variance=dataset.noise_variance,
+            shift_mode=dataset.config["shift_mode"],
+            shift_limit=float(dataset.config["shift_limit"]),
+            mean=mean,
+            std=std,
+        )
 
     def apply(self, clean, rng) -> np.ndarray:
         """Perturb a batch of clean raw projections; returns new standardised float32 images."""

@@ -150,9 +150,7 @@ class SimulationConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
-                f"unknown simulation config key(s) {unknown}; known keys are {sorted(known)}"
-            )
+            raise ValueError(f"unknown simulation config key(s) {unknown}; known keys are {sorted(known)}")
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -169,8 +167,7 @@ def volume_source(config: SimulationConfig):
     path = Path(config.volume)
     if not path.exists():
         raise FileNotFoundError(
-            f"volume {config.volume!r} is neither a registered name ({sorted(data.REGISTRY)}) "
-            "nor an existing MRC file"
+            f"volume {config.volume!r} is neither a registered name ({sorted(data.REGISTRY)}) nor an existing MRC file"
         )
     volume, voxel_size = data.load_volume(path)
     return volume, voxel_size, hashlib.sha256(path.read_bytes()).hexdigest()
@@ -285,8 +282,11 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
         with h5py.File(tmp, "w") as f:
             rows = min(chunk_size, n)
             images = f.create_dataset("projections", (n, size, size), np.float32, chunks=(rows, size, size))
-            clean_ds = (f.create_dataset("clean", (n, size, size), np.float32, chunks=(rows, size, size))
-                        if config.store_clean else None)
+            clean_ds = (
+                f.create_dataset("clean", (n, size, size), np.float32, chunks=(rows, size, size))
+                if config.store_clean
+                else None
+            )
             total = total_sq = 0.0
             with tqdm(total=n, disable=not progress, desc=f"simulate {path.stem}", unit="proj") as bar:
                 for start in range(0, n, chunk_size):
@@ -316,17 +316,19 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
             f.create_dataset("quaternions", data=quaternions)
             f.create_dataset("euler", data=euler)
             f.create_dataset("shifts", data=shifts)
-            f.attrs.update({
-                "config": json.dumps(config.to_dict(), sort_keys=True),
-                "cache_key": key,
-                "format_version": FORMAT_VERSION,
-                "provenance": json.dumps(provenance, sort_keys=True),
-                "noise_variance": noise_variance,
-                "signal_variance": signal_variance,
-                "standardization_mean": mean,
-                "standardization_std": std,
-                "voxel_size": voxel_size,
-                "volume_sha256": fingerprint,
-                "volume_shape": np.asarray(volume.shape),
-            })
+            f.attrs.update(
+                {
+                    "config": json.dumps(config.to_dict(), sort_keys=True),
+                    "cache_key": key,
+                    "format_version": FORMAT_VERSION,
+                    "provenance": json.dumps(provenance, sort_keys=True),
+                    "noise_variance": noise_variance,
+                    "signal_variance": signal_variance,
+                    "standardization_mean": mean,
+                    "standardization_std": std,
+                    "voxel_size": voxel_size,
+                    "volume_sha256": fingerprint,
+                    "volume_shape": np.asarray(volume.shape),
+                }
+            )
     return path

@@ -31,9 +31,21 @@ from tqdm.auto import tqdm
 from cryo_orient.geometry import rotations
 from cryo_orient.validation import InputError
 
-__all__ = ["BACKENDS", "NAMES", "AstraBackend", "NufftBackend", "ProjectorBackend", "astra_available",
-           "check_size", "default_size", "remove_detector_nyquist", "resolve", "rotation_matrices",
-           "slice_frequencies", "slice_points"]
+__all__ = [
+    "BACKENDS",
+    "NAMES",
+    "AstraBackend",
+    "NufftBackend",
+    "ProjectorBackend",
+    "astra_available",
+    "check_size",
+    "default_size",
+    "remove_detector_nyquist",
+    "resolve",
+    "rotation_matrices",
+    "slice_frequencies",
+    "slice_points",
+]
 
 
 def default_size(shape) -> int:
@@ -66,9 +78,7 @@ def astra_available() -> bool:
 def rotation_matrices(quaternions) -> np.ndarray:
     q = np.asarray(quaternions, dtype=np.float64)
     if q.ndim == 1:
-        raise ValueError(
-            f"quaternions must have shape (N, 4), got {q.shape}; wrap a single one as q[None]"
-        )
+        raise ValueError(f"quaternions must have shape (N, 4), got {q.shape}; wrap a single one as q[None]")
     return rotations.quaternion_to_matrix(q)
 
 
@@ -165,7 +175,6 @@ def _backproject_nufft(projections, matrices, shape, eps, batch_size, nthreads, 
             out += plan.execute(spectrum.ravel()).real
             bar.update(sl.stop - sl.start)
     return out.astype(real_dtype)
-
 
 
 def remove_detector_nyquist(projections) -> np.ndarray:
@@ -342,8 +351,9 @@ class NufftBackend(ProjectorBackend):
         return _ToeplitzNormal(matrices, size, shape, eps, nthreads)
 
     def normal_rhs(self, projections, matrices, shape, *, eps=1e-9, nthreads=None):
-        return self.backproject(remove_detector_nyquist(projections.astype(np.float64)), matrices, shape,
-                                eps=eps, nthreads=nthreads)
+        return self.backproject(
+            remove_detector_nyquist(projections.astype(np.float64)), matrices, shape, eps=eps, nthreads=nthreads
+        )
 
 
 class AstraBackend(ProjectorBackend):
@@ -387,5 +397,3 @@ def resolve(name: str, *, needs=()) -> ProjectorBackend:
             "(astra.use_cuda() is False or astra is not installed); use backend='nufft' or 'auto'"
         )
     return backend
-
-

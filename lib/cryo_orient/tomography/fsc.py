@@ -68,8 +68,10 @@ def _check_volumes(a, b):
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.ndim != 3 or a.shape != b.shape:
-        raise ValueError(f"need two 3-D volumes of the same shape, got {a.shape} and {b.shape}; "
-                         "resample one onto the other's grid first")
+        raise ValueError(
+            f"need two 3-D volumes of the same shape, got {a.shape} and {b.shape}; "
+            "resample one onto the other's grid first"
+        )
     for name, v in (("volume_a", a), ("volume_b", b)):
         if not np.all(np.isfinite(v)):
             raise ValueError(f"{name} contains NaN or infinite values")

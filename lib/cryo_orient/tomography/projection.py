@@ -40,8 +40,15 @@ from scipy import ndimage
 from cryo_orient.tomography import backends
 from cryo_orient.tomography.backends import astra_available, check_size, default_size, rotation_matrices
 
-__all__ = ["BACKENDS", "astra_available", "backproject", "default_size", "project", "project_real_space",
-           "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "astra_available",
+    "backproject",
+    "default_size",
+    "project",
+    "project_real_space",
+    "resolve_backend",
+]
 
 #: The backend names callers may ask for (see :mod:`cryo_orient.tomography.backends`).
 BACKENDS = backends.NAMES
@@ -65,8 +72,9 @@ def _check_volume(volume) -> np.ndarray:
     return volume
 
 
-def project(volume, quaternions, size=None, backend="auto", *, eps=None, batch_size=128,
-            nthreads=None, progress=False) -> np.ndarray:
+def project(
+    volume, quaternions, size=None, backend="auto", *, eps=None, batch_size=128, nthreads=None, progress=False
+) -> np.ndarray:
     """Project a volume along the orientations given as unit quaternions.
 
     Parameters
@@ -96,8 +104,9 @@ def project(volume, quaternions, size=None, backend="auto", *, eps=None, batch_s
     volume = _check_volume(volume)
     matrices = rotation_matrices(quaternions)
     size = check_size(size, volume.shape)
-    return backends.resolve(backend).project(volume, matrices, size, eps=eps, batch_size=batch_size,
-                                             nthreads=nthreads, progress=progress)
+    return backends.resolve(backend).project(
+        volume, matrices, size, eps=eps, batch_size=batch_size, nthreads=nthreads, progress=progress
+    )
 
 
 def project_real_space(volume, quaternions, size=None, *, order=1) -> np.ndarray:
@@ -124,8 +133,9 @@ def project_real_space(volume, quaternions, size=None, *, order=1) -> np.ndarray
     return out
 
 
-def backproject(projections, quaternions, shape, backend="auto", *, eps=None, batch_size=128,
-                nthreads=None, progress=False) -> np.ndarray:
+def backproject(
+    projections, quaternions, shape, backend="auto", *, eps=None, batch_size=128, nthreads=None, progress=False
+) -> np.ndarray:
     """The adjoint of :func:`project`: ``<project(v), p> == <v, backproject(p)>``.
 
     Parameters
@@ -156,13 +166,13 @@ def backproject(projections, quaternions, shape, backend="auto", *, eps=None, ba
     matrices = rotation_matrices(quaternions)
     if len(matrices) != len(projections):
         raise ValueError(
-            f"got {len(projections)} projections but {len(matrices)} quaternions; "
-            "pass one orientation per image"
+            f"got {len(projections)} projections but {len(matrices)} quaternions; pass one orientation per image"
         )
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"shape must be three positive integers (nz, ny, nx), got {shape}")
     if not np.all(np.isfinite(projections)):
         raise ValueError("projections contain NaN or inf values")
-    return backends.resolve(backend).backproject(projections, matrices, shape, eps=eps, batch_size=batch_size,
-                                                 nthreads=nthreads, progress=progress)
+    return backends.resolve(backend).backproject(
+        projections, matrices, shape, eps=eps, batch_size=batch_size, nthreads=nthreads, progress=progress
+    )

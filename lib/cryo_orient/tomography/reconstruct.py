@@ -67,8 +67,9 @@ def normal_operator(quaternions, size, shape, *, eps=1e-9, nthreads=None):
     Equal to ``backproject(remove_detector_nyquist(project(v)))`` up to the NUFFT tolerance and
     single-precision FFTs (about 1e-6 relative).
     """
-    return backends.BACKENDS["nufft"].normal_operator(rotation_matrices(quaternions), check_size(size, shape), shape,
-                                                      eps=eps, nthreads=nthreads)
+    return backends.BACKENDS["nufft"].normal_operator(
+        rotation_matrices(quaternions), check_size(size, shape), shape, eps=eps, nthreads=nthreads
+    )
 
 
 def _check_inputs(projections, quaternions, shape):
@@ -95,8 +96,7 @@ def _check_inputs(projections, quaternions, shape):
     return p, q, shape
 
 
-def _normal_equations_cg(backend, p, q, shape, iterations, tol, regularization, x0, eps, nthreads, progress,
-                         callback):
+def _normal_equations_cg(backend, p, q, shape, iterations, tol, regularization, x0, eps, nthreads, progress, callback):
     """CG on ``(AᵀA + λI) v = Aᵀb`` with the backend's normal operator."""
     matrices = rotation_matrices(q)
     normal = backend.normal_operator(matrices, p.shape[-1], shape, eps=eps, nthreads=nthreads)
@@ -105,8 +105,7 @@ def _normal_equations_cg(backend, p, q, shape, iterations, tol, regularization, 
     def apply(v):
         return normal(v) + regularization * v
 
-    return conjugate_gradients(apply, rhs, x0=x0, iterations=iterations, tol=tol, callback=callback,
-                               progress=progress)
+    return conjugate_gradients(apply, rhs, x0=x0, iterations=iterations, tol=tol, callback=callback, progress=progress)
 
 
 def conjugate_gradients(apply, rhs, *, x0=None, iterations=100, tol=0.0, callback=None, progress=False):
@@ -149,9 +148,21 @@ def conjugate_gradients(apply, rhs, *, x0=None, iterations=100, tol=0.0, callbac
     return x, np.asarray(residuals), stop, k
 
 
-def reconstruct(projections, quaternions, shape, backend="auto", *, iterations=100, tol=1e-4,
-                regularization=0.0, x0=None, eps=1e-9, nthreads=None, progress=False,
-                callback=None) -> Reconstruction:
+def reconstruct(
+    projections,
+    quaternions,
+    shape,
+    backend="auto",
+    *,
+    iterations=100,
+    tol=1e-4,
+    regularization=0.0,
+    x0=None,
+    eps=1e-9,
+    nthreads=None,
+    progress=False,
+    callback=None,
+) -> Reconstruction:
     """Reconstruct a volume from projections at known orientations (least squares).
 
     Parameters
@@ -201,18 +212,28 @@ def reconstruct(projections, quaternions, shape, backend="auto", *, iterations=1
         raise ValueError(f"regularization must be a non-negative number, got {regularization!r}")
     if x0 is not None and np.shape(x0) != shape:
         raise ValueError(f"x0 must have the volume shape {shape}, got {np.shape(x0)}")
-    needs = {name for name, given in (("regularization", bool(regularization)), ("x0", x0 is not None),
-                                      ("callback", callback is not None)) if given}
+    needs = {
+        name
+        for name, given in (
+            ("regularization", bool(regularization)),
+            ("x0", x0 is not None),
+            ("callback", callback is not None),
+        )
+        if given
+    }
     chosen = backends.resolve(backend, needs=needs)
     unsupported = sorted(needs - chosen.solver_options)
     if unsupported:
-        raise ValueError(f"the {chosen.name} backend supports no {', '.join(unsupported)}; "
-                         "use backend='nufft' for those")
+        raise ValueError(
+            f"the {chosen.name} backend supports no {', '.join(unsupported)}; use backend='nufft' for those"
+        )
     start = time.perf_counter()
     volume = chosen.least_squares(p, rotation_matrices(q), shape, int(iterations))
     if volume is not None:
-        return Reconstruction(volume, chosen.name, int(iterations), np.empty(0), "iterations",
-                              time.perf_counter() - start, 0.0)
-    volume, residuals, stop, k = _normal_equations_cg(chosen, p, q, shape, int(iterations), float(tol),
-                                                      float(regularization), x0, eps, nthreads, progress, callback)
+        return Reconstruction(
+            volume, chosen.name, int(iterations), np.empty(0), "iterations", time.perf_counter() - start, 0.0
+        )
+    volume, residuals, stop, k = _normal_equations_cg(
+        chosen, p, q, shape, int(iterations), float(tol), float(regularization), x0, eps, nthreads, progress, callback
+    )
     return Reconstruction(volume, chosen.name, k, residuals, stop, time.perf_counter() - start, float(regularization))

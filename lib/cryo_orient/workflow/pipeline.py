@@ -41,9 +41,19 @@ from cryo_orient.tomography import fsc, projection, reconstruct
 from cryo_orient.validation import InputError
 from cryo_orient.workflow.stages import Stage, StageCache, digest, run_stages
 
-__all__ = ["STAGES", "VOLUME_SETS", "PipelineConfig", "choose_gauge", "make_pipeline_estimator", "pair_fit",
-           "stages_until",
-           "reconstruct_on_map", "recover_orientations", "run_case", "write_outputs"]
+__all__ = [
+    "STAGES",
+    "VOLUME_SETS",
+    "PipelineConfig",
+    "choose_gauge",
+    "make_pipeline_estimator",
+    "pair_fit",
+    "stages_until",
+    "reconstruct_on_map",
+    "recover_orientations",
+    "run_case",
+    "write_outputs",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +106,7 @@ def make_pipeline_estimator(config: PipelineConfig, dataset: Dataset) -> Distanc
     noiseless dataset keeps its cached run."""
     if getattr(ESTIMATORS.get(config.estimator), "trained", False):
         fresh = bool(config.fresh_noise) and dataset.noise_variance > 0
-        return make_estimator(config.estimator, training=config.training, fresh_noise=fresh,
-                              **config.estimator_options)
+        return make_estimator(config.estimator, training=config.training, fresh_noise=fresh, **config.estimator_options)
     return make_estimator(config.estimator, **config.estimator_options)
 
 
@@ -105,20 +114,42 @@ def recover_orientations(distances, n: int, config: PipelineConfig, *, rng=None,
     """The recovery stage (Eq. 4) with the config's mode, restarts and step limit; ``rng`` defaults
     to the pipeline's stream ``[config.seed, 10]``."""
     rng = np.random.default_rng([config.seed, 10]) if rng is None else rng
-    result = recovery.recover(distances, n, mode=config.recovery_mode, restarts=config.recovery_restarts,
-                              max_steps=config.recovery_max_steps, rng=rng, progress=progress)
-    return {"quaternions": result.quaternions, "losses": result.losses,
-            "seconds": np.array(result.seconds), "final_loss": np.array(result.final_loss)}
+    result = recovery.recover(
+        distances,
+        n,
+        mode=config.recovery_mode,
+        restarts=config.recovery_restarts,
+        max_steps=config.recovery_max_steps,
+        rng=rng,
+        progress=progress,
+    )
+    return {
+        "quaternions": result.quaternions,
+        "losses": result.losses,
+        "seconds": np.array(result.seconds),
+        "final_loss": np.array(result.final_loss),
+    }
 
 
 def choose_gauge(images, quaternions, config: PipelineConfig, *, progress=False) -> dict:
     """The gauge stage: the orientations' gauge chosen by common lines, no ground truth."""
-    choice = gauge.choose_gauge(images, quaternions, n_images=config.gauge_images, n_pairs=config.gauge_pairs,
-                                n_candidates=config.gauge_candidates,
-                                rng=np.random.default_rng([config.seed, 12]), progress=progress)
-    return {"quaternions": choice.quaternions, "left": choice.left, "conjugated": np.array(choice.conjugated),
-            "score": np.array(choice.score), "score_q": np.array(choice.branch_scores["q"]),
-            "score_conjugate": np.array(choice.branch_scores["conjugate"])}
+    choice = gauge.choose_gauge(
+        images,
+        quaternions,
+        n_images=config.gauge_images,
+        n_pairs=config.gauge_pairs,
+        n_candidates=config.gauge_candidates,
+        rng=np.random.default_rng([config.seed, 12]),
+        progress=progress,
+    )
+    return {
+        "quaternions": choice.quaternions,
+        "left": choice.left,
+        "conjugated": np.array(choice.conjugated),
+        "score": np.array(choice.score),
+        "score_q": np.array(choice.branch_scores["q"]),
+        "score_conjugate": np.array(choice.branch_scores["conjugate"]),
+    }
 
 
 def _volume_key(images, quaternions, config, backend) -> tuple:
@@ -129,8 +160,15 @@ def _volume_key(images, quaternions, config, backend) -> tuple:
 def _reconstruct_cube(images, quaternions, config, backend, progress) -> dict:
     """The least-squares volume in the detector's cube and the seconds its reconstruction took."""
     size = images.shape[-1]
-    result = reconstruct.reconstruct(images, quaternions, (size, size, size), backend,
-                                     iterations=config.reconstruction_iterations, tol=0.0, progress=progress)
+    result = reconstruct.reconstruct(
+        images,
+        quaternions,
+        (size, size, size),
+        backend,
+        iterations=config.reconstruction_iterations,
+        tol=0.0,
+        progress=progress,
+    )
     return {"volume": result.volume.astype(np.float32), "seconds": np.array(result.seconds)}
 
 
@@ -149,18 +187,25 @@ def pair_fit(distances, q_true, rng, n_pairs: int = 200_000) -> dict:
     i, j = rng.integers(0, len(q_true), size=(2, n_pairs))
     d_p = distances(i, j)
     d_q = rotations.distance(q_true[i], q_true[j])
-    return {"test_pair_mae": float(np.mean(np.abs(d_p - d_q))), "L_at_true_orientations": float(np.mean((d_p - d_q) ** 2))}
+    return {
+        "test_pair_mae": float(np.mean(np.abs(d_p - d_q))),
+        "L_at_true_orientations": float(np.mean((d_p - d_q) ** 2)),
+    }
 
 
 def _pair_fit(ctx) -> dict:
-    return pair_fit(ctx["estimator"].distance_function(ctx["features"]), ctx["test"].quaternions,
-                    np.random.default_rng([ctx["config"].seed, 11]))
+    return pair_fit(
+        ctx["estimator"].distance_function(ctx["features"]),
+        ctx["test"].quaternions,
+        np.random.default_rng([ctx["config"].seed, 11]),
+    )
 
 
 def _random_orientations(ctx) -> np.ndarray:
     config, c = ctx["config"], ctx["dataset"].config
-    return rotations.sample_orientations(ctx["test"].n, "uniform_euler", c["coverage"], c["offset"],
-                                         rng=np.random.default_rng([config.seed, 13]))
+    return rotations.sample_orientations(
+        ctx["test"].n, "uniform_euler", c["coverage"], c["offset"], rng=np.random.default_rng([config.seed, 13])
+    )
 
 
 #: The reconstructions of every case: name -> (images, orientations), names of context entries.
@@ -206,8 +251,9 @@ def _fsc_log(ctx, placed) -> str:
     lines = []
     for name, curve in placed["fsc"].items():
         s = curve.summary()
-        lines.append(f"reconstruction '{name}': FSC 0.5 at {s['resolution_0.5']:.1f} Å, "
-                     f"0.143 at {s['resolution_0.143']:.1f} Å")
+        lines.append(
+            f"reconstruction '{name}': FSC 0.5 at {s['resolution_0.5']:.1f} Å, 0.143 at {s['resolution_0.143']:.1f} Å"
+        )
     return "\n".join(lines)
 
 
@@ -219,37 +265,72 @@ def _value(name, compute, inputs, log=None) -> Stage:
 #: ``progress``; each stage adds the entry of its name.
 STAGES = [
     _value("test", lambda ctx: ctx["dataset"].split("test"), ("dataset",)),
-    _value("estimator", lambda ctx: make_pipeline_estimator(ctx["config"], ctx["dataset"]).fit(
-        ctx["dataset"], cache_dir=Path(ctx["cache_dir"]) / "siamese", progress=ctx["progress"]),
-        ("dataset", "config", "cache_dir"), log=lambda ctx, est: est.log_line()),
+    _value(
+        "estimator",
+        lambda ctx: make_pipeline_estimator(ctx["config"], ctx["dataset"]).fit(
+            ctx["dataset"], cache_dir=Path(ctx["cache_dir"]) / "siamese", progress=ctx["progress"]
+        ),
+        ("dataset", "config", "cache_dir"),
+        log=lambda ctx, est: est.log_line(),
+    ),
     _value("q_true", lambda ctx: ctx["test"].quaternions, ("test",)),
     _value("features", lambda ctx: ctx["estimator"].embed(ctx["test"]), ("estimator", "test")),
-    Stage("recovery", ("estimator", "features", "test", "config"),
-          lambda ctx: recover_orientations(ctx["estimator"].distance_function(ctx["features"]), ctx["test"].n,
-                                           ctx["config"], progress=ctx["progress"]),
-          # The estimator's key names what it was fitted on and how (a Siamese run folder's hash).
-          key=lambda ctx: ("recovery", ctx["estimator"].key, ctx["dataset"].cache_key, ctx["test"].index,
-                           ctx["config"].recovery_mode, ctx["config"].recovery_restarts,
-                           ctx["config"].recovery_max_steps, ctx["config"].seed)),
-    _value("alignment", lambda ctx: alignment.align(ctx["q_true"], ctx["recovery"]["quaternions"]),
-           ("q_true", "recovery"),
-           log=lambda ctx, a: f"recovery: L_OR {float(ctx['recovery']['final_loss']):.4f}, E_OR mean "
-                              f"{a.mean_error:.3f} / median {a.median_error:.3f} rad"),
+    Stage(
+        "recovery",
+        ("estimator", "features", "test", "config"),
+        lambda ctx: recover_orientations(
+            ctx["estimator"].distance_function(ctx["features"]), ctx["test"].n, ctx["config"], progress=ctx["progress"]
+        ),
+        # The estimator's key names what it was fitted on and how (a Siamese run folder's hash).
+        key=lambda ctx: (
+            "recovery",
+            ctx["estimator"].key,
+            ctx["dataset"].cache_key,
+            ctx["test"].index,
+            ctx["config"].recovery_mode,
+            ctx["config"].recovery_restarts,
+            ctx["config"].recovery_max_steps,
+            ctx["config"].seed,
+        ),
+    ),
+    _value(
+        "alignment",
+        lambda ctx: alignment.align(ctx["q_true"], ctx["recovery"]["quaternions"]),
+        ("q_true", "recovery"),
+        log=lambda ctx, a: (
+            f"recovery: L_OR {float(ctx['recovery']['final_loss']):.4f}, E_OR mean "
+            f"{a.mean_error:.3f} / median {a.median_error:.3f} rad"
+        ),
+    ),
     _value("q_aligned", lambda ctx: ctx["alignment"].aligned, ("alignment",)),
     _value("pair_fit", _pair_fit, ("estimator", "features", "test")),
     _value("clean", lambda ctx: ctx["test"].images("clean"), ("test",)),
     _value("noisy", lambda ctx: ctx["test"].images("noisy"), ("test",)),
-    Stage("gauge", ("noisy", "recovery", "config"),
-          lambda ctx: choose_gauge(ctx["noisy"], ctx["recovery"]["quaternions"], ctx["config"],
-                                   progress=ctx["progress"]),
-          key=lambda ctx: ("gauge", ctx["keys"]["recovery"], ctx["config"].gauge_images, ctx["config"].gauge_pairs,
-                           ctx["config"].gauge_candidates, ctx["config"].seed, ctx["noisy"])),
+    Stage(
+        "gauge",
+        ("noisy", "recovery", "config"),
+        lambda ctx: choose_gauge(ctx["noisy"], ctx["recovery"]["quaternions"], ctx["config"], progress=ctx["progress"]),
+        key=lambda ctx: (
+            "gauge",
+            ctx["keys"]["recovery"],
+            ctx["config"].gauge_images,
+            ctx["config"].gauge_pairs,
+            ctx["config"].gauge_candidates,
+            ctx["config"].seed,
+            ctx["noisy"],
+        ),
+    ),
     _value("q_gauge", lambda ctx: ctx["gauge"]["quaternions"], ("gauge",)),
-    _value("frame", lambda ctx: gauge.volume_frame(alignment.align(ctx["q_true"], ctx["q_gauge"])),
-           ("q_true", "q_gauge"),
-           log=lambda ctx, f: f"gauge from common lines: conjugate branch {bool(ctx['gauge']['conjugated'])}, "
-                              f"distance of the chosen left factor from a consistent one {f['gauge_error']:.3f} "
-                              f"rad, mirrored volume {f['mirrored']}"),
+    _value(
+        "frame",
+        lambda ctx: gauge.volume_frame(alignment.align(ctx["q_true"], ctx["q_gauge"])),
+        ("q_true", "q_gauge"),
+        log=lambda ctx, f: (
+            f"gauge from common lines: conjugate branch {bool(ctx['gauge']['conjugated'])}, "
+            f"distance of the chosen left factor from a consistent one {f['gauge_error']:.3f} "
+            f"rad, mirrored volume {f['mirrored']}"
+        ),
+    ),
     _value("truth", lambda ctx: _truth(ctx["dataset"]), ("dataset",)),
     _value("q_random", _random_orientations, ("dataset", "test", "config")),
     _value("backend", lambda ctx: projection.resolve_backend(ctx["config"].reconstruction_backend), ("config",)),
@@ -273,14 +354,23 @@ def _summary(ctx) -> dict:
         "n_test": int(ctx["test"].n),
         "estimator": ctx["estimator"].describe(),
         **ctx["pair_fit"],
-        "L_OR": float(rec["final_loss"]), "recovery_steps": int(len(rec["losses"])),
+        "L_OR": float(rec["final_loss"]),
+        "recovery_steps": int(len(rec["losses"])),
         "recovery_seconds": float(rec["seconds"]),
-        "E_OR_mean": aligned.mean_error, "E_OR_median": aligned.median_error, "reflected": aligned.reflected,
-        "gauge": {"conjugated": bool(chosen["conjugated"]), "score": float(chosen["score"]),
-                  "score_q": float(chosen["score_q"]), "score_conjugate": float(chosen["score_conjugate"]),
-                  "gauge_error": frame["gauge_error"], "mirrored": frame["mirrored"],
-                  "needed_reflection": frame["reflected"]},
-        "voxel_size": ctx["truth"][1], "reconstruction_box": [size, size, size],
+        "E_OR_mean": aligned.mean_error,
+        "E_OR_median": aligned.median_error,
+        "reflected": aligned.reflected,
+        "gauge": {
+            "conjugated": bool(chosen["conjugated"]),
+            "score": float(chosen["score"]),
+            "score_q": float(chosen["score_q"]),
+            "score_conjugate": float(chosen["score_conjugate"]),
+            "gauge_error": frame["gauge_error"],
+            "mirrored": frame["mirrored"],
+            "needed_reflection": frame["reflected"],
+        },
+        "voxel_size": ctx["truth"][1],
+        "reconstruction_box": [size, size, size],
         "reconstruction_backend": ctx["backend"],
         "reconstruction_seconds": placed["seconds"],
         "fsc": {name: curve.summary() for name, curve in placed["fsc"].items()},
@@ -313,14 +403,29 @@ def run_case(dataset, config, *, cache_dir, progress=True, log=print) -> dict:
     """
     config = PipelineConfig.from_dict(config if isinstance(config, PipelineConfig) else dict(config))
     dataset = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
-    ctx = run_stages(STAGES, {"dataset": dataset, "config": config, "cache_dir": Path(cache_dir),
-                              "progress": progress}, StageCache(Path(cache_dir) / "pipeline"), log=log)
+    ctx = run_stages(
+        STAGES,
+        {"dataset": dataset, "config": config, "cache_dir": Path(cache_dir), "progress": progress},
+        StageCache(Path(cache_dir) / "pipeline"),
+        log=log,
+    )
     truth, voxel_size = ctx["truth"]
-    return {"q_true": ctx["q_true"], "q_recovered": ctx["recovery"]["quaternions"], "q_aligned": ctx["q_aligned"],
-            "q_gauge": ctx["q_gauge"], "losses": ctx["recovery"]["losses"], "errors": ctx["alignment"].errors,
-            "volumes": ctx["placed"]["on_map"], "cube_volumes": ctx["placed"]["cube"], "fsc": ctx["placed"]["fsc"],
-            "summary": _summary(ctx), "truth": truth, "voxel_size": voxel_size, "test_indices": ctx["test"].index,
-            "dataset_path": dataset.path}
+    return {
+        "q_true": ctx["q_true"],
+        "q_recovered": ctx["recovery"]["quaternions"],
+        "q_aligned": ctx["q_aligned"],
+        "q_gauge": ctx["q_gauge"],
+        "losses": ctx["recovery"]["losses"],
+        "errors": ctx["alignment"].errors,
+        "volumes": ctx["placed"]["on_map"],
+        "cube_volumes": ctx["placed"]["cube"],
+        "fsc": ctx["placed"]["fsc"],
+        "summary": _summary(ctx),
+        "truth": truth,
+        "voxel_size": voxel_size,
+        "test_indices": ctx["test"].index,
+        "dataset_path": dataset.path,
+    }
 
 
 def reconstruct_on_map(images, quaternions, config, truth, voxel_size, *, cache_dir, progress=False) -> dict:
@@ -336,12 +441,19 @@ def reconstruct_on_map(images, quaternions, config, truth, voxel_size, *, cache_
     config = PipelineConfig.from_dict(config if isinstance(config, PipelineConfig) else dict(config))
     backend = projection.resolve_backend(config.reconstruction_backend)
     images = np.asarray(images, dtype=np.float64)
-    arrays = StageCache(cache_dir).arrays("volume", digest(*_volume_key(images, quaternions, config, backend)),
-                                          lambda: _reconstruct_cube(images, quaternions, config, backend, progress))
+    arrays = StageCache(cache_dir).arrays(
+        "volume",
+        digest(*_volume_key(images, quaternions, config, backend)),
+        lambda: _reconstruct_cube(images, quaternions, config, backend, progress),
+    )
     volume = arrays["volume"].astype(np.float64)
     on_map = volumes.transform_volume(volume, np.eye(3), np.shape(truth))
-    return {"volume": volume, "volume_on_map": on_map, "fsc": fsc.fsc(on_map, truth, voxel_size),
-            "seconds": float(arrays["seconds"])}
+    return {
+        "volume": volume,
+        "volume_on_map": on_map,
+        "fsc": fsc.fsc(on_map, truth, voxel_size),
+        "seconds": float(arrays["seconds"]),
+    }
 
 
 def _map_origin(dataset: Dataset) -> np.ndarray:
@@ -373,8 +485,9 @@ def write_outputs(result: dict, dataset, out_dir) -> list[Path]:
         written.append(data.write_volume(out / f"{name}.mrc", volume.astype(np.float32), voxel, origin=origin))
     cube = result["cube_volumes"]["gauge"]
     shift = (np.array(result["truth"].shape)[::-1] // 2 - np.array(cube.shape)[::-1] // 2) * voxel
-    written.append(data.write_volume(out / "gauge_as_reconstructed.mrc", cube.astype(np.float32), voxel,
-                                     origin=origin + shift))
+    written.append(
+        data.write_volume(out / "gauge_as_reconstructed.mrc", cube.astype(np.float32), voxel, origin=origin + shift)
+    )
     size = int(dataset.config["size"] or cube.shape[0])
     for name, q in (("aligned", result["q_aligned"]), ("gauge", result["q_gauge"])):
         written.append(relion.write_star(out / f"orientations_{name}.star", q, pixel_size=voxel, image_size=size))

@@ -6,11 +6,24 @@ A profile (``experiments/profiles/<name>.toml``) holds every setting of a run of
 cell of ``experiments/<target>.py``. Keys that the notebook does not declare are an error, so a
 typo cannot silently fall back to a default.
 
+The ``[pipeline]`` section (a shared section, :data:`SHARED_SECTIONS`, not a target) holds the
+settings of the whole pipeline, shaped like
+:meth:`cryo_orient.workflow.pipeline.PipelineConfig.to_dict` (``[pipeline.training]`` for the
+network): every notebook that declares a ``pipeline`` parameter (figures 10, 11, 13, compare)
+receives its default ``pipeline`` dict with the profile's ``[pipeline]`` merged over it, then the
+target's own ``[<target>.pipeline]`` (if any) merged over that; nested tables (``training``,
+``estimator_options``) are merged key by key (:func:`merge_settings`). Its top-level keys are
+checked against the notebook's default ``pipeline``; the nested ones are checked by
+``PipelineConfig.from_dict`` when the notebook runs.
+
+Every notebook also receives :data:`PIPELINE_KEYS` (the profile's name and its folders), whatever
+the profile says.
+
 This module uses only the standard library: ``make`` runs it as a script with any Python >= 3.11
 before the virtual environment exists, to write one parameter file per target that changes only
 when that target's settings change (so Make rebuilds exactly what a profile edit touches)::
 
-    python lib/cryo_orient/profiles.py sync PROFILE
+    python lib/cryo_orient/workflow/profiles.py sync PROFILE
 
 It writes ``build/<profile>/params/<target>.json`` and ``build/<profile>/profile.mk`` (the
 targets, the optional targets (:data:`OPTIONAL_TARGETS`, not part of ``make reproduce``), the
@@ -25,8 +38,14 @@ import sys
 import tomllib
 from pathlib import Path
 
-#: Keys every notebook receives from the pipeline rather than from the profile.
-PIPELINE_KEYS = ("profile", "out_dir", "sim_dir")
+#: Keys every notebook receives from the pipeline rather than from the profile: the profile's name,
+#: its output folder (``figures/<profile>``), its simulated datasets (``data/simulated/<profile>``)
+#: and its cache of computed stages (``build/<profile>/cache``).
+PIPELINE_KEYS = ("profile", "out_dir", "sim_dir", "cache_dir")
+
+#: Profile sections that are neither datasets nor targets: settings shared by several targets.
+#: ``[pipeline]`` is merged into the ``pipeline`` parameter of every notebook that declares one.
+SHARED_SECTIONS = ("pipeline",)
 
 #: Targets that ``make reproduce`` leaves out (they need more than the default install: ``make
 #: compare`` has its own venv with ASPIRE). Their parameter files and dataset dependencies are
@@ -37,6 +56,38 @@ OPTIONAL_TARGETS = ("compare",)
 
 class ProfileError(ValueError):
     """A profile file that cannot be used as it is."""
+
+
+class Profile(dict):
+    """A parsed profile: ``{"datasets": {...}, "<target>": {...}, ...}``, so that its keys other
+    than ``datasets`` are exactly its targets; the shared sections (:data:`SHARED_SECTIONS`, e.g.
+    ``[pipeline]``) are kept apart in :attr:`shared`."""
+
+    def __init__(self, sections=(), shared=None):
+        super().__init__(sections)
+        self.shared = dict(shared or {})
+
+
+def pipeline_keys(profile_name: str) -> dict:
+    """The values of :data:`PIPELINE_KEYS` for a profile."""
+    return {"profile": profile_name, "out_dir": f"figures/{profile_name}", "sim_dir": f"data/simulated/{profile_name}",
+            "cache_dir": f"build/{profile_name}/cache"}
+
+
+def merge_settings(base: dict, *overrides: dict) -> dict:
+    """``base`` with each of ``overrides`` merged over it in turn, nested tables key by key.
+
+    A value that is a table in both is merged recursively (``training``, ``estimator_options``);
+    any other value replaces the one before. The inputs are not modified.
+    """
+    out = dict(base)
+    for override in overrides:
+        for key, value in override.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge_settings(out[key], value)
+            else:
+                out[key] = value
+    return out
 
 
 def profile_path(name_or_path, root=".") -> Path:
@@ -52,19 +103,21 @@ def profile_path(name_or_path, root=".") -> Path:
     return candidate
 
 
-def load_profile(name_or_path, root=".") -> dict:
-    """Parse a profile; returns ``{"datasets": {...}, "<target>": {...}, ...}``."""
+def load_profile(name_or_path, root=".") -> Profile:
+    """Parse a profile; returns ``{"datasets": {...}, "<target>": {...}, ...}`` (a :class:`Profile`,
+    whose :attr:`Profile.shared` holds the shared sections such as ``[pipeline]``)."""
     path = profile_path(name_or_path, root)
     try:
         with open(path, "rb") as f:
-            profile = tomllib.load(f)
+            sections = tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise ProfileError(f"{path} is not valid TOML: {err}") from err
-    profile.setdefault("datasets", {})
-    for name, section in profile.items():
+    sections.setdefault("datasets", {})
+    for name, section in sections.items():
         if not isinstance(section, dict):
             raise ProfileError(f"{path}: top-level key {name!r} must be a [section], got {section!r}")
-    return profile
+    shared = {name: sections.pop(name) for name in SHARED_SECTIONS if name in sections}
+    return Profile(sections, shared)
 
 
 def notebook_parameters(notebook: Path) -> dict:
@@ -95,12 +148,29 @@ def _datasets_read(section: dict) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _pipeline_param(profile_name: str, target: str, default, shared: dict, own) -> dict:
+    """The ``pipeline`` parameter of a target: its notebook's default, then the profile's
+    ``[pipeline]``, then the target's ``[<target>.pipeline]``, merged (:func:`merge_settings`)."""
+    where = f"profile {profile_name!r}, "
+    if not isinstance(default, dict):
+        raise ProfileError(f"experiments/{target}.py: its `pipeline` parameter must be a dict literal, got {default!r}")
+    for name, table in (("[pipeline]", shared), (f"[{target}.pipeline]", own)):
+        if not isinstance(table, dict):
+            raise ProfileError(f"{where}{name} must be a table of pipeline settings, got {table!r}")
+        unknown = sorted(set(table) - set(default))
+        if unknown:
+            raise ProfileError(f"{where}{name}: unknown pipeline key(s) {unknown}; the pipeline settings are "
+                               f"{sorted(default)}")
+    return merge_settings(default, shared, own)
+
+
 def target_params(profile_name: str, profile: dict, root=".") -> dict[str, dict]:
     """The validated parameters of every target in the profile."""
     out = {}
     datasets = profile["datasets"]
+    shared = getattr(profile, "shared", {})
     for target, section in profile.items():
-        if target == "datasets":
+        if target == "datasets" or target in SHARED_SECTIONS:
             continue
         notebook = Path(root) / "experiments" / f"{target}.py"
         if not notebook.is_file():
@@ -119,9 +189,11 @@ def target_params(profile_name: str, profile: dict, root=".") -> dict[str, dict]
                 f"profile {profile_name!r}, [{target}] reads dataset(s) {missing} that have no "
                 f"[datasets.<name>] section; defined: {sorted(datasets)}"
             )
-        params = {**{k: v for k, v in declared.items() if k not in PIPELINE_KEYS}, **section, "profile": profile_name, "out_dir": f"figures/{profile_name}",
-                  "sim_dir": f"data/simulated/{profile_name}"}
-        out[target] = params
+        params = {**{k: v for k, v in declared.items() if k not in PIPELINE_KEYS}, **section}
+        if "pipeline" in declared:
+            params["pipeline"] = _pipeline_param(profile_name, target, declared["pipeline"],
+                                                 shared.get("pipeline", {}), section.get("pipeline", {}))
+        out[target] = params | pipeline_keys(profile_name)
     return out
 
 
@@ -161,7 +233,7 @@ def sync(profile_name: str, root=".") -> list[str]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] != "sync":
-        print("usage: python lib/cryo_orient/profiles.py sync PROFILE", file=sys.stderr)
+        print("usage: python lib/cryo_orient/workflow/profiles.py sync PROFILE", file=sys.stderr)
         return 2
     try:
         sync(argv[1])

@@ -48,8 +48,7 @@ README_END = "<!-- end of headline table -->"
 
 VERDICTS = ("reproduced", "better", "not reproduced", "not comparable", "not measured", "shown")
 
-_VALUE_KEYS = {"id", "target", "kind", "quantity", "paper", "source", "ours", "needs", "note",
-               "sweep", "sweep_name"}
+_VALUE_KEYS = {"id", "target", "kind", "quantity", "paper", "source", "ours", "needs", "note", "sweep", "sweep_name"}
 _KIND_KEYS = {"unit", "tolerance", "better"}
 _TOLERANCE_KEYS = {"abs", "rel", "below", "exact", "none"}
 _DISAGREEMENT_KEYS = {"topic", "text", "code", "followed"}
@@ -110,9 +109,11 @@ def load_reference(path=REFERENCE_FILE) -> dict:
             fail(f"[kinds.{name}]: unknown key(s) {unknown}; allowed: {sorted(_KIND_KEYS)}")
         tol = kind.get("tolerance")
         if not isinstance(tol, dict) or len(tol) != 1 or not set(tol) <= _TOLERANCE_KEYS:
-            fail(f"[kinds.{name}]: tolerance must be one of {{abs = x}}, {{rel = r}}, {{below = b}}, "
-                 f"{{exact = true}}, {{none = true}}; got {tol!r}")
-        (tkind, tval), = tol.items()
+            fail(
+                f"[kinds.{name}]: tolerance must be one of {{abs = x}}, {{rel = r}}, {{below = b}}, "
+                f"{{exact = true}}, {{none = true}}; got {tol!r}"
+            )
+        ((tkind, tval),) = tol.items()
         if tkind in ("abs", "rel", "below") and not (isinstance(tval, (int, float)) and tval >= 0):
             fail(f"[kinds.{name}]: tolerance {tkind} must be a number >= 0, got {tval!r}")
         if kind.get("better") not in (None, "lower", "higher"):
@@ -149,6 +150,7 @@ def load_reference(path=REFERENCE_FILE) -> dict:
 # ---------------------------------------------------------------------------------- resolving
 def _fill(text: str, parameters: dict, x) -> str:
     """Fill ``{name}`` / ``{name[i]}`` placeholders from the record's parameters (and ``{x}``)."""
+
     def one(match):
         name, index = match.group(1), match.group(2)
         if name == "x":
@@ -161,6 +163,7 @@ def _fill(text: str, parameters: dict, x) -> str:
                 raise LookupError(f"parameter {name!r} has no element {index}")
             value = value[int(index)]
         return str(value)
+
     return re.sub(r"\{(\w+)(?:\[(\d+)\])?\}", one, text)
 
 
@@ -183,12 +186,16 @@ def resolve(record: dict, path: list, x=None) -> tuple[float, str]:
     node, shown = record, []
     for step in path:
         if isinstance(step, dict):
-            want = {k: (x if v == "{x}" else _fill(v, parameters, x) if isinstance(v, str) else v)
-                    for k, v in step.items()}
+            want = {
+                k: (x if v == "{x}" else _fill(v, parameters, x) if isinstance(v, str) else v) for k, v in step.items()
+            }
             if not isinstance(node, list):
                 raise LookupError(f"{'/'.join(shown)} is not a list to select {want} from")
-            hits = [item for item in node if isinstance(item, dict)
-                    and all(k in item and _same(item[k], v) for k, v in want.items())]
+            hits = [
+                item
+                for item in node
+                if isinstance(item, dict) and all(k in item and _same(item[k], v) for k, v in want.items())
+            ]
             if len(hits) != 1:
                 raise LookupError(f"{len(hits)} elements of {'/'.join(shown)} match {want}")
             node = hits[0]
@@ -213,7 +220,7 @@ def resolve(record: dict, path: list, x=None) -> tuple[float, str]:
 
 def verdict(ours: float, paper: float, tolerance: dict, better: str | None = None) -> str:
     """``reproduced``, ``better``, ``not reproduced`` or ``shown`` (see the module docstring)."""
-    (kind, value), = tolerance.items()
+    ((kind, value),) = tolerance.items()
     if kind == "none":
         return "shown"
     if kind == "exact":
@@ -240,14 +247,22 @@ def compare(reference: dict, records: dict) -> list[Comparison]:
             quantity = value["quantity"]
             if x is not None:
                 quantity += f" ({value.get('sweep_name', 'x')} = {_key_text(x)})"
-            common = dict(id=value["id"] if x is None else f"{value['id']}@{_key_text(x)}",
-                          target=value["target"], quantity=quantity, paper=float(paper),
-                          unit=kind.get("unit", ""), tolerance=kind["tolerance"], better=kind.get("better"),
-                          source=value["source"], note=value.get("note", ""))
+            common = dict(
+                id=value["id"] if x is None else f"{value['id']}@{_key_text(x)}",
+                target=value["target"],
+                quantity=quantity,
+                paper=float(paper),
+                unit=kind.get("unit", ""),
+                tolerance=kind["tolerance"],
+                better=kind.get("better"),
+                source=value["source"],
+                note=value.get("note", ""),
+            )
             record = records.get(value["target"])
             if record is None:
-                out.append(Comparison(ours=None, verdict="not measured",
-                                      detail=f"no record {value['target']}.json", **common))
+                out.append(
+                    Comparison(ours=None, verdict="not measured", detail=f"no record {value['target']}.json", **common)
+                )
                 continue
             try:
                 ours, where = resolve(record, value["ours"], x)
@@ -255,21 +270,34 @@ def compare(reference: dict, records: dict) -> list[Comparison]:
                 out.append(Comparison(ours=None, verdict="not measured", detail=str(err), **common))
                 continue
             if value.get("needs") and value["needs"] not in where:
-                out.append(Comparison(ours=ours, verdict="not comparable",
-                                      detail=f"this profile measures {where}, a stand-in for {value['needs']}",
-                                      **common))
+                out.append(
+                    Comparison(
+                        ours=ours,
+                        verdict="not comparable",
+                        detail=f"this profile measures {where}, a stand-in for {value['needs']}",
+                        **common,
+                    )
+                )
                 continue
-            out.append(Comparison(ours=ours, verdict=verdict(ours, float(paper), kind["tolerance"], kind.get("better")),
-                                  detail=where, **common))
+            out.append(
+                Comparison(
+                    ours=ours,
+                    verdict=verdict(ours, float(paper), kind["tolerance"], kind.get("better")),
+                    detail=where,
+                    **common,
+                )
+            )
     return out
 
 
 # ---------------------------------------------------------------------------------- inputs
 def target_order(targets) -> list[str]:
     """Figures by number, then tables, then anything else (e.g. ``compare``)."""
+
     def key(name):
         m = re.fullmatch(r"(figure|table)-(\d+)", name)
         return (0 if m and m.group(1) == "figure" else 1 if m else 2, int(m.group(2)) if m else 0, name)
+
     return sorted(targets, key=key)
 
 
@@ -359,7 +387,7 @@ def _number(value: float | None, unit: str = "") -> str:
 
 
 def _tolerance_text(tolerance: dict, unit: str) -> str:
-    (kind, value), = tolerance.items()
+    ((kind, value),) = tolerance.items()
     if kind == "none":
         return "none"
     if kind == "exact":
@@ -382,8 +410,10 @@ def comparison_table(rows: list[Comparison]) -> str:
         verdict_text = f"**{c.verdict}**" if c.verdict == "not reproduced" else c.verdict
         if c.verdict in ("not measured", "not comparable") and c.detail:
             verdict_text += f": {c.detail}"
-        lines.append(f"| {_cell(c.quantity + unit)} | {_number(c.paper, c.unit)} | {_number(c.ours, c.unit)} | "
-                     f"{_tolerance_text(c.tolerance, c.unit)} | {_cell(verdict_text)} |")
+        lines.append(
+            f"| {_cell(c.quantity + unit)} | {_number(c.paper, c.unit)} | {_number(c.ours, c.unit)} | "
+            f"{_tolerance_text(c.tolerance, c.unit)} | {_cell(verdict_text)} |"
+        )
     notes = list(dict.fromkeys(c.note for c in rows if c.note))
     sources = list(dict.fromkeys(c.source for c in rows))
     text = "\n".join(lines) + "\n"
@@ -403,15 +433,18 @@ def headline_table(comparisons: list[Comparison], ids: list[str]) -> str:
     lines = ["| figure | quantity | paper | ours | verdict |", "|---|---|---|---|---|"]
     for id_ in ids:
         for c in by_id.get(id_, []):
-            lines.append(f"| {c.target} | {_cell(c.quantity)} | {_number(c.paper, c.unit)} | "
-                         f"{_number(c.ours, c.unit)} | {c.verdict} |")
+            lines.append(
+                f"| {c.target} | {_cell(c.quantity)} | {_number(c.paper, c.unit)} | "
+                f"{_number(c.ours, c.unit)} | {c.verdict} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def _figure_section(target: str, record: dict | None, rows: list[Comparison], fig_dir: Path,
-                    experiments_dir, notebooks_dir) -> str:
+def _figure_section(
+    target: str, record: dict | None, rows: list[Comparison], fig_dir: Path, experiments_dir, notebooks_dir
+) -> str:
     title = notebook_title(target, experiments_dir)
-    parts = [f"## {title}\n", f"<a id=\"{target}\"></a>\n"]
+    parts = [f"## {title}\n", f'<a id="{target}"></a>\n']
     if record is None:
         parts.append(f"**Not built**: `figures/<profile>/{target}.json` is missing; run `make {target}`.\n")
     else:
@@ -426,7 +459,9 @@ def _figure_section(target: str, record: dict | None, rows: list[Comparison], fi
                 parts.append(f"Data: [`{name}`]({name})\n")
         params = record.get("parameters", {})
         prov = record.get("provenance", {})
-        seed = params.get("seed", params.get("pipeline", {}).get("seed") if isinstance(params.get("pipeline"), dict) else None)
+        seed = params.get(
+            "seed", params.get("pipeline", {}).get("seed") if isinstance(params.get("pipeline"), dict) else None
+        )
         seconds = notebook_seconds(notebooks_dir, target)
         facts = [f"record [`{target}.json`]({target}.json) (parameters, results, provenance)"]
         if seed is not None:
@@ -443,52 +478,86 @@ def _figure_section(target: str, record: dict | None, rows: list[Comparison], fi
     return "\n".join(parts)
 
 
-def render_markdown(profile: str, fig_dir, reference: dict, records: dict, comparisons: list[Comparison], *,
-                    targets: list[str], experiments_dir="experiments", notebooks_dir=None) -> str:
+def render_markdown(
+    profile: str,
+    fig_dir,
+    reference: dict,
+    records: dict,
+    comparisons: list[Comparison],
+    *,
+    targets: list[str],
+    experiments_dir="experiments",
+    notebooks_dir=None,
+) -> str:
     """The whole report as Markdown."""
     fig_dir = Path(fig_dir)
     notebooks_dir = Path(notebooks_dir or Path("build") / profile / "notebooks")
     counts = Counter(c.verdict for c in comparisons)
     commits = sorted({r.get("provenance", {}).get("git_commit", "")[:10] for r in records.values()} - {""})
-    out = [f"# Replication report: profile `{profile}`\n",
-           "Banjac, Donati & Defferrard (2021), *Learning to recover orientations from projections in "
-           "single-particle cryo-EM*, arXiv:2104.06237, rebuilt by `make reproduce PROFILE=" + profile + "`. "
-           "Every number under *ours* is read from the JSON record that the figure's notebook wrote beside "
-           "it; every number under *paper* comes from `experiments/paper-reference.toml`, the only file that "
-           "holds the paper's values. Verdicts compare them with the tolerance of the quantity's kind "
-           "(stated in that file).\n",
-           f"Generated {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
-           f"records of commit(s) {', '.join(f'`{c}`' for c in commits) or 'unknown'}.\n"]
+    out = [
+        f"# Replication report: profile `{profile}`\n",
+        "Banjac, Donati & Defferrard (2021), *Learning to recover orientations from projections in "
+        "single-particle cryo-EM*, arXiv:2104.06237, rebuilt by `make reproduce PROFILE=" + profile + "`. "
+        "Every number under *ours* is read from the JSON record that the figure's notebook wrote beside "
+        "it; every number under *paper* comes from `experiments/paper-reference.toml`, the only file that "
+        "holds the paper's values. Verdicts compare them with the tolerance of the quantity's kind "
+        "(stated in that file).\n",
+        f"Generated {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
+        f"records of commit(s) {', '.join(f'`{c}`' for c in commits) or 'unknown'}.\n",
+    ]
     if profile == "tiny":
-        out.append("> The `tiny` profile is a smoke test (dozens of projections, a few epochs): its numbers are "
-                   "not expected to match the paper, and its verdicts say only that the comparison runs.\n")
+        out.append(
+            "> The `tiny` profile is a smoke test (dozens of projections, a few epochs): its numbers are "
+            "not expected to match the paper, and its verdicts say only that the comparison runs.\n"
+        )
     out.append("## Summary\n")
     out.append("| verdict | values |\n|---|---|\n" + "".join(f"| {v} | {counts.get(v, 0)} |\n" for v in VERDICTS))
-    out.append("| target | reproduced | better | not reproduced | not comparable | not measured | shown |\n"
-               "|---|---|---|---|---|---|---|\n" + "".join(
-                   f"| [{t}](#{t}) | " + " | ".join(str(sum(1 for c in comparisons if c.target == t and c.verdict == v))
-                                                   for v in VERDICTS) + " |\n"
-                   for t in targets if any(c.target == t for c in comparisons)))
+    out.append(
+        "| target | reproduced | better | not reproduced | not comparable | not measured | shown |\n"
+        "|---|---|---|---|---|---|---|\n"
+        + "".join(
+            f"| [{t}](#{t}) | "
+            + " | ".join(str(sum(1 for c in comparisons if c.target == t and c.verdict == v)) for v in VERDICTS)
+            + " |\n"
+            for t in targets
+            if any(c.target == t for c in comparisons)
+        )
+    )
     if reference.get("headline"):
         out.append("### Headline numbers\n")
         out.append(headline_table(comparisons, reference["headline"]))
     # Targets the reference names but the profile does not build still get a ("not built") section.
     for target in targets + sorted({c.target for c in comparisons} - set(targets)):
-        out.append(_figure_section(target, records.get(target), [c for c in comparisons if c.target == target],
-                                   fig_dir, experiments_dir, notebooks_dir))
+        out.append(
+            _figure_section(
+                target,
+                records.get(target),
+                [c for c in comparisons if c.target == target],
+                fig_dir,
+                experiments_dir,
+                notebooks_dir,
+            )
+        )
     out.append("## Where the authors' text and code disagree\n")
-    out.append("| topic | the paper's text | the authors' code | what we followed |\n|---|---|---|---|\n" + "".join(
-        f"| {_cell(d['topic'])} | {_cell(d['text'])} | {_cell(d['code'])} | {_cell(d['followed'])} |\n"
-        for d in reference.get("disagreement", [])))
+    out.append(
+        "| topic | the paper's text | the authors' code | what we followed |\n|---|---|---|---|\n"
+        + "".join(
+            f"| {_cell(d['topic'])} | {_cell(d['text'])} | {_cell(d['code'])} | {_cell(d['followed'])} |\n"
+            for d in reference.get("disagreement", [])
+        )
+    )
     out.append(stage_times_section(records, targets, notebooks_dir))
     return "\n".join(out)
 
 
 def stage_times_section(records: dict, targets: list[str], notebooks_dir) -> str:
-    lines = ["## Stage run times\n",
-             "Wall time of each target's last notebook run (a run that found its stages cached is short), "
-             "and the compute time each stage recorded when its artifact was first made.\n",
-             "| target | last notebook run (s) |", "|---|---|"]
+    lines = [
+        "## Stage run times\n",
+        "Wall time of each target's last notebook run (a run that found its stages cached is short), "
+        "and the compute time each stage recorded when its artifact was first made.\n",
+        "| target | last notebook run (s) |",
+        "|---|---|",
+    ]
     total = 0.0
     for target in targets:
         seconds = notebook_seconds(notebooks_dir, target)
@@ -505,7 +574,8 @@ def stage_times_section(records: dict, targets: list[str], notebooks_dir) -> str
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
-table{border-collapse:collapse;margin:.8em 0;font-size:.9em}td,th{border:1px solid #bbb;padding:.25em .5em;vertical-align:top}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+td,th{border:1px solid #bbb;padding:.25em .5em;vertical-align:top}
 th{background:#eee}img{max-width:100%}blockquote{color:#555;border-left:4px solid #ccc;margin-left:0;padding-left:1em}
 code{background:#f4f4f4;padding:0 .2em}"""
 
@@ -513,13 +583,22 @@ code{background:#f4f4f4;padding:0 .2em}"""
 def render_html(markdown_text: str, title: str) -> str:
     """The Markdown report as a standalone HTML page (images stay beside it)."""
     body = MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown_text)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body>\n{body}</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head><body>\n{body}</body></html>\n"
+    )
 
 
 # ---------------------------------------------------------------------------------- entry points
-def write_report(profile: str, *, fig_dir=None, reference_path=REFERENCE_FILE, targets=None,
-                 experiments_dir="experiments", notebooks_dir=None) -> list[Path]:
+def write_report(
+    profile: str,
+    *,
+    fig_dir=None,
+    reference_path=REFERENCE_FILE,
+    targets=None,
+    experiments_dir="experiments",
+    notebooks_dir=None,
+) -> list[Path]:
     """Write ``REPORT.md`` and ``REPORT.html`` into ``figures/<profile>/``; return their paths.
 
     ``targets`` (default: every record found) sets the sections and their order; a target
@@ -532,8 +611,16 @@ def write_report(profile: str, *, fig_dir=None, reference_path=REFERENCE_FILE, t
     records = load_records(fig_dir)
     targets = target_order(targets if targets is not None else records)
     comparisons = compare(reference, records)
-    text = render_markdown(profile, fig_dir, reference, records, comparisons, targets=targets,
-                           experiments_dir=experiments_dir, notebooks_dir=notebooks_dir)
+    text = render_markdown(
+        profile,
+        fig_dir,
+        reference,
+        records,
+        comparisons,
+        targets=targets,
+        experiments_dir=experiments_dir,
+        notebooks_dir=notebooks_dir,
+    )
     md = artifacts.save_text(text, fig_dir / REPORT_NAME)
     page = artifacts.save_text(render_html(text, f"Replication report ({profile})"), fig_dir / HTML_NAME)
     return [md, page]
