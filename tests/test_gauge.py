@@ -40,6 +40,7 @@ def test_true_orientations_score_higher_than_random(scene):
     assert true > 0.99 and random < true - 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conj", [False, True])
 def test_choose_gauge_recovers_a_consistent_volume(scene, conj):
     vol, q, p = scene

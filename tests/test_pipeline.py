@@ -41,6 +41,7 @@ SETTINGS = dict(
 )
 
 
+@pytest.mark.slow
 def test_run_case_end_to_end(dataset):
     path, folder = dataset
     cache = folder / "cache"
@@ -128,6 +129,7 @@ def test_unknown_pipeline_key_is_an_error():
         pipeline.PipelineConfig.from_dict({"recovery_restart": 3})
 
 
+@pytest.mark.slow
 def test_cli_stages_chain(dataset, capsys):
     from cryo_orient import cli
 

@@ -203,6 +203,7 @@ def test_nufft_agrees_with_the_real_space_reference_at_arbitrary_rotations():
     assert rel < 0.02, rel
 
 
+@pytest.mark.slow
 def test_backprojection_reruns_are_bit_identical():
     """finufft's multithreaded spreading adds in a timing-dependent order; the default (one
     spreading thread) must give the same bits every time (with 2 threads, most reruns differ)."""

@@ -121,6 +121,7 @@ def test_no_data_gives_the_zero_volume():
     assert not res.volume.any() and res.stop_reason == "tolerance"
 
 
+@pytest.mark.slow
 def test_reruns_are_bit_identical():
     rng = np.random.default_rng(0)
     q = rotations.uniform_so3(200, rng=1)

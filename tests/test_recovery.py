@@ -112,6 +112,7 @@ def test_restarts_keep_the_lowest_final_loss():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_faithful_mode_uses_the_papers_settings_and_decreases_the_loss():
     q = rot.uniform_so3(100, np.random.default_rng(11))
     res = recovery.recover(exact.exact_distances(q), 100, mode="faithful", rng=0, max_steps=1500, progress=False)

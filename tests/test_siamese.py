@@ -134,6 +134,7 @@ def test_save_and_load_give_identical_outputs(small_data, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_training_lowers_the_validation_loss(small_data):
     result = _train(small_data, config=dict(epochs=8))
     val = result.history["val_mae"]
@@ -144,6 +145,7 @@ def test_training_lowers_the_validation_loss(small_data):
     assert result.history["images_seen"][0] == 180
 
 
+@pytest.mark.slow
 def test_faithful_regime_counts_pairs(small_data):
     result = _train(small_data, config=dict(regime="faithful", epochs=1, pair_fraction=0.02, batch_size=64))
     n_pairs = int(0.02 * 180**2)
@@ -152,6 +154,7 @@ def test_faithful_regime_counts_pairs(small_data):
     assert np.isfinite(result.history["val_mae"][0])
 
 
+@pytest.mark.slow
 @cpu_repeatability
 def test_same_seed_gives_the_same_numbers(small_data):
     a = _train(small_data)
@@ -160,6 +163,7 @@ def test_same_seed_gives_the_same_numbers(small_data):
     assert a.history["val_mae"] == b.history["val_mae"]
 
 
+@pytest.mark.slow
 @cpu_repeatability
 @pytest.mark.parametrize("regime", ["batch", "faithful"])
 def test_an_interrupted_run_resumes_exactly(small_data, tmp_path, monkeypatch, regime):
@@ -189,17 +193,20 @@ def test_an_interrupted_run_resumes_exactly(small_data, tmp_path, monkeypatch, r
     assert run.config.regime == regime and run.stop_reason == "epochs"
 
 
+@pytest.mark.slow
 def test_a_different_run_in_the_same_folder_is_an_error(small_data, tmp_path):
     _train(small_data, config=dict(epochs=1), out_dir=tmp_path)
     with pytest.raises(ValueError, match="different training run"):
         _train(small_data, config=dict(epochs=1, seed=4), out_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_target_val_mae_stops_early(small_data):
     result = _train(small_data, config=dict(epochs=5, target_val_mae=10.0))
     assert result.stop_reason == "target_val_mae" and result.epochs == 1
 
 
+@pytest.mark.slow
 def test_fresh_perturbation_trains_on_new_noise_each_epoch(small_data):
     p, q = small_data
     perturbation = siamese.Perturbation(noise_variance=4.0, shift_mode="circular", shift_limit=3.0)
@@ -257,6 +264,7 @@ def test_bad_inputs_get_clear_errors(small_data):
         siamese.SiameseEstimator(TINY).fit(None)
 
 
+@pytest.mark.slow
 def test_cli_train_and_embed(tmp_path, data_mirror, monkeypatch):
     from cryo_orient import cli
 
