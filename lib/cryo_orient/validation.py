@@ -25,6 +25,7 @@ it names (a new object: inputs are never modified), and raises :class:`InputErro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import operator
@@ -37,6 +38,7 @@ __all__ = [
     "InputError",
     "InputIndexError",
     "InputTypeError",
+    "Settings",
     "as_rng",
     "choice",
     "finite",
@@ -66,6 +68,30 @@ class InputIndexError(InputError, IndexError):
 
 class DataError(CryoOrientError, RuntimeError):
     """A data file that cannot be obtained or used (unobtainable, wrong checksum, unusable content)."""
+
+
+class Settings:
+    """Mixin of the settings dataclasses (simulation, training, pipeline): built from a plain
+    mapping, such as a profile's table, in which an unknown key is an error that lists the known
+    ones; written back as a plain dict."""
+
+    #: How an error names the unknown keys and the known ones.
+    _unknown_keys = "setting(s)"
+    _known_keys = "settings"
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build from a mapping; unknown keys are an :class:`InputError`."""
+        if not isinstance(values, dict):
+            raise InputTypeError(f"{cls.__name__} needs a table of settings, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown {cls._unknown_keys} {unknown}; known {cls._known_keys} are {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def as_rng(rng) -> np.random.Generator:

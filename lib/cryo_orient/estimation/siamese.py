@@ -62,7 +62,7 @@ from cryo_orient.data.dataset import Dataset
 from cryo_orient.estimation.base import DistanceEstimator, register
 from cryo_orient.geometry import rotations
 from cryo_orient.simulation.noise import Perturbation
-from cryo_orient.validation import InputError, as_rng
+from cryo_orient.validation import InputError, Settings, as_rng
 
 __all__ = [
     "FILTERS",
@@ -423,8 +423,11 @@ def _pair_labels(q, pairs):
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(Settings):
     """Settings of one training run (defaults: the paper's, §4.2)."""
+
+    _unknown_keys = "training setting(s)"
+    _known_keys = "settings"
 
     input_size: int = 116
     n_features: int = 512
@@ -454,17 +457,6 @@ class TrainingConfig:
             raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate!r}")
         if self.target_val_mae is not None and not self.target_val_mae > 0:
             raise ValueError(f"target_val_mae must be > 0 or None, got {self.target_val_mae!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainingConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {unknown}; known settings are {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass

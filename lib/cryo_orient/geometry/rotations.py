@@ -48,6 +48,7 @@ import math
 import operator
 
 import numpy as np
+from scipy.optimize import minimize
 
 from cryo_orient.validation import InputError, InputTypeError, as_rng
 
@@ -754,3 +755,24 @@ def sample_orientations(
     if kind == "uniform_euler":
         return uniform_euler(n, coverage, offset, rng, return_euler=return_euler)
     return uniform_so3_in_box(n, coverage, offset, rng, return_euler=return_euler)
+
+
+def local_rotation_search(objective, *, step: float, max_iter: int, fatol: float, xatol: float = 1e-4):
+    """Minimise ``objective(rotvec)`` over rotation vectors near 0 (Nelder–Mead).
+
+    The local search that polishes a rotation found on a grid: the caller's ``objective`` applies
+    the rotation vector to its starting rotation (on the left, its own way). The simplex starts
+    at 0 with edges of ``step`` radians along each axis. Returns scipy's ``OptimizeResult``
+    (``.x`` the best rotation vector, ``.fun`` its value).
+    """
+    return minimize(
+        objective,
+        np.zeros(3),
+        method="Nelder-Mead",
+        options={
+            "maxiter": max_iter,
+            "xatol": xatol,
+            "fatol": fatol,
+            "initial_simplex": np.vstack([np.zeros(3), step * np.eye(3)]),
+        },
+    )

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from scipy.optimize import minimize
 from scipy.spatial.transform import Rotation
+
+from cryo_orient.geometry import rotations
 
 __all__ = ["transform_volume", "refine_alignment", "correlation"]
 
@@ -78,17 +79,7 @@ def refine_alignment(volume, reference, matrix, *, max_iter=200):
     def negative(vec):
         return -correlation(transform_volume(volume, moved(vec), ref.shape), ref)
 
-    res = minimize(
-        negative,
-        np.zeros(3),
-        method="Nelder-Mead",
-        options={
-            "maxiter": max_iter,
-            "xatol": 1e-4,
-            "fatol": 1e-6,
-            "initial_simplex": np.vstack([np.zeros(3), 0.03 * np.eye(3)]),
-        },
-    )
+    res = rotations.local_rotation_search(negative, step=0.03, max_iter=max_iter, fatol=1e-6)
     start = -negative(np.zeros(3))
     if -res.fun <= start:
         return M0, start

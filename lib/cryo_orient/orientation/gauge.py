@@ -27,7 +27,6 @@ import dataclasses
 
 import finufft
 import numpy as np
-from scipy.optimize import minimize
 from scipy.spatial.transform import Rotation
 from tqdm.auto import tqdm
 
@@ -180,17 +179,7 @@ def _refine(cl, base, pairs, start, max_iter):
         A = (Rotation.from_rotvec(vec) * Rotation.from_matrix(start)).as_matrix()
         return -_scores(cl, _candidate_matrices(A[None], base), pairs, interpolate=True)[0]
 
-    res = minimize(
-        negative,
-        np.zeros(3),
-        method="Nelder-Mead",
-        options={
-            "maxiter": max_iter,
-            "xatol": 1e-4,
-            "fatol": 1e-7,
-            "initial_simplex": np.vstack([np.zeros(3), 0.05 * np.eye(3)]),
-        },
-    )
+    res = rotations.local_rotation_search(negative, step=0.05, max_iter=max_iter, fatol=1e-7)
     A = (Rotation.from_rotvec(res.x) * Rotation.from_matrix(start)).as_matrix()
     return A, -float(res.fun)
 

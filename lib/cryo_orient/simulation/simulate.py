@@ -43,6 +43,7 @@ from cryo_orient.simulation.noise import (
     standardize,
 )
 from cryo_orient.tomography.projection import BACKENDS, default_size, project, resolve_backend
+from cryo_orient.validation import Settings
 
 __all__ = [
     "project",
@@ -65,7 +66,7 @@ _SNR_PILOT = 512
 
 
 @dataclasses.dataclass(frozen=True)
-class SimulationConfig:
+class SimulationConfig(Settings):
     """Everything that determines a simulated dataset (its cache key is a hash of these).
 
     Attributes
@@ -96,6 +97,9 @@ class SimulationConfig:
     backend : {"auto", "nufft", "astra"}
     seed : int
     """
+
+    _unknown_keys = "simulation config key(s)"
+    _known_keys = "keys"
 
     volume: str
     n_projections: int
@@ -143,18 +147,6 @@ class SimulationConfig:
             problems.append(f"seed must be a non-negative integer, got {self.seed!r}")
         if problems:
             raise ValueError("invalid simulation config: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "SimulationConfig":
-        """Build from a plain mapping (a profile section); unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown simulation config key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def volume_source(config: SimulationConfig):

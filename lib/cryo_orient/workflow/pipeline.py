@@ -38,7 +38,7 @@ from cryo_orient.geometry import rotations, volumes
 from cryo_orient.orientation import alignment, gauge, recovery
 from cryo_orient.simulation import simulate
 from cryo_orient.tomography import fsc, projection, reconstruct
-from cryo_orient.validation import InputError
+from cryo_orient.validation import InputError, Settings
 from cryo_orient.workflow.stages import Stage, StageCache, digest, run_stages
 
 __all__ = [
@@ -57,7 +57,7 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(Settings):
     """Settings of every stage after simulation (unknown keys in :meth:`from_dict` are errors).
 
     ``estimator`` names the distance estimator (:data:`cryo_orient.estimation.ESTIMATORS`);
@@ -79,23 +79,17 @@ class PipelineConfig:
     gauge_candidates: int = 3000
     seed: int = 0
 
+    _unknown_keys = "pipeline config key(s)"
+    _known_keys = "keys"
+
     @classmethod
     def from_dict(cls, values) -> PipelineConfig:
         if isinstance(values, PipelineConfig):
             return values
-        if not isinstance(values, dict):
-            raise InputError(f"a pipeline config must be a table of settings, got {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown pipeline config key(s) {unknown}; known keys are {sorted(known)}")
-        config = cls(**values)
+        config = super().from_dict(values)
         if config.estimator not in ESTIMATORS:
             raise InputError(f"unknown distance estimator {config.estimator!r}; choose one of {sorted(ESTIMATORS)}")
         return config
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # --------------------------------------------------------------------------- stage computations
