@@ -130,7 +130,11 @@ smoke: $(STAMP) ## The tiny profile end to end, and a check that every output ex
 	$(MAKE) reproduce PROFILE=tiny
 	$(BIN)/python -m cryo_orient.cli check-outputs --profile tiny
 
-lint: $(STAMP) ## hadolint on the Dockerfile
+LINTED := lib tests benchmarks experiments
+
+lint: $(STAMP) ## ruff (lint and format check) on the code and notebooks; hadolint on the Dockerfile
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/hadolint Dockerfile
 
 bench: $(STAMP) ## Speed: projection (NUFFT vs reference, ASTRA on GPU), recovery, alignment, reconstruction, distance learning

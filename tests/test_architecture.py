@@ -49,7 +49,12 @@ def _imports(path: Path) -> set[str]:
     """Modules of the package that ``path`` imports (top level or inside functions)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.startswith("cryo_orient"):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module
+            and node.module.startswith("cryo_orient")
+        ):
             for alias in node.names:
                 found.add(_resolve(f"{node.module}.{alias.name}"))
         elif isinstance(node, ast.ImportFrom) and node.level:
@@ -94,7 +99,7 @@ def _cycle(graph):
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -126,7 +131,9 @@ def test_no_import_cycles():
 
 def test_the_checks_catch_an_upward_import_and_a_cycle():
     graph = _graph()
-    graph["cryo_orient.geometry.rotations"] = graph["cryo_orient.geometry.rotations"] | {"cryo_orient.workflow.pipeline"}
+    graph["cryo_orient.geometry.rotations"] = graph["cryo_orient.geometry.rotations"] | {
+        "cryo_orient.workflow.pipeline"
+    }
     assert any("geometry.rotations" in v and "workflow.pipeline" in v for v in _layer_violations(graph))
     assert _cycle(graph) is not None  # pipeline imports rotations: now a cycle
     siblings = {"cryo_orient.estimation.exact": {"cryo_orient.orientation.recovery"}}

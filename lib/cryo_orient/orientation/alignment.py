@@ -56,9 +56,9 @@ What ``align`` can and cannot tell
   for a reconstruction as they are: with ``reflected`` False and ``left`` equal to ``+-1`` they
   are (the map comes out rotated by the right factor); with ``left`` equal to ``+-k`` they are
   too, but the map comes out mirrored. Anything else must be undone first.
-* On real data there is no ``q_true``, so ``align`` cannot be used. Fixing the left factor
-  and the reflection from the images themselves (e.g. by common lines) is future work
-  (project issue 5).
+* On real data there is no ``q_true``, so ``align`` cannot be used:
+  :func:`cryo_orient.orientation.gauge.choose_gauge` fixes the left factor and the reflection
+  from the images themselves (common lines).
 
 Method
 ------
