@@ -280,7 +280,7 @@ def print_throughput(r):
 
 
 def dataset_split(args):
-    from cryo_orient.data import splits
+    from cryo_orient.data import read_dataset
     from cryo_orient.simulation import simulate
 
     config = simulate.SimulationConfig(
@@ -290,15 +290,14 @@ def dataset_split(args):
     start = time.perf_counter()
     simulate.simulate_dataset(config, path, progress=False)
     seconds = time.perf_counter() - start
-    data = simulate.load_dataset(path)
-    tr, va, _ = splits.train_val_test_split(len(data["quaternions"]))
-    images, q = data["projections"], data["quaternions"]
-    return (images[tr], q[tr], images[va], q[va]), {
+    data = read_dataset(path)
+    train, val = data.split("train"), data.split("val")
+    return (train.images(), train.quaternions, val.images(), val.quaternions), {
         "path": str(path),
         "simulate_or_load_seconds": seconds,
         "config": config.to_dict(),
-        "train": len(tr),
-        "val": len(va),
+        "train": train.n,
+        "val": val.n,
     }
 
 
