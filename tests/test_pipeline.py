@@ -1,5 +1,7 @@
 """The whole pipeline on an unrealistically small case: it runs, caches, and writes usable files."""
 
+import json
+
 import mrcfile
 import numpy as np
 import pytest
@@ -266,3 +268,22 @@ def test_reconstruct_on_map_is_run_cases_reconstruction(dataset, tmp_path):
         clean, case["q_aligned"], SETTINGS, case["truth"], case["voxel_size"], cache_dir=tmp_path
     )
     np.testing.assert_array_equal(again["volume"], out["volume"])
+
+
+def test_cli_run_is_the_pipeline(dataset, tmp_path):
+    from cryo_orient import cli
+
+    path, folder = dataset
+    config = tmp_path / "pipeline.json"
+    config.write_text(json.dumps(dict(SETTINGS, estimator="exact")))
+    out = tmp_path / "run"
+    assert cli.main(["run", "--dataset", str(path), "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    case = pipeline.run_case(
+        path, dict(SETTINGS, estimator="exact"), cache_dir=out / "cache", progress=False, log=lambda s: None
+    )
+    assert summary["summary"]["E_OR_median"] == case["summary"]["E_OR_median"]
+    assert summary["config"]["estimator"] == "exact"
+    assert {"truth.mrc", "gauge.mrc", "orientations_aligned.star"} <= {p.name for p in out.iterdir()}
+    with pytest.raises(SystemExit, match="unknown pipeline config key"):
+        cli.main(["run", "--dataset", str(path), "--set", "recovery_restart=2", "--out", str(out)])
