@@ -202,7 +202,7 @@ def _cmd_run(args) -> int:
         dataset, config, cache_dir=args.cache_dir or Path(args.out) / "cache", progress=not args.quiet, log=print
     )
     written = pipeline.write_outputs(case, dataset, args.out)
-    summary = {k: v for k, v in case["summary"].items()}
+    summary = case["summary"]
     save_text(
         json.dumps(jsonable({"config": config.to_dict(), "summary": summary}), indent=2) + "\n",
         Path(args.out) / "summary.json",
