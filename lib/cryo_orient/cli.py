@@ -288,6 +288,15 @@ def _cmd_check_outputs(args) -> int:
     return 0
 
 
+def _settings_options(parser, settings: str, example: str) -> None:
+    """``--config FILE`` and repeatable ``--set KEY=VALUE`` for a settings class (read by
+    :func:`_config_values`)."""
+    parser.add_argument("--config", help=f"a TOML or JSON file holding a {settings}")
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help=f"set one setting, e.g. {example} (repeatable)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryo-orient", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -316,13 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train the Siamese distance estimator on a dataset's training split")
     tr.add_argument("--dataset", required=True, help="a dataset written by `cryo-orient simulate`")
     tr.add_argument("--out", required=True, help="run folder (model.keras, history.csv); an unfinished run resumes")
-    tr.add_argument("--config", help="a TOML or JSON file holding a TrainingConfig")
-    tr.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="set one training setting, e.g. --set regime=batch --set epochs=50 (repeatable)",
-    )
+    _settings_options(tr, "TrainingConfig", "--set regime=batch --set epochs=50")
     tr.add_argument(
         "--fresh-perturbation",
         action="store_true",
@@ -404,13 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--dataset", required=True, help="a dataset written by `cryo-orient simulate`")
     run.add_argument("--out", required=True, help="folder for the maps, STAR files and summary.json")
-    run.add_argument("--config", help="a TOML or JSON file holding a PipelineConfig (a profile's [pipeline] table)")
-    run.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="set one pipeline setting, e.g. --set estimator=exact (repeatable)",
-    )
+    _settings_options(run, "PipelineConfig (a profile's [pipeline] table)", "--set estimator=exact")
     run.add_argument("--cache-dir", help="where stages are cached (default OUT/cache)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)

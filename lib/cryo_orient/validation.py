@@ -42,6 +42,7 @@ __all__ = [
     "as_rng",
     "choice",
     "finite",
+    "float_array",
     "index_pairs",
     "integer",
     "positive",
@@ -179,3 +180,12 @@ def index_pairs(i, j, n: int) -> tuple[np.ndarray, np.ndarray]:
         if a.size and (a.min() < 0 or a.max() >= n):
             raise InputIndexError(f"{name} has indices outside [0, {n}): min {a.min()}, max {a.max()}.")
     return i.astype(np.intp, copy=False), j.astype(np.intp, copy=False)
+
+
+def float_array(a, name: str, what: str) -> np.ndarray:
+    """``a`` as a float64 array (a copy only where a conversion needs one); ``what`` says what it
+    must be, for the message when it is not an array of real numbers."""
+    try:
+        return np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputTypeError(f"{name} must be {what}; got {type(a).__name__}: {exc}") from None

@@ -50,7 +50,8 @@ import operator
 import numpy as np
 from scipy.optimize import minimize
 
-from cryo_orient.validation import InputError, InputTypeError, as_rng
+from cryo_orient import validation
+from cryo_orient.validation import InputError, as_rng
 
 __all__ = [
     "canonical",
@@ -90,12 +91,7 @@ MAX_BATCH = 1 << 20
 
 def _as_float_array(a, name, trailing, what, *, require_norm=False):
     """Return ``a`` as a float64 array with the given trailing shape, checked to be finite."""
-    try:
-        arr = np.asarray(a, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InputTypeError(
-            f"{name} must be an array of real numbers ({what}); got {type(a).__name__}: {exc}"
-        ) from None
+    arr = validation.float_array(a, name, f"an array of real numbers ({what})")
     expected = "(..., " + ", ".join(str(t) for t in trailing) + ")"
     if arr.ndim < len(trailing) or arr.shape[arr.ndim - len(trailing) :] != tuple(trailing):
         raise InputError(

@@ -506,6 +506,18 @@ def _distinct(T, atol=1e-9):
     return T[kept]
 
 
+def _statistic(reduce, field: str, *, degrees: bool = False, doc: str | None = None) -> property:
+    """A read-only property: ``reduce`` of the array attribute ``field``, in radians or degrees."""
+
+    def get(self) -> float:
+        value = float(reduce(getattr(self, field)))
+        return float(np.degrees(value)) if degrees else value
+
+    what = "median" if reduce is np.median else "mean"
+    unit = "degrees" if degrees else "radians"
+    return property(get, doc=doc or f"{what.capitalize()} of ``{field}`` ({unit}).")
+
+
 @dataclass(frozen=True, eq=False)
 class Alignment:
     """Result of :func:`align`. Arrays are read-only; angles are in radians unless ``_deg``.
@@ -541,41 +553,16 @@ class Alignment:
     errors_before: np.ndarray
     branch_mean_errors: tuple
 
-    @property
-    def mean_error(self):
-        """Mean geodesic error after alignment: ``E_OR`` of the paper's Eq. 5 (radians)."""
-        return float(np.mean(self.errors))
-
-    @property
-    def median_error(self):
-        """Median error after alignment (radians): what the paper's Figs 10, 13, 15 report."""
-        return float(np.median(self.errors))
-
-    @property
-    def mean_error_deg(self):
-        return float(np.degrees(self.mean_error))
-
-    @property
-    def median_error_deg(self):
-        return float(np.degrees(self.median_error))
-
-    @property
-    def mean_error_before(self):
-        """Mean error without alignment (radians)."""
-        return float(np.mean(self.errors_before))
-
-    @property
-    def median_error_before(self):
-        """Median error without alignment (radians)."""
-        return float(np.median(self.errors_before))
-
-    @property
-    def mean_error_before_deg(self):
-        return float(np.degrees(self.mean_error_before))
-
-    @property
-    def median_error_before_deg(self):
-        return float(np.degrees(self.median_error_before))
+    mean_error = _statistic(np.mean, "errors", doc="Mean error after alignment: E_OR of the paper's Eq. 5 (radians).")
+    median_error = _statistic(
+        np.median, "errors", doc="Median error after alignment (radians): the paper's Figs 10, 13, 15."
+    )
+    mean_error_deg = _statistic(np.mean, "errors", degrees=True)
+    median_error_deg = _statistic(np.median, "errors", degrees=True)
+    mean_error_before = _statistic(np.mean, "errors_before")
+    median_error_before = _statistic(np.median, "errors_before")
+    mean_error_before_deg = _statistic(np.mean, "errors_before", degrees=True)
+    median_error_before_deg = _statistic(np.median, "errors_before", degrees=True)
 
 
 def _read_only(a):

@@ -66,6 +66,17 @@ class GaugeChoice:
     images_used: int
     pairs_used: int
 
+    def as_arrays(self) -> dict:
+        """What a cache keeps of it: the orientations, the left factor, the branch and the scores."""
+        return {
+            "quaternions": self.quaternions,
+            "left": self.left,
+            "conjugated": np.array(self.conjugated),
+            "score": np.array(self.score),
+            "score_q": np.array(self.branch_scores["q"]),
+            "score_conjugate": np.array(self.branch_scores["conjugate"]),
+        }
+
 
 def _check_images(images):
     p = np.asarray(images)

@@ -218,6 +218,15 @@ class RecoveryResult:
         window = int(self.settings.get("window", 10))
         return float(np.mean(self.losses[-window:])) if self.steps else float("nan")
 
+    def as_arrays(self) -> dict:
+        """What a cache keeps of it: ``quaternions``, ``losses``, ``seconds``, ``final_loss``."""
+        return {
+            "quaternions": self.quaternions,
+            "losses": self.losses,
+            "seconds": np.array(self.seconds),
+            "final_loss": np.array(self.final_loss),
+        }
+
 
 # --------------------------------------------------------------------------------------------
 # Distance input
@@ -226,12 +235,7 @@ class RecoveryResult:
 
 def _validate_matrix(d, n):
     """Check an (n, n) distance matrix; return it as float64 (the input is never modified)."""
-    try:
-        arr = np.asarray(d, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"distances must be an (n, n) array of real numbers or a callable f(i, j); got {type(d).__name__}: {exc}"
-        ) from None
+    arr = validation.float_array(d, "distances", "an (n, n) array of real numbers or a callable f(i, j)")
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
         raise ValueError(
             f"distances must be a square (n, n) matrix of pairwise distances; got shape "

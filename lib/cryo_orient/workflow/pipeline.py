@@ -108,7 +108,7 @@ def recover_orientations(distances, n: int, config: PipelineConfig, *, rng=None,
     """The recovery stage (Eq. 4) with the config's mode, restarts and step limit; ``rng`` defaults
     to the pipeline's stream ``[config.seed, 10]``."""
     rng = np.random.default_rng([config.seed, 10]) if rng is None else rng
-    result = recovery.recover(
+    return recovery.recover(
         distances,
         n,
         mode=config.recovery_mode,
@@ -116,18 +116,12 @@ def recover_orientations(distances, n: int, config: PipelineConfig, *, rng=None,
         max_steps=config.recovery_max_steps,
         rng=rng,
         progress=progress,
-    )
-    return {
-        "quaternions": result.quaternions,
-        "losses": result.losses,
-        "seconds": np.array(result.seconds),
-        "final_loss": np.array(result.final_loss),
-    }
+    ).as_arrays()
 
 
 def choose_gauge(images, quaternions, config: PipelineConfig, *, progress=False) -> dict:
     """The gauge stage: the orientations' gauge chosen by common lines, no ground truth."""
-    choice = gauge.choose_gauge(
+    return gauge.choose_gauge(
         images,
         quaternions,
         n_images=config.gauge_images,
@@ -135,15 +129,7 @@ def choose_gauge(images, quaternions, config: PipelineConfig, *, progress=False)
         n_candidates=config.gauge_candidates,
         rng=np.random.default_rng([config.seed, 12]),
         progress=progress,
-    )
-    return {
-        "quaternions": choice.quaternions,
-        "left": choice.left,
-        "conjugated": np.array(choice.conjugated),
-        "score": np.array(choice.score),
-        "score_q": np.array(choice.branch_scores["q"]),
-        "score_conjugate": np.array(choice.branch_scores["conjugate"]),
-    }
+    ).as_arrays()
 
 
 def _volume_key(images, quaternions, config, backend) -> tuple:
