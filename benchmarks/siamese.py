@@ -443,47 +443,29 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="116,58", help="input sides for (a) and (b), comma-separated (116,58)")
     parser.add_argument("--forward-batch", type=int, default=256, help="images per forward step (256)")
     parser.add_argument(
-        "--train-batch",
-        type=int,
-        help="pairs per Siamese training step in (a) " + auto(GPU_DEFAULTS["train_batch"], CPU_DEFAULTS["train_batch"]),
-    )
-    parser.add_argument(
         "--pair-batch",
         type=int,
         default=256,
         help="pairs per step of the faithful regime in (b) and (c) (256, the paper's)",
     )
-    parser.add_argument(
-        "--batch-size",
-        help="images B per step of the batch regime, comma-separated; (b) and (c) run each, "
-        "the first is the headline " + auto(GPU_DEFAULTS["batch_size"], CPU_DEFAULTS["batch_size"]),
-    )
-    parser.add_argument(
-        "--warmup", type=int, help="untimed steps " + auto(GPU_DEFAULTS["warmup"], CPU_DEFAULTS["warmup"])
-    )
-    parser.add_argument("--steps", type=int, help="timed steps " + auto(GPU_DEFAULTS["steps"], CPU_DEFAULTS["steps"]))
-    parser.add_argument(
-        "--input-size",
-        type=int,
-        help="input side in (c) " + auto(GPU_DEFAULTS["input_size"], CPU_DEFAULTS["input_size"]),
-    )
-    parser.add_argument(
-        "--n-projections",
-        type=int,
-        help="projections simulated for (c) " + auto(GPU_DEFAULTS["n_projections"], CPU_DEFAULTS["n_projections"]),
-    )
-    parser.add_argument(
-        "--faithful-epochs",
-        type=int,
-        help="epochs of the faithful regime in (c) "
-        + auto(GPU_DEFAULTS["faithful_epochs"], CPU_DEFAULTS["faithful_epochs"]),
-    )
-    parser.add_argument(
-        "--batch-epochs-cap",
-        type=int,
-        help="most epochs of the batch regime in (c) "
-        + auto(GPU_DEFAULTS["batch_epochs_cap"], CPU_DEFAULTS["batch_epochs_cap"]),
-    )
+    # Options whose default depends on the machine (GPU_DEFAULTS, CPU_DEFAULTS): name, type, what.
+    for name, kind, what in (
+        ("train_batch", int, "pairs per Siamese training step in (a)"),
+        (
+            "batch_size",
+            str,
+            "images B per step of the batch regime, comma-separated; (b) and (c) run each, the first is the headline",
+        ),
+        ("warmup", int, "untimed steps"),
+        ("steps", int, "timed steps"),
+        ("input_size", int, "input side in (c)"),
+        ("n_projections", int, "projections simulated for (c)"),
+        ("faithful_epochs", int, "epochs of the faithful regime in (c)"),
+        ("batch_epochs_cap", int, "most epochs of the batch regime in (c)"),
+    ):
+        parser.add_argument(
+            "--" + name.replace("_", "-"), type=kind, help=f"{what} {auto(GPU_DEFAULTS[name], CPU_DEFAULTS[name])}"
+        )
     parser.add_argument("--seed", type=int, default=0, help="training seed in (c)")
     parser.add_argument("--parts", default="abc", help="which of (a)+(b) ('a' or 'b') and (c) to run (abc)")
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke test of the script (~1 min)")
