@@ -69,7 +69,7 @@ def test_choose_gauge_bad_inputs(scene):
     _, q, p = scene
     with pytest.raises(ValueError, match="one quaternion per image"):
         gauge.choose_gauge(p, q[:-1])
-    with pytest.raises(ValueError, match=r"shape \(N, size, size\)"):
+    with pytest.raises(ValueError, match="must be square images, got 41 x 40"):
         gauge.choose_gauge(p[:, :, :-1], q)
     bad = p.copy()
     bad[0, 0, 0] = np.nan

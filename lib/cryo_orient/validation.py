@@ -43,6 +43,7 @@ __all__ = [
     "choice",
     "finite",
     "float_array",
+    "image_stack",
     "index_pairs",
     "integer",
     "positive",
@@ -189,3 +190,23 @@ def float_array(a, name: str, what: str) -> np.ndarray:
         return np.asarray(a, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InputTypeError(f"{name} must be {what}; got {type(a).__name__}: {exc}") from None
+
+
+def image_stack(images, name: str = "images", *, square: bool = False, finite: bool = True) -> np.ndarray:
+    """``images`` as an array of shape (N, ny, nx) of real numbers (not copied): non-empty,
+    square images with ``square``, no NaN or infinity with ``finite``."""
+    a = np.asarray(images)
+    if a.ndim != 3:
+        hint = "; use images[None] for a single image" if a.ndim == 2 else ""
+        raise InputError(f"{name} must be a 3-D array (N, ny, nx) of 2-D images, got shape {a.shape}{hint}")
+    if a.size == 0:
+        raise InputError(f"{name} is empty (shape {a.shape})")
+    if square and a.shape[1] != a.shape[2]:
+        raise InputError(f"{name} must be square images, got {a.shape[1]} x {a.shape[2]}")
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise InputTypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if finite:
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise InputError(f"{name} hold {bad} NaN or infinite values; replace them (e.g. np.nan_to_num) first")
+    return a

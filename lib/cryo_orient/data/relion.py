@@ -37,18 +37,17 @@ Files
 from __future__ import annotations
 
 import math
-import operator
 import os
 import re
 from pathlib import Path
 
-import numpy as np
-
 import mrcfile
+import numpy as np
 from gemmi import cif
-from cryo_orient.geometry import rotations
-from cryo_orient.artifacts import atomic_output
+
 from cryo_orient import validation
+from cryo_orient.artifacts import atomic_output
+from cryo_orient.geometry import rotations
 
 __all__ = [
     "quaternions_to_relion",
@@ -128,22 +127,8 @@ def _token(name, value) -> str:
 
 
 def _check_images(images, name="images") -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 3:
-        raise ValueError(
-            f"{name} must be a 3-D array (N, ny, nx) of 2-D images, got shape {images.shape}"
-            + ("; use images[None] for a single image" if images.ndim == 2 else "")
-        )
-    if images.size == 0:
-        raise ValueError(f"{name} is empty (shape {images.shape})")
-    if images.shape[1] != images.shape[2]:
-        raise ValueError(f"RELION needs square images; {name} are {images.shape[1]} x {images.shape[2]}")
-    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {images.dtype}")
-    bad = int(images.size - np.count_nonzero(np.isfinite(images)))
-    if bad:
-        raise ValueError(f"{name} hold {bad} NaN or infinite values; replace them (e.g. np.nan_to_num) first")
-    return images
+    # RELION needs square images.
+    return validation.image_stack(images, name, square=True)
 
 
 # --------------------------------------------------------------------------------------------

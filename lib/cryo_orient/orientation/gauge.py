@@ -30,6 +30,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 from tqdm.auto import tqdm
 
+from cryo_orient import validation
 from cryo_orient.geometry import rotations
 from cryo_orient.validation import as_rng
 
@@ -79,12 +80,7 @@ class GaugeChoice:
 
 
 def _check_images(images):
-    p = np.asarray(images)
-    if p.ndim != 3 or p.shape[1] != p.shape[2]:
-        raise ValueError(f"images must have shape (N, size, size), got {p.shape}")
-    if not np.all(np.isfinite(p)):
-        raise ValueError("images contain NaN or infinite values")
-    return p
+    return validation.image_stack(images, square=True)
 
 
 def common_lines(images, *, n_angles=360, max_radius=None, nthreads=None) -> CommonLines:

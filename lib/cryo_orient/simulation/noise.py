@@ -33,12 +33,8 @@ SHIFT_MODES = ("none", "circular", "subpixel")
 
 
 def _check_images(images) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 3:
-        raise ValueError(f"images must have shape (N, ny, nx), got {images.shape}")
-    if not np.issubdtype(images.dtype, np.floating):
-        images = images.astype(np.float32)
-    return images
+    images = validation.image_stack(images, finite=False)  # NaN stays NaN through noise and shifts
+    return images if np.issubdtype(images.dtype, np.floating) else images.astype(np.float32)
 
 
 def add_noise(images, variance, rng=None) -> np.ndarray:
