@@ -14,14 +14,16 @@
 # Not a figure of the paper: the comparison it leaves to the reader. On the same simulated
 # projections (the test split of 5j0n with SO(3)-uniform full coverage, 1,650 images under the cpu
 # profile) and at several noise levels, orientations are estimated (i) by our whole pipeline
-# (`cryo_orient.workflow.pipeline.run_case`, with exactly figure 10's settings of the profile, so its cached
-# cases are reused) and (ii) by common lines with ASPIRE-Python's `CLSyncVoting` (Shkolnisky &
+# (`cryo_orient.workflow.pipeline.run_case`, with the profile's `[pipeline]` settings, as figure 10, so
+# its cached cases are reused) and (ii) by common lines with ASPIRE-Python's `CLSyncVoting` (Shkolnisky &
 # Singer 2012; Singer et al. 2010), run on the same raw noisy images in its own environment
 # (`.venv-compare`, `experiments/compare/aspire_orientations.py`). Both are aligned to the true
 # orientations with the same O(4) alignment (`cryo_orient.orientation.alignment.align`), which removes the
 # global rotation and handedness that neither method can know, and reconstructed with the same
 # solver from the same images (the clean test projections, as figure 11's "recovered", and the
-# noisy ones); FSC against the true map.
+# noisy ones); FSC against the true map. Panels: (a) E_OR, (b) run time and (c) the FSC 0.5
+# resolution against the SNR; (d) the FSC curves of both methods' reconstructions from the clean
+# images at every noise level.
 #
 # ASPIRE's convention (see `experiments/compare/aspire_convention.py`): its `Volume.project(R_A)`
 # equals our projection at `R = R_A^T` with the same image and volume indexing, so its rotations
@@ -40,22 +42,24 @@
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
+cache_dir = "build/tiny/cache"
 datasets = ["5j0n-full-so3", "5j0n-full-so3-noise1", "5j0n-full-so3-noise4", "5j0n-full-so3-noise16"]
 labels = ["5j0n, noiseless", "5j0n, noise variance 1", "5j0n, noise variance 4", "5j0n, noise variance 16"]
-input_size = 16
-n_features = 32
-regime = "batch"
-batch_size = 8
-epochs = 2
-fresh_noise = True
-recovery_restarts = 3
-recovery_max_steps = 20000
-reconstruction_iterations = 5
-reconstruction_backend = "nufft"
-gauge_images = 400
-gauge_pairs = 500
-gauge_candidates = 200
-seed = 0
+pipeline = {
+    "estimator": "siamese",
+    "training": {"input_size": 16, "n_features": 32, "regime": "batch", "batch_size": 8, "epochs": 2, "seed": 0},
+    "fresh_noise": True,
+    "estimator_options": {},
+    "recovery_mode": "improved",
+    "recovery_restarts": 3,
+    "recovery_max_steps": 20000,
+    "reconstruction_iterations": 5,
+    "reconstruction_backend": "nufft",
+    "gauge_images": 400,
+    "gauge_pairs": 500,
+    "gauge_candidates": 200,
+    "seed": 0,
+}
 aspire_python = ".venv-compare/bin/python"
 aspire_n_theta = 360
 aspire_n_rad = 0
@@ -69,34 +73,26 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient.orientation import alignment
-
 from cryo_orient import artifacts
-
-from cryo_orient.workflow import pipeline
-
+from cryo_orient.data.dataset import read_dataset
 from cryo_orient.geometry import rotations
-
-from cryo_orient.simulation import simulate
+from cryo_orient.orientation import alignment
+from cryo_orient.workflow import plots, profiles
+from cryo_orient.workflow.pipeline import PipelineConfig, reconstruct_on_map, run_case
 
 sys.path.insert(0, str(Path("experiments") / "compare"))
 import aspire_convention  # noqa: E402  (plain numpy)
 import aspire_runner  # noqa: E402
 
 out = Path(out_dir)
-cache = Path("build") / profile / "cache"
+cache = Path(cache_dir)
 if len(labels) != len(datasets):
     raise ValueError(f"need one label per dataset, got {len(labels)} labels for {len(datasets)} datasets")
-# Figure 10's configuration, so that its cached cases are reused.
-config = pipeline.PipelineConfig(
-    training=dict(input_size=input_size, n_features=n_features, regime=regime, batch_size=batch_size,
-                  epochs=epochs, seed=seed),
-    fresh_noise=fresh_noise, recovery_restarts=recovery_restarts, recovery_max_steps=recovery_max_steps,
-    reconstruction_iterations=reconstruction_iterations, reconstruction_backend=reconstruction_backend,
-    gauge_images=gauge_images, gauge_pairs=gauge_pairs,
-    gauge_candidates=gauge_candidates, seed=seed)
-aspire_settings = dict(n_theta=aspire_n_theta, n_rad=aspire_n_rad, max_shift=aspire_max_shift,
-                       downsample=aspire_downsample)
+# The profile's [pipeline] settings, as figure 10's, so that its cached cases are reused.
+config = PipelineConfig.from_dict(pipeline)
+aspire_settings = dict(
+    n_theta=aspire_n_theta, n_rad=aspire_n_rad, max_shift=aspire_max_shift, downsample=aspire_downsample
+)
 
 
 def fsc_columns(clean_curve, noisy_curve) -> dict:
@@ -116,49 +112,86 @@ rows, curves, reference = [], {}, {}
 for name, label in zip(datasets, labels):
     print(f"== {name}")
     path = Path(sim_dir) / f"{name}.h5"
-    case = pipeline.run_case(path, config, cache_dir=cache, progress=False)
-    data = simulate.load_dataset(path)
-    test, clean, noisy = pipeline.split_projections(data)
+    case = run_case(path, config, cache_dir=cache, progress=False)
+    data = read_dataset(path)
+    test_split = data.split("test")
+    test, clean, noisy = test_split.index, test_split.images("clean"), test_split.images("noisy")
     if not np.array_equal(test, case["test_indices"]):
-        raise RuntimeError("run_case's test split differs from pipeline.split_projections'")
-    attrs, s = data["attrs"], case["summary"]
-    noise, signal = float(attrs["noise_variance"] or 0), float(attrs["signal_variance"])
-    common = {"dataset": name, "label": label, "noise_variance": noise,
-              "snr_db": float(10 * np.log10(signal / noise)) if noise > 0 else None}
+        raise RuntimeError("run_case's test split differs from the dataset's test split")
+    s = case["summary"]
+    noise, signal = data.noise_variance, float(data.metadata["signal_variance"])
+    common = {
+        "dataset": name,
+        "label": label,
+        "noise_variance": noise,
+        "snr_db": float(10 * np.log10(signal / noise)) if noise > 0 else None,
+    }
 
-    result = aspire_runner.cached_orientations(aspire_python, path, str(attrs["cache_key"]), test, aspire_settings,
-                                               cache / "compare")
-    q_aspire = rotations.matrix_to_quaternion(aspire_convention.nearest_rotation(
-        aspire_convention.aspire_to_matrices(result["rotations"])))
+    result = aspire_runner.cached_orientations(
+        aspire_python, path, data.cache_key, test, aspire_settings, cache / "compare"
+    )
+    q_aspire = rotations.matrix_to_quaternion(
+        aspire_convention.nearest_rotation(aspire_convention.aspire_to_matrices(result["rotations"]))
+    )
     aligned = alignment.align(case["q_true"], q_aspire)
-    print(f"ASPIRE: {result['seconds']:.0f} s, E_OR median {np.degrees(aligned.median_error):.2f}, "
-          f"mean {np.degrees(aligned.mean_error):.2f} deg")
+    print(
+        f"ASPIRE: {result['seconds']:.0f} s, E_OR median {np.degrees(aligned.median_error):.2f}, "
+        f"mean {np.degrees(aligned.mean_error):.2f} deg"
+    )
     ours = {"recovered": case["fsc"]["recovered"], "recovered_noisy_images": case["fsc"]["recovered_noisy_images"]}
-    theirs = {which: pipeline.reconstruct_on_map(images, aligned.aligned, config, case["truth"], case["voxel_size"],
-                                                 cache_dir=cache / "compare")["fsc"]
-              for which, images in (("recovered", clean), ("recovered_noisy_images", noisy))}
+    theirs = {
+        which: reconstruct_on_map(
+            images, aligned.aligned, config, case["truth"], case["voxel_size"], cache_dir=cache / "compare"
+        )["fsc"]
+        for which, images in (("recovered", clean), ("recovered_noisy_images", noisy))
+    }
     curves[name] = {"siamese": ours, "aspire-cl-sync-voting": theirs}
     for method, e_median, e_mean, seconds, fscs, extra in (
-            ("siamese", s["E_OR_median"], s["E_OR_mean"], s["estimator"]["seconds"] + s["recovery_seconds"], ours,
-             {"training_seconds": s["estimator"]["seconds"], "recovery_seconds": s["recovery_seconds"]}),
-            ("aspire-cl-sync-voting", aligned.median_error, aligned.mean_error, result["seconds"], theirs,
-             {"aspire_seconds": result["seconds"], "aspire_common_lines_seconds": result["seconds_clmatrix"],
-              "aspire_voting_seconds": result["seconds_voting"],
-              "aspire_version": result["aspire_version"], "aspire_parameters": result["parameters"]})):
-        rows.append(common | {
-            "method": method, "E_OR_median_deg": float(np.degrees(e_median)), "E_OR_mean_deg": float(np.degrees(e_mean)),
-            "seconds": float(seconds),
-            **fsc_columns(fscs["recovered"], fscs["recovered_noisy_images"]),
-            "reflected": bool(aligned.reflected) if method != "siamese" else bool(s["reflected"]),
-        } | extra)
+        (
+            "siamese",
+            s["E_OR_median"],
+            s["E_OR_mean"],
+            s["estimator"]["seconds"] + s["recovery_seconds"],
+            ours,
+            {"training_seconds": s["estimator"]["seconds"], "recovery_seconds": s["recovery_seconds"]},
+        ),
+        (
+            "aspire-cl-sync-voting",
+            aligned.median_error,
+            aligned.mean_error,
+            result["seconds"],
+            theirs,
+            {
+                "aspire_seconds": result["seconds"],
+                "aspire_common_lines_seconds": result["seconds_clmatrix"],
+                "aspire_voting_seconds": result["seconds_voting"],
+                "aspire_version": result["aspire_version"],
+                "aspire_parameters": result["parameters"],
+            },
+        ),
+    ):
+        rows.append(
+            common
+            | {
+                "method": method,
+                "E_OR_median_deg": float(np.degrees(e_median)),
+                "E_OR_mean_deg": float(np.degrees(e_mean)),
+                "seconds": float(seconds),
+                **fsc_columns(fscs["recovered"], fscs["recovered_noisy_images"]),
+                "reflected": bool(aligned.reflected) if method != "siamese" else bool(s["reflected"]),
+            }
+            | extra
+        )
     reference[name] = fsc_columns(case["fsc"]["truth"], case["fsc"]["truth_noisy_images"])
     nyquist = 2 * case["voxel_size"]
     n_test = len(test)
-    del case, data, clean, noisy
+    del case, data, test_split, clean, noisy
 
 # %%
-METHODS = {"siamese": ("ours: Siamese distances + recovery", "tab:blue", "o"),
-           "aspire-cl-sync-voting": ("common lines: ASPIRE sync voting", "tab:red", "s")}
+METHODS = {
+    "siamese": ("ours: Siamese distances + recovery", "tab:blue", "o"),
+    "aspire-cl-sync-voting": ("common lines: ASPIRE sync voting", "tab:red", "s"),
+}
 finite = [r["snr_db"] for r in rows if r["snr_db"] is not None]
 noiseless_x = (max(finite) if finite else 0.0) + 6.0  # where the noiseless case sits on the SNR axis
 
@@ -172,7 +205,7 @@ def series(method, key):
     return np.array([xpos(r) for r in sel]), np.array([r[key] for r in sel], dtype=float)
 
 
-fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+fig, axes = plt.subplots(1, 4, figsize=(23, 4.8))
 ax = axes[0]
 for method, (label, color, marker) in METHODS.items():
     x, med = series(method, "E_OR_median_deg")
@@ -201,8 +234,10 @@ for method, (label, color, marker) in METHODS.items():
     x, res = series(method, "fsc_noisy_images_0.5_angstrom")
     ax.plot(x, res, color=color, marker=marker, ls="--", mfc="white", label=f"{label}, noisy images")
 ref_x = np.array([noiseless_x if r["snr_db"] is None else r["snr_db"] for r in rows if r["method"] == "siamese"])
-for key, ls, label in (("fsc_0.5_angstrom", "-", "true orientations, clean images"),
-                       ("fsc_noisy_images_0.5_angstrom", "--", "true orientations, noisy images")):
+for key, ls, label in (
+    ("fsc_0.5_angstrom", "-", "true orientations, clean images"),
+    ("fsc_noisy_images_0.5_angstrom", "--", "true orientations, noisy images"),
+):
     ref = np.array([reference[r["dataset"]][key] for r in rows if r["method"] == "siamese"])
     order = np.argsort(ref_x)
     ax.plot(ref_x[order], ref[order], color="0.55", ls=ls, lw=1, label=label)
@@ -210,16 +245,41 @@ ax.axhline(nyquist, color="0.6", lw=0.8, ls=":", label=f"Nyquist ({nyquist:.1f} 
 ax.set(ylabel="FSC 0.5 resolution (Å, lower is better)", title="(c) reconstruction: FSC 0.5 with the true map")
 ax.legend(fontsize=7)
 
+ax = axes[3]
+shades = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(datasets)))
+shown = []
+for method, (method_label, _, _) in METHODS.items():
+    for shade, name, label in zip(shades, datasets, labels):
+        curve = curves[name][method]["recovered"]
+        shown.append(
+            (
+                f"{label}, {method_label.split(':')[0]}: {curve.resolution(0.5)[0]:.1f} Å",
+                curve.frequency,
+                curve.correlation,
+                dict(color=shade, ls="-" if method == "siamese" else "--"),
+            )
+        )
+plots.fsc_curves(
+    ax,
+    shown,
+    title="(d) FSC with the true map, clean images",
+    legend_kw=dict(fontsize=6.5, title="FSC 0.5 (solid: ours, dashed: common lines)", title_fontsize=7),
+)
+
 ticks = sorted(set(xpos(r) for r in rows))
-for ax in axes:
+for ax in axes[:3]:
     ax.set_xticks(ticks, [("noiseless" if t == noiseless_x else f"{t:.0f}") for t in ticks])
     ax.set_xlabel("SNR (dB)")
     ax.grid(alpha=0.3, which="both", lw=0.5)
 first_aspire = next(r for r in rows if r["method"] == "aspire-cl-sync-voting")
-fig.suptitle(f"Our pipeline against common lines (ASPIRE {first_aspire['aspire_version']} CLSyncVoting), the same "
-             f"{n_test} test projections at each noise level ({', '.join(datasets)})", fontsize=10)
+fig.suptitle(
+    f"Our pipeline against common lines (ASPIRE {first_aspire['aspire_version']} CLSyncVoting), the same "
+    f"{n_test} test projections at each noise level ({', '.join(datasets)})",
+    fontsize=10,
+)
 fig.tight_layout()
 artifacts.save_figure(fig, out / "compare.png")
+
 
 # %%
 def fmt(value, digits=2):
@@ -237,11 +297,11 @@ lines = [
     "",
     f"Profile `{profile}`, {n_test} test projections per dataset, the same images for both methods. "
     "E_OR: geodesic error after the O(4) alignment to the truth (degrees). Time, in seconds on this machine "
-    "(its 2 cores were shared with other jobs during these runs: compare orders of magnitude only): ours is the estimator's "
-    "training plus orientation recovery; ASPIRE's is common lines, voting and rotations "
+    "(its 2 cores were shared with other jobs during these runs: compare orders of magnitude only): ours is the "
+    "estimator's training plus orientation recovery; ASPIRE's is common lines, voting and rotations "
     f"(`n_theta` = {params['n_theta']}, `n_rad` = {params['n_rad']}, images Fourier-downsampled to "
     f"{params['image_size']} px, no shift search). FSC with the true map, from the clean test "
-    "projections (as figure 11's \"recovered\") and from the noisy ones; resolutions in Å.",
+    'projections (as figure 11\'s "recovered") and from the noisy ones; resolutions in Å.',
     "",
     "| dataset | SNR (dB) | method | E_OR median (°) | E_OR mean (°) | time (s) | FSC 0.5 (Å) | FSC 0.143 (Å) "
     "| FSC 0.5, noisy images (Å) | FSC 0.143, noisy images (Å) |",
@@ -249,20 +309,31 @@ lines = [
 ]
 for r in rows:
     snr = "∞ (noiseless)" if r["snr_db"] is None else f"{r['snr_db']:.1f}"
-    lines.append(f"| {r['dataset']} | {snr} | {r['method']} | {fmt(r['E_OR_median_deg'])} | {fmt(r['E_OR_mean_deg'])} "
-                 f"| {fmt(r['seconds'], 0)} | {res(r, 'fsc_0.5_angstrom')} | {res(r, 'fsc_0.143_angstrom')} "
-                 f"| {res(r, 'fsc_noisy_images_0.5_angstrom')} | {res(r, 'fsc_noisy_images_0.143_angstrom')} |")
-lines += ["", "With the true orientations (reference): " + "; ".join(
-    f"{name}: {res(ref, 'fsc_0.5_angstrom')} / {res(ref, 'fsc_0.143_angstrom')} Å (clean images), "
-    f"{res(ref, 'fsc_noisy_images_0.5_angstrom')} / {res(ref, 'fsc_noisy_images_0.143_angstrom')} Å (noisy images)"
-    for name, ref in reference.items()) + f" (FSC 0.5 / 0.143; Nyquist {nyquist:.1f} Å; \"≤\": the FSC stayed above "
-    "the threshold up to the last shell).", ""]
+    lines.append(
+        f"| {r['dataset']} | {snr} | {r['method']} | {fmt(r['E_OR_median_deg'])} | {fmt(r['E_OR_mean_deg'])} "
+        f"| {fmt(r['seconds'], 0)} | {res(r, 'fsc_0.5_angstrom')} | {res(r, 'fsc_0.143_angstrom')} "
+        f"| {res(r, 'fsc_noisy_images_0.5_angstrom')} | {res(r, 'fsc_noisy_images_0.143_angstrom')} |"
+    )
+lines += [
+    "",
+    "With the true orientations (reference): "
+    + "; ".join(
+        f"{name}: {res(ref, 'fsc_0.5_angstrom')} / {res(ref, 'fsc_0.143_angstrom')} Å (clean images), "
+        f"{res(ref, 'fsc_noisy_images_0.5_angstrom')} / {res(ref, 'fsc_noisy_images_0.143_angstrom')} Å (noisy images)"
+        for name, ref in reference.items()
+    )
+    + f' (FSC 0.5 / 0.143; Nyquist {nyquist:.1f} Å; "≤": the FSC stayed above '
+    "the threshold up to the last shell).",
+    "",
+]
 artifacts.save_text("\n".join(lines), out / "compare.md")
 print("\n".join(lines))
 
 artifacts.write_record(
-    out, "compare", outputs=["compare.png", "compare.md"],
-    parameters=dict(profile=profile, datasets=datasets, labels=labels, pipeline=config.to_dict(),
-                    aspire=aspire_settings | {"python": aspire_python, "resolved": params}),
+    out,
+    "compare",
+    outputs=["compare.png", "compare.md"],
+    parameters=profiles.run_parameters("compare", globals())
+    | dict(pipeline=config.to_dict(), aspire=aspire_settings | {"python": aspire_python, "resolved": params}),
     results={"rows": rows, "true_orientations": reference, "n_test": n_test, "nyquist_angstrom": nyquist},
 )

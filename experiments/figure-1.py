@@ -30,6 +30,7 @@
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
+cache_dir = "build/tiny/cache"
 volume = "5j0n"
 theta = [0.6, 0.8, 1.05]  # (theta3, theta2, theta1) in radians
 camera = [60.0, 30.0]  # azimuth and elevation of the viewer, degrees
@@ -46,10 +47,9 @@ from matplotlib.transforms import Affine2D
 from skimage import measure
 
 from cryo_orient import artifacts, data
-
-from cryo_orient.tomography import projection
-
 from cryo_orient.geometry import rotations
+from cryo_orient.tomography import projection
+from cryo_orient.workflow import profiles
 
 vol = data.load(volume, progress=False)[0].astype(np.float64)
 t3, t2, t1 = theta
@@ -70,7 +70,8 @@ com_image = np.array([(image * xx).sum(), (image * yy).sum()]) / image.sum()
 reference = projection.project_real_space(vol, q, size)[0]
 checks = {
     "ray_minus_viewing_direction": float(np.abs(ray - rotations.viewing_direction(q)[0]).max()),
-    "ray_polar_angle": float(np.arccos(ray[2])), "theta2": t2,
+    "ray_polar_angle": float(np.arccos(ray[2])),
+    "theta2": t2,
     "ray_azimuth": float(np.mod(np.arctan2(ray[1], ray[0]), 2 * np.pi)),
     "pi_minus_theta1": float(np.mod(np.pi - t1, 2 * np.pi)),
     "y1_cross_y2_minus_ray": float(np.abs(np.cross(y1, y2) - ray).max()),
@@ -127,15 +128,21 @@ normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-12
 light = view + 0.6 * up - 0.3 * right
 shade = 0.35 + 0.6 * np.abs(normal @ (light / np.linalg.norm(light)))
 order = np.argsort(tri.mean(1) @ view)
-ax.add_collection(PolyCollection(page(tri[order]), facecolors=plt.cm.gray(0.25 + 0.6 * shade[order]),
-                                 edgecolors="none", zorder=2))
+ax.add_collection(
+    PolyCollection(page(tri[order]), facecolors=plt.cm.gray(0.25 + 0.6 * shade[order]), edgecolors="none", zorder=2)
+)
 extent = np.abs(verts).max()  # beyond this radius a line is in front of (or beside) the density
 
 # Volume axes and −x1: behind the density up to `extent`, in front beyond it.
 for e, name in zip((e1, e2, e3), ("x_1", "x_2", "x_3")):
     line(ax, 0 * e, extent * e, color="k", lw=1.4, zorder=1)
-    ax.annotate("", page(1.08 * L * e), page(extent * e), zorder=3,
-                arrowprops=dict(arrowstyle="-|>", color="k", lw=1.4, mutation_scale=16))
+    ax.annotate(
+        "",
+        page(1.08 * L * e),
+        page(extent * e),
+        zorder=3,
+        arrowprops=dict(arrowstyle="-|>", color="k", lw=1.4, mutation_scale=16),
+    )
     ax.text(*page(1.14 * L * e), f"${name}$", fontsize=17, ha="center", va="center")
 line(ax, 0 * e1, -0.5 * L * e1, color="0.35", lw=1, ls=(0, (4, 3)), zorder=1)
 ax.text(*page(-0.5 * L * e1 + 0.03 * size * e3), "$-x_1$", fontsize=13, color="0.3", ha="left", va="bottom", zorder=6)
@@ -145,8 +152,7 @@ for a in np.linspace(-0.36, 0.36, 5) * size:
     for b in (-0.3 * size, 0.3 * size):
         start = a * y1 + b * y2 - 0.55 * size * ray
         line(ax, start, start + (0.55 * size + extent) * ray, color="0.6", lw=0.6, zorder=1)
-        line(ax, start + (0.55 * size + extent) * ray, start + (0.55 * size + D) * ray, color="0.6", lw=0.6,
-             zorder=3)
+        line(ax, start + (0.55 * size + extent) * ray, start + (0.55 * size + D) * ray, color="0.6", lw=0.6, zorder=3)
 line(ax, 0 * ray, extent * ray, color="tab:red", lw=2.5, zorder=1)
 line(ax, extent * ray, det, color="tab:red", lw=2.5, zorder=3)
 ax.text(*page(0.5 * D * ray + 0.08 * size * e3), r"$\theta$", color="tab:red", fontsize=20, ha="center", zorder=6)
@@ -166,31 +172,58 @@ ax.text(*page(1.12 * mid), r"$\theta_1$", color="tab:green", fontsize=17, ha="le
 frame = det + half * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) @ np.array([y1, y2])
 ax.fill(*page(frame).T, fc="white", ec="none", alpha=0.55, zorder=4)
 M = np.array([[y1 @ right, y2 @ right, det @ right], [y1 @ up, y2 @ up, det @ up], [0, 0, 1]])
-ax.imshow(image, cmap="Greys", origin="lower", extent=(-half - 0.5, size - half - 0.5) * 2, alpha=0.9,
-          transform=Affine2D(M) + ax.transData, interpolation="bilinear", zorder=4)
+ax.imshow(
+    image,
+    cmap="Greys",
+    origin="lower",
+    extent=(-half - 0.5, size - half - 0.5) * 2,
+    alpha=0.9,
+    transform=Affine2D(M) + ax.transData,
+    interpolation="bilinear",
+    zorder=4,
+)
 ax.fill(*page(frame).T, fc="none", ec="steelblue", lw=1.5, zorder=5)
 for axis, name in ((y1, "y_1"), (y2, "y_2")):
-    ax.annotate("", page(det + 0.36 * size * axis), page(det), zorder=6,
-                arrowprops=dict(arrowstyle="-|>", color="k", lw=1.6, mutation_scale=16))
+    ax.annotate(
+        "",
+        page(det + 0.36 * size * axis),
+        page(det),
+        zorder=6,
+        arrowprops=dict(arrowstyle="-|>", color="k", lw=1.6, mutation_scale=16),
+    )
     ax.text(*page(det + 0.43 * size * axis), f"${name}$", fontsize=17, ha="center", va="center", zorder=6)
 line(ax, det, det + 0.4 * size * R0[0], color="k", lw=1.2, ls=":", zorder=6)
 mid = arc(ax, R0[0], -R0[1], t3, 0.22 * size, about=det, color="tab:purple", lw=1.8, zorder=6)
-ax.text(*page(det + 1.45 * (mid - det)), r"$\theta_3$",
-        color="tab:purple", fontsize=17, ha="center", va="center", zorder=6)
+ax.text(
+    *page(det + 1.45 * (mid - det)), r"$\theta_3$", color="tab:purple", fontsize=17, ha="center", va="center", zorder=6
+)
 ax.text(*page(det - 0.32 * size * y1 + 0.3 * size * y2), r"$\mathbf{p}$", fontsize=20, ha="center", zorder=6)
 ax.text(*page(-0.3 * size * e2 + 0.22 * size * e3), r"$\mathbf{x}$", fontsize=20, ha="center", zorder=6)
 
 ax.set_aspect("equal")
 ax.autoscale_view()
 ax.axis("off")
-ax.set_title(rf"$\theta = (\theta_3, \theta_2, \theta_1)$ = ({t3:.2f}, {t2:.2f}, {t1:.2f}) rad; "
-             rf"the detector shows project({volume}, q)", fontsize=12)
+ax.set_title(
+    rf"$\theta = (\theta_3, \theta_2, \theta_1)$ = ({t3:.2f}, {t2:.2f}, {t1:.2f}) rad; "
+    rf"the detector shows project({volume}, q)",
+    fontsize=12,
+)
 fig.tight_layout()
 
 out = Path(out_dir)
 artifacts.save_figure(fig, out / "figure-1.png")
-artifacts.write_record(out, "figure-1", outputs=["figure-1.png"],
-                       parameters=dict(profile=profile, volume=volume, theta=theta, camera=camera,
-                                       iso_fraction=iso_fraction, distance=distance),
-                       results={"checks": checks, "quaternion_xyzw": q[0], "ray": ray, "detector_y1": y1,
-                                "detector_y2": y2, "detector_size": size, "n_triangles": len(faces)})
+artifacts.write_record(
+    out,
+    "figure-1",
+    outputs=["figure-1.png"],
+    parameters=profiles.run_parameters("figure-1", globals()),
+    results={
+        "checks": checks,
+        "quaternion_xyzw": q[0],
+        "ray": ray,
+        "detector_y1": y1,
+        "detector_y2": y2,
+        "detector_size": size,
+        "n_triangles": len(faces),
+    },
+)

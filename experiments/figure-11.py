@@ -24,36 +24,40 @@
 #
 # As in the paper, (a)–(d) are reconstructed from the *noiseless* test projections; the table
 # (`figure-11.csv`) adds every orientation set reconstructed from the noisy projections too.
-# Reconstruction: CG on the normal equations with the NUFFT projector (`cryo_orient.tomography.reconstruct`),
-# `reconstruction_iterations` iterations (the paper: 100 CGLS iterations with ASTRA), in the
-# detector's cube; FSC in one-voxel shells on the true map's grid, no mask (the paper used the
-# EMDB FSC server against the original map). No post-processing: the paper set negative voxels to 0
-# and rescaled to the map's maximum before its FSC (the rescaling leaves an FSC unchanged). Volumes and RELION STAR files of each case are in
-# `build/<profile>/pipeline/<case>/`. The 70S ribosome's map (the cpu profile's stand-in for 5a1a)
-# has no voxel size in its header; 1 Å is assumed, so its resolutions are in voxels.
+# Reconstruction: CG on the normal equations with the NUFFT projector
+# (`cryo_orient.tomography.reconstruct`), `reconstruction_iterations` iterations of the `pipeline`
+# parameter (the profile's `[pipeline]`, as figure 10's; the paper: 100 CGLS iterations with ASTRA),
+# in the detector's cube; FSC in one-voxel shells on the true map's grid, no mask (the paper used
+# the EMDB FSC server against the original map). No post-processing: the paper set negative voxels
+# to 0 and rescaled to the map's maximum before its FSC (the rescaling leaves an FSC unchanged).
+# Volumes and RELION STAR files of each case are in `build/<profile>/pipeline/<case>/`. The 70S
+# ribosome's map (the cpu profile's stand-in for 5a1a) has no voxel size in its header; 1 Å is
+# assumed, so its resolutions are in voxels.
 
 # %% tags=["parameters"]
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
+cache_dir = "build/tiny/cache"
 proteins = ["5j0n", "70S ribosome (stand-in for 5a1a)"]
 noiseless_datasets = ["5j0n-full-so3", "ribosome-quarter-so3"]
 noisy_datasets = ["5j0n-full-so3-noise16", "ribosome-quarter-so3-snr-12db"]
 noisy_labels = ["sigma^2 = 16", "SNR -12 dB"]
-input_size = 16
-n_features = 32
-regime = "batch"
-batch_size = 8
-epochs = 2
-fresh_noise = True
-recovery_restarts = 3
-recovery_max_steps = 20000
-reconstruction_iterations = 5
-reconstruction_backend = "nufft"
-gauge_images = 400
-gauge_pairs = 500
-gauge_candidates = 200
-seed = 0
+pipeline = {
+    "estimator": "siamese",
+    "training": {"input_size": 16, "n_features": 32, "regime": "batch", "batch_size": 8, "epochs": 2, "seed": 0},
+    "fresh_noise": True,
+    "estimator_options": {},
+    "recovery_mode": "improved",
+    "recovery_restarts": 3,
+    "recovery_max_steps": 20000,
+    "reconstruction_iterations": 5,
+    "reconstruction_backend": "nufft",
+    "gauge_images": 400,
+    "gauge_pairs": 500,
+    "gauge_candidates": 200,
+    "seed": 0,
+}
 
 # %%
 import csv
@@ -63,32 +67,31 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cryo_orient import artifacts
-
-from cryo_orient.workflow import pipeline
+from cryo_orient.workflow import plots, profiles
+from cryo_orient.workflow.pipeline import PipelineConfig, run_case, write_outputs
 
 out = Path(out_dir)
 if not len(proteins) == len(noiseless_datasets) == len(noisy_datasets) == len(noisy_labels):
     raise ValueError("proteins, noiseless_datasets, noisy_datasets and noisy_labels need one entry per protein")
-config = pipeline.PipelineConfig(
-    training=dict(input_size=input_size, n_features=n_features, regime=regime, batch_size=batch_size,
-                  epochs=epochs, seed=seed),
-    fresh_noise=fresh_noise, recovery_restarts=recovery_restarts, recovery_max_steps=recovery_max_steps,
-    reconstruction_iterations=reconstruction_iterations, reconstruction_backend=reconstruction_backend,
-    gauge_images=gauge_images, gauge_pairs=gauge_pairs,
-    gauge_candidates=gauge_candidates, seed=seed)
+config = PipelineConfig.from_dict(pipeline)
 cases = {}
 for name in noiseless_datasets + noisy_datasets:
     print(f"== {name}")
     path = Path(sim_dir) / f"{name}.h5"
-    cases[name] = pipeline.run_case(path, config, cache_dir=Path("build") / profile / "cache", progress=False)
-    pipeline.write_outputs(cases[name], path, Path("build") / profile / "pipeline" / name)
+    cases[name] = run_case(path, config, cache_dir=cache_dir, progress=False)
+    write_outputs(cases[name], path, Path("build") / profile / "pipeline" / name)
+
 
 # %%
 def columns(clean, noisy, noisy_label):
     """(title, case, reconstruction name) of the volume panels of one protein."""
-    return [("(a) true orientations", clean, "truth"), ("(b) random orientations", clean, "random"),
-            ("(c) recovered, noiseless", clean, "recovered"), (f"(d) recovered, {noisy_label}", noisy, "recovered"),
-            (f"(e) no ground truth, {noisy_label}\nnoisy images", noisy, "gauge_noisy_images")]
+    return [
+        ("(a) true orientations", clean, "truth"),
+        ("(b) random orientations", clean, "random"),
+        ("(c) recovered, noiseless", clean, "recovered"),
+        (f"(d) recovered, {noisy_label}", noisy, "recovered"),
+        (f"(e) no ground truth, {noisy_label}\nnoisy images", noisy, "gauge_noisy_images"),
+    ]
 
 
 def views(volume):
@@ -104,20 +107,24 @@ volume_cmap = plt.get_cmap("gray_r").copy()
 volume_cmap.set_bad("white")  # the gaps between the three views
 
 
-curve_styles = [("truth", "clean", "true orientations", dict(color="k")),
-                ("truth_noisy_images", "noisy", "true orientations, {noisy}, noisy images", dict(color="k", ls="--")),
-                ("random", "clean", "random orientations", dict(color="0.6")),
-                ("recovered", "clean", "recovered, noiseless", dict(color="tab:blue")),
-                ("recovered", "noisy", "recovered, {noisy}", dict(color="tab:red")),
-                ("recovered_noisy_images", "noisy", "recovered, {noisy}, noisy images", dict(color="tab:red", ls="--")),
-                ("gauge", "clean", "no GT, noiseless", dict(color="tab:blue", ls=":")),
-                ("gauge_noisy_images", "noisy", "no GT, {noisy}, noisy images", dict(color="tab:purple", ls="-."))]
+curve_styles = [
+    ("truth", "clean", "true orientations", dict(color="k")),
+    ("truth_noisy_images", "noisy", "true orientations, {noisy}, noisy images", dict(color="k", ls="--")),
+    ("random", "clean", "random orientations", dict(color="0.6")),
+    ("recovered", "clean", "recovered, noiseless", dict(color="tab:blue")),
+    ("recovered", "noisy", "recovered, {noisy}", dict(color="tab:red")),
+    ("recovered_noisy_images", "noisy", "recovered, {noisy}, noisy images", dict(color="tab:red", ls="--")),
+    ("gauge", "clean", "no GT, noiseless", dict(color="tab:blue", ls=":")),
+    ("gauge_noisy_images", "noisy", "no GT, {noisy}, noisy images", dict(color="tab:purple", ls="-.")),
+]
 
-fig, axes = plt.subplots(len(proteins), 6, figsize=(28, 3.6 * len(proteins)), squeeze=False,
-                         gridspec_kw={"width_ratios": [1.6] * 5 + [1.4]})
+fig, axes = plt.subplots(
+    len(proteins), 6, figsize=(28, 3.6 * len(proteins)), squeeze=False, gridspec_kw={"width_ratios": [1.6] * 5 + [1.4]}
+)
 rows = []
-for r, (protein, clean_name, noisy_name, noisy_label) in enumerate(zip(proteins, noiseless_datasets, noisy_datasets,
-                                                                       noisy_labels)):
+for r, (protein, clean_name, noisy_name, noisy_label) in enumerate(
+    zip(proteins, noiseless_datasets, noisy_datasets, noisy_labels)
+):
     clean, noisy = cases[clean_name], cases[noisy_name]
     for c, (title, case, volume_name) in enumerate(columns(clean, noisy, noisy_label)):
         ax = axes[r, c]
@@ -128,26 +135,41 @@ for r, (protein, clean_name, noisy_name, noisy_label) in enumerate(zip(proteins,
         ax.set_yticks([])
         if c == 0:
             ax.set_ylabel(protein)
-    ax = axes[r, 5]
+    shown = []
     for volume_name, which, label, style in curve_styles:
-        case = clean if which == "clean" else noisy
-        curve = case["fsc"][volume_name]
+        curve = (clean if which == "clean" else noisy)["fsc"][volume_name]
         res5, res1 = curve.resolution(0.5)[0], curve.resolution(0.143)[0]
-        ax.plot(curve.frequency, curve.correlation, lw=1.2,
-                label=f"{label.format(noisy=noisy_label)}: {res5:.1f} / {res1:.1f} Å", **style)
-    for threshold in (0.5, 0.143):
-        ax.axhline(threshold, color="0.5", lw=0.6, ls=":")
-    ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC", ylim=(-0.1, 1.02), title=f"FSC with the true map ({protein})")
-    ax.legend(fontsize=7, title="resolution at 0.5 / 0.143", title_fontsize=7.5, loc="center left",
-              bbox_to_anchor=(1.02, 0.5))
+        shown.append(
+            (f"{label.format(noisy=noisy_label)}: {res5:.1f} / {res1:.1f} Å", curve.frequency, curve.correlation, style)
+        )
+    plots.fsc_curves(
+        axes[r, 5],
+        shown,
+        title=f"FSC with the true map ({protein})",
+        legend_kw=dict(
+            fontsize=7,
+            title="resolution at 0.5 / 0.143",
+            title_fontsize=7.5,
+            loc="center left",
+            bbox_to_anchor=(1.02, 0.5),
+        ),
+    )
     for case_name, case in ((clean_name, clean), (noisy_name, noisy)):
         for volume_name, curve in case["fsc"].items():
             s = curve.summary()
-            rows.append({"protein": protein, "dataset": case_name, "reconstruction": volume_name,
-                         "fsc_0.5_angstrom": round(s["resolution_0.5"], 3), "crossed_0.5": s["crossed_0.5"],
-                         "fsc_0.143_angstrom": round(s["resolution_0.143"], 3), "crossed_0.143": s["crossed_0.143"],
-                         "E_OR_median": round(case["summary"]["E_OR_median"], 4),
-                         "E_OR_mean": round(case["summary"]["E_OR_mean"], 4)})
+            rows.append(
+                {
+                    "protein": protein,
+                    "dataset": case_name,
+                    "reconstruction": volume_name,
+                    "fsc_0.5_angstrom": round(s["resolution_0.5"], 3),
+                    "crossed_0.5": s["crossed_0.5"],
+                    "fsc_0.143_angstrom": round(s["resolution_0.143"], 3),
+                    "crossed_0.143": s["crossed_0.143"],
+                    "E_OR_median": round(case["summary"]["E_OR_median"], 4),
+                    "E_OR_mean": round(case["summary"]["E_OR_mean"], 4),
+                }
+            )
 fig.tight_layout()
 artifacts.save_figure(fig, out / "figure-11.png")
 
@@ -164,10 +186,17 @@ with artifacts.atomic_output(out / "figure-11.csv") as tmp:
 for row in rows:
     print(row)
 artifacts.write_record(
-    out, "figure-11", outputs=["figure-11.png", "figure-11.csv"],
-    parameters=dict(profile=profile, proteins=proteins, noiseless_datasets=noiseless_datasets,
-                    noisy_datasets=noisy_datasets, pipeline=config.to_dict()),
-    results={name: {"fsc": case["summary"]["fsc"], "gauge": case["summary"]["gauge"],
-                    "E_OR_median": case["summary"]["E_OR_median"], "E_OR_mean": case["summary"]["E_OR_mean"]}
-             for name, case in cases.items()},
+    out,
+    "figure-11",
+    outputs=["figure-11.png", "figure-11.csv"],
+    parameters=profiles.run_parameters("figure-11", globals()) | dict(pipeline=config.to_dict()),
+    results={
+        name: {
+            "fsc": case["summary"]["fsc"],
+            "gauge": case["summary"]["gauge"],
+            "E_OR_median": case["summary"]["E_OR_median"],
+            "E_OR_mean": case["summary"]["E_OR_mean"],
+        }
+        for name, case in cases.items()
+    },
 )

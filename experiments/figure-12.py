@@ -26,6 +26,7 @@
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
+cache_dir = "build/tiny/cache"
 n_orientations = 5000
 n_pairs = 10000
 n_shown = 2000
@@ -44,8 +45,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cryo_orient import artifacts
-
 from cryo_orient.geometry import rotations
+from cryo_orient.workflow import profiles
 
 colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
 streams = np.random.SeedSequence(seed).spawn(len(samplings))
@@ -58,8 +59,11 @@ for (label, method, coverage), ss in zip(samplings, streams):
     euler = rotations.quaternion_to_euler(q)
     sets.append((label, q, d, euler))
     stats[label] = {
-        "method": method, "coverage": coverage,
-        "d_q_mean": float(d.mean()), "d_q_median": float(np.median(d)), "d_q_max": float(d.max()),
+        "method": method,
+        "coverage": coverage,
+        "d_q_mean": float(d.mean()),
+        "d_q_median": float(np.median(d)),
+        "d_q_max": float(d.max()),
         "euler_max": euler.max(axis=0).tolist(),
         "d_q_histogram": np.histogram(d, bins=32, range=(0, np.pi))[0].tolist(),
     }
@@ -97,7 +101,9 @@ fig.tight_layout(rect=(0, 0, 1, 0.97))
 out = Path(out_dir)
 artifacts.save_figure(fig, out / "figure-12.png")
 artifacts.write_record(
-    out, "figure-12", outputs=["figure-12.png"],
-    parameters=dict(profile=profile, n_orientations=n_orientations, n_pairs=n_pairs, seed=seed, samplings=samplings),
+    out,
+    "figure-12",
+    outputs=["figure-12.png"],
+    parameters=profiles.run_parameters("figure-12", globals()),
     results=stats,
 )

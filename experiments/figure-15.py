@@ -22,6 +22,7 @@
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
+cache_dir = "build/tiny/cache"
 mode = "faithful"
 n_shown = 1000
 
@@ -31,11 +32,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient.orientation import alignment
-
 from cryo_orient import artifacts
-
 from cryo_orient.geometry import rotations
+from cryo_orient.orientation import alignment
+from cryo_orient.workflow import profiles
 
 out = Path(out_dir)
 saved = np.load(out / "figure-14.npz")
@@ -60,10 +60,16 @@ for col, (name, q, errors) in enumerate(stages):
     ax.axvline(np.median(errors), color="k", ls="--", label=f"median {np.median(errors):.3g} rad")
     ax.set(xlabel="$d_q(q_i, T\\hat q_i)$ (rad)", ylabel="orientations", title=f"errors, {name}")
     ax.legend(fontsize=8)
-fig.suptitle(f"{len(q_true):,} orientations recovered from exact distances ({mode} settings); "
-             f"{'reflected (det T = -1)' if result.reflected else 'det T = +1'}")
+fig.suptitle(
+    f"{len(q_true):,} orientations recovered from exact distances ({mode} settings); "
+    f"{'reflected (det T = -1)' if result.reflected else 'det T = +1'}"
+)
 fig.tight_layout()
 artifacts.save_figure(fig, out / "figure-15.png")
-artifacts.write_record(out, "figure-15", outputs=["figure-15.png"],
-                       parameters=dict(profile=profile, mode=mode, n_shown=n_shown),
-                       results=alignment.summary(result))
+artifacts.write_record(
+    out,
+    "figure-15",
+    outputs=["figure-15.png"],
+    parameters=profiles.run_parameters("figure-15", globals()),
+    results=alignment.summary(result),
+)

@@ -42,10 +42,13 @@
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
+cache_dir = "build/tiny/cache"
 datasets = ["5j0n-full-euler", "ribosome-full-euler", "ribosome-quarter-so3"]
-labels = ["5j0n, full coverage (uniform Euler)",
-          "70S ribosome (stand-in for 5a1a), full coverage (uniform Euler)",
-          "70S ribosome (stand-in for 5a1a), quarter coverage (uniform SO(3))"]
+labels = [
+    "5j0n, full coverage (uniform Euler)",
+    "70S ribosome (stand-in for 5a1a), full coverage (uniform Euler)",
+    "70S ribosome (stand-in for 5a1a), quarter coverage (uniform SO(3))",
+]
 n_reference = 5
 seed = 0
 image_size = None
@@ -59,11 +62,10 @@ import numpy as np
 from scipy import stats
 
 from cryo_orient import artifacts
-
-from cryo_orient.geometry import rotations
-
+from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation import siamese
-from cryo_orient.simulation.simulate import load_dataset
+from cryo_orient.geometry import rotations
+from cryo_orient.workflow import profiles
 
 assert len(labels) == len(datasets), "one label per dataset"
 SMALL_DQ = 0.5  # rad: "near" pairs, where a usable distance must be small and tight
@@ -76,8 +78,17 @@ def summary(values):
     if len(values) == 0:
         return None
     q = np.percentile(values, [0, 10, 25, 50, 75, 90, 100])
-    return {"n": int(len(values)), "min": q[0], "p10": q[1], "p25": q[2], "median": q[3],
-            "p75": q[4], "p90": q[5], "max": q[6], "iqr": q[4] - q[2]}
+    return {
+        "n": int(len(values)),
+        "min": q[0],
+        "p10": q[1],
+        "p25": q[2],
+        "median": q[3],
+        "p75": q[4],
+        "p90": q[5],
+        "max": q[6],
+        "iqr": q[4] - q[2],
+    }
 
 
 def spearman(x, y):
@@ -89,13 +100,13 @@ def spearman(x, y):
 
 panels, results = [], {}
 for name, label in zip(datasets, labels):
-    data = load_dataset(Path(sim_dir) / f"{name}.h5")
-    p = data["projections"]
+    data = read_dataset(Path(sim_dir) / f"{name}.h5")
+    p = data.images("standardized")
     stored_size = p.shape[-1]
     if image_size is not None and image_size != stored_size:
         p = siamese.resize_images(p, image_size)
     p = p.astype(np.float64)
-    q = data["quaternions"]
+    q = data.quaternions
     n, size = len(p), p.shape[-1]
     if n_reference >= n:
         raise ValueError(f"{name} has {n} projections; n_reference = {n_reference} leaves no pairs")
@@ -110,8 +121,11 @@ for name, label in zip(datasets, labels):
 
     which = np.digitize(d_q, BINS[1:-1])
     centers = 0.5 * (BINS[1:] + BINS[:-1])
-    binned = [(centers[b], *np.percentile(d_p[which == b], [10, 50, 90]), int((which == b).sum()))
-              for b in range(len(centers)) if (which == b).sum() >= 3]
+    binned = [
+        (centers[b], *np.percentile(d_p[which == b], [10, 50, 90]), int((which == b).sum()))
+        for b in range(len(centers))
+        if (which == b).sum() >= 3
+    ]
     curve = np.array(binned) if binned else np.zeros((0, 5))
 
     near, far = d_q < SMALL_DQ, d_q > FAR_DQ
@@ -119,8 +133,11 @@ for name, label in zip(datasets, labels):
     # Where the binned median stops growing: the first bin at 90 % of the plateau, the median
     # d̂_p of the far pairs.
     plateau = float(np.median(d_p[far])) if far.any() else None
-    saturation = (float(curve[np.argmax(curve[:, 2] >= 0.9 * plateau), 0])
-                  if len(curve) and plateau is not None and (curve[:, 2] >= 0.9 * plateau).any() else None)
+    saturation = (
+        float(curve[np.argmax(curve[:, 2] >= 0.9 * plateau), 0])
+        if len(curve) and plateau is not None and (curve[:, 2] >= 0.9 * plateau).any()
+        else None
+    )
     near_median = float(np.median(d_p[near])) if near.any() else None
     results[name] = {
         "label": label,
@@ -140,10 +157,16 @@ for name, label in zip(datasets, labels):
         "euclidean_far_dq_above_pi_2": summary(d_p[far]),
         "euclidean_all": summary(d_p),
         # Far pairs (d_q > π/2) that the Euclidean distance puts closer than a typical near pair.
-        "fraction_far_closer_than_near_median": (float(np.mean(d_p[far] < near_median))
-                                                 if near_median is not None and far.any() else None),
-        "binned_median": {"d_q": curve[:, 0], "p10": curve[:, 1], "median": curve[:, 2],
-                          "p90": curve[:, 3], "count": curve[:, 4].astype(int)},
+        "fraction_far_closer_than_near_median": (
+            float(np.mean(d_p[far] < near_median)) if near_median is not None and far.any() else None
+        ),
+        "binned_median": {
+            "d_q": curve[:, 0],
+            "p10": curve[:, 1],
+            "median": curve[:, 2],
+            "p90": curve[:, 3],
+            "count": curve[:, 4].astype(int),
+        },
     }
     panels.append((name, label, ref, d_q, d_p, curve))
 
@@ -154,8 +177,9 @@ fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.9), squee
 for letter, ax, (name, label, ref, d_q, d_p, curve) in zip("abcdefghij", axes[0], panels):
     order = rng.permutation(len(d_q))
     point_colors = np.array([colors[r % len(colors)] for r in range(n_reference)])[ref[order]]
-    ax.scatter(d_q[order], d_p[order], c=point_colors, s=4 if len(d_q) > 2000 else 12, alpha=0.5,
-               linewidths=0, rasterized=True)
+    ax.scatter(
+        d_q[order], d_p[order], c=point_colors, s=4 if len(d_q) > 2000 else 12, alpha=0.5, linewidths=0, rasterized=True
+    )
     if len(curve):
         ax.plot(curve[:, 0], curve[:, 2], color="k", lw=2.2, label="binned median")
         ax.plot(curve[:, 0], curve[:, 1], color="k", lw=1.2, ls="--", label="10 % and 90 % per bin")
@@ -166,10 +190,16 @@ for letter, ax, (name, label, ref, d_q, d_p, curve) in zip("abcdefghij", axes[0]
     r = results[name]
     rho = "n/a" if r["spearman"] is None else f"{r['spearman']:.2f}"
     rho_far = "n/a" if r["spearman_dq_above_pi_4"] is None else f"{r['spearman_dq_above_pi_4']:.2f}"
-    ax.text(0.97, 0.04, f"Spearman ρ = {rho}\nρ for $d_q$ > π/4: {rho_far}\n{r['n_pairs']:,} pairs, "
-            f"{r['image_size']} px",
-            transform=ax.transAxes, ha="right", va="bottom", fontsize=10,
-            bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9))
+    ax.text(
+        0.97,
+        0.04,
+        f"Spearman ρ = {rho}\nρ for $d_q$ > π/4: {rho_far}\n{r['n_pairs']:,} pairs, {r['image_size']} px",
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=10,
+        bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9),
+    )
     ax.set_xlim(0, np.pi)
     ax.set_ylim(0, None)
     ax.set_xticks([0, np.pi / 4, np.pi / 2, 3 * np.pi / 4, np.pi], ["0", "π/4", "π/2", "3π/4", "π"])
@@ -177,20 +207,27 @@ for letter, ax, (name, label, ref, d_q, d_p, curve) in zip("abcdefghij", axes[0]
     ax.set_ylabel(r"$\widehat{d}_p = \|\mathbf{p}_i - \mathbf{p}_j\|_2$", fontsize=12)
     ax.set_title(textwrap.fill(f"({letter}) {label}", 48), fontsize=10.5)
     ax.grid(alpha=0.3)
-handles = [plt.Line2D([], [], ls="", marker="o", color=colors[r % len(colors)], label=f"reference {r}")
-           for r in range(n_reference)]
+handles = [
+    plt.Line2D([], [], ls="", marker="o", color=colors[r % len(colors)], label=f"reference {r}")
+    for r in range(n_reference)
+]
 handles += axes[0, 0].get_legend_handles_labels()[0]
 fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
-fig.suptitle(f"Euclidean distance between projections vs rotation distance, from projections "
-             f"0–{n_reference - 1} to all others ({profile} profile)", fontsize=12)
+fig.suptitle(
+    f"Euclidean distance between projections vs rotation distance, from projections "
+    f"0–{n_reference - 1} to all others ({profile} profile)",
+    fontsize=12,
+)
 fig.tight_layout(rect=(0, 0.06, 1, 0.95))
 
 out = Path(out_dir)
 artifacts.save_figure(fig, out / "figure-16.png")
 artifacts.write_record(
-    out, "figure-16", outputs=["figure-16.png"],
-    parameters=dict(profile=profile, datasets=datasets, labels=labels, n_reference=n_reference, seed=seed,
-                    image_size=image_size, small_dq=SMALL_DQ, far_dq=FAR_DQ, n_bins=len(BINS) - 1),
+    out,
+    "figure-16",
+    outputs=["figure-16.png"],
+    parameters=profiles.run_parameters("figure-16", globals())
+    | dict(small_dq=SMALL_DQ, far_dq=FAR_DQ, n_bins=len(BINS) - 1),
     results=results,
 )
 {name: (r["spearman"], r[f"euclidean_near_dq_below_{SMALL_DQ}"]) for name, r in results.items()}

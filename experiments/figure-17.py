@@ -21,6 +21,7 @@
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
+cache_dir = "build/tiny/cache"
 dataset = "5j0n-half"
 n_features_list = [4, 8, 16, 32, 64, 128, 256, 512]
 inset_n_features = [4, 32, 512]
@@ -39,66 +40,84 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cryo_orient import artifacts
-
-from cryo_orient.geometry import rotations
-
+from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation import siamese
-
-from cryo_orient.simulation import simulate
-
-from cryo_orient.data import splits
+from cryo_orient.geometry import rotations
+from cryo_orient.workflow import profiles
 
 out = Path(out_dir)
-cache = Path("build") / profile / "cache" / "siamese"
-path = Path(sim_dir) / f"{dataset}.h5"
-data = simulate.load_dataset(path)
-_, _, test = splits.train_val_test_split(len(data["quaternions"]))
-test = np.sort(test)
-test_images = siamese.resize_images(data["projections"][test], input_size)
+cache = Path(cache_dir) / "siamese"
+data = read_dataset(Path(sim_dir) / f"{dataset}.h5")
+test = data.split("test")
 rng = np.random.default_rng([seed, 17])
-pairs = rng.choice(len(test), size=(n_test_pairs, 2))
+pairs = rng.choice(test.n, size=(n_test_pairs, 2))
 pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-q = data["quaternions"][test]
+q = test.quaternions
 d_q = rotations.distance(q[pairs[:, 0]], q[pairs[:, 1]])
 
 
 def run(n_features, kind):
-    config = siamese.TrainingConfig(input_size=input_size, n_features=n_features, feature_distance=kind,
-                                    regime=regime, batch_size=batch_size, epochs=epochs, seed=seed)
-    result = siamese.train_on_dataset(data, config, cache_dir=cache)
-    features = siamese.embed(result.model, test_images, progress=False)
+    config = siamese.TrainingConfig(
+        input_size=input_size,
+        n_features=n_features,
+        feature_distance=kind,
+        regime=regime,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=seed,
+    )
+    estimator = siamese.SiameseEstimator(config).fit(data, cache_dir=cache)
+    result = estimator.result
+    features = estimator.embed(test)
     d_p = siamese.feature_distances(features[pairs[:, 0]], features[pairs[:, 1]], kind)
-    summary = {"n_features": n_features, "feature_distance": kind, "epochs": result.epochs,
-               "training_seconds": result.seconds,
-               "median_train_loss": float(np.median(result.history["loss"])),
-               "median_val_mae": float(np.median(result.history["val_mae"])),
-               "final_val_mae": result.history["val_mae"][-1],
-               "test_mae": float(np.mean(np.abs(d_p - d_q)))}
-    print(f"n_f {n_features:>3}, {kind:9}: median train {summary['median_train_loss']:.3f}, "
-          f"median val {summary['median_val_mae']:.3f}, final val {summary['final_val_mae']:.3f}, "
-          f"test MAE {summary['test_mae']:.3f}")
+    summary = {
+        "n_features": n_features,
+        "feature_distance": kind,
+        "epochs": result.epochs,
+        "training_seconds": result.seconds,
+        "median_train_loss": float(np.median(result.history["loss"])),
+        "median_val_mae": float(np.median(result.history["val_mae"])),
+        "final_val_mae": result.history["val_mae"][-1],
+        "test_mae": float(np.mean(np.abs(d_p - d_q))),
+    }
+    print(
+        f"n_f {n_features:>3}, {kind:9}: median train {summary['median_train_loss']:.3f}, "
+        f"median val {summary['median_val_mae']:.3f}, final val {summary['final_val_mae']:.3f}, "
+        f"test MAE {summary['test_mae']:.3f}"
+    )
     return {"history": result.history, "d_p": d_p, "summary": summary}
 
 
 head_runs = {kind: run(512, kind) for kind in feature_distances}
-nf_runs = {nf: (head_runs["cosine"] if nf == 512 and "cosine" in head_runs else run(nf, "cosine"))
-           for nf in n_features_list}
+nf_runs = {
+    nf: (head_runs["cosine"] if nf == 512 and "cosine" in head_runs else run(nf, "cosine")) for nf in n_features_list
+}
+
 
 # %%
 def boxes(ax, runs, labels):
     x = np.arange(len(runs))
-    b1 = ax.boxplot([r["history"]["loss"] for r in runs], positions=x - 0.18, widths=0.3, patch_artist=True,
-                    showfliers=False)
-    b2 = ax.boxplot([r["history"]["val_mae"] for r in runs], positions=x + 0.18, widths=0.3, patch_artist=True,
-                    showfliers=False)
+    b1 = ax.boxplot(
+        [r["history"]["loss"] for r in runs], positions=x - 0.18, widths=0.3, patch_artist=True, showfliers=False
+    )
+    b2 = ax.boxplot(
+        [r["history"]["val_mae"] for r in runs], positions=x + 0.18, widths=0.3, patch_artist=True, showfliers=False
+    )
     for box in b1["boxes"]:
         box.set_facecolor("tab:green")
     for box in b2["boxes"]:
         box.set_facecolor("tab:orange")
     for k, r in enumerate(runs):
         s = r["summary"]
-        ax.text(k, 0.97, f"{s['median_train_loss']:.2f}\n{s['median_val_mae']:.2f}", ha="center", va="top",
-                fontsize=7.5, transform=ax.get_xaxis_transform())
+        ax.text(
+            k,
+            0.97,
+            f"{s['median_train_loss']:.2f}\n{s['median_val_mae']:.2f}",
+            ha="center",
+            va="top",
+            fontsize=7.5,
+            transform=ax.get_xaxis_transform(),
+        )
     ax.set_xticks(x, labels)
     ax.set_ylabel("L_DE over epochs (MAE, rad)")
     top = max(max(r["history"]["loss"] + r["history"]["val_mae"]) for r in runs)
@@ -124,18 +143,27 @@ for k, (title, r) in enumerate(shown):
     top = max(np.pi, float(np.max(r["d_p"])))
     ax.hexbin(d_q, r["d_p"], gridsize=30, extent=(0, np.pi, 0, top), mincnt=1, cmap="viridis")
     ax.plot([0, np.pi], [0, np.pi], "k", lw=0.7)
-    ax.set(xlabel="d_q (rad)", ylabel="d̂_p" if k == 0 else None, xlim=(0, np.pi), ylim=(0, top),
-           title=f"{title}: test MAE {r['summary']['test_mae']:.3f}")
+    ax.set(
+        xlabel="d_q (rad)",
+        ylabel="d̂_p" if k == 0 else None,
+        xlim=(0, np.pi),
+        ylim=(0, top),
+        title=f"{title}: test MAE {r['summary']['test_mae']:.3f}",
+    )
     ax.title.set_fontsize(9)
-fig.suptitle(f"{dataset}: {input_size}×{input_size} px, {epochs} epochs, {regime} regime (numbers in the boxes' "
-             f"panels: median training / validation L_DE over epochs; bottom: {len(d_q)} test pairs)")
+fig.suptitle(
+    f"{dataset}: {input_size}×{input_size} px, {epochs} epochs, {regime} regime (numbers in the boxes' "
+    f"panels: median training / validation L_DE over epochs; bottom: {len(d_q)} test pairs)"
+)
 fig.tight_layout()
 artifacts.save_figure(fig, out / "figure-17.png")
 artifacts.write_record(
-    out, "figure-17", outputs=["figure-17.png"],
-    parameters=dict(profile=profile, dataset=dataset, n_features_list=n_features_list,
-                    feature_distances=feature_distances, input_size=input_size, regime=regime,
-                    batch_size=batch_size, epochs=epochs, n_test_pairs=n_test_pairs, seed=seed),
-    results={"feature_distance": {k: r["summary"] for k, r in head_runs.items()},
-             "n_features": {str(nf): r["summary"] for nf, r in nf_runs.items()}},
+    out,
+    "figure-17",
+    outputs=["figure-17.png"],
+    parameters=profiles.run_parameters("figure-17", globals()),
+    results={
+        "feature_distance": {k: r["summary"] for k, r in head_runs.items()},
+        "n_features": {str(nf): r["summary"] for nf, r in nf_runs.items()},
+    },
 )

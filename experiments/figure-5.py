@@ -21,6 +21,7 @@
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
+cache_dir = "build/tiny/cache"
 volumes = ["5j0n", "hand"]
 labels = ["5j0n", "hand (test volume)"]
 iso_fraction = 0.2
@@ -30,10 +31,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 from skimage import measure
 
 from cryo_orient import artifacts, data
+from cryo_orient.workflow import profiles
 
 if len(labels) != len(volumes):
     raise ValueError(f"labels ({len(labels)}) and volumes ({len(volumes)}) must pair up")
@@ -48,21 +49,34 @@ for row, (name, label) in enumerate(zip(volumes, labels)):
     level = iso_fraction * float(volume.max())
     verts, faces, _, _ = measure.marching_cubes(volume, level=level, spacing=(voxel,) * 3)
     results[name] = {
-        "label": label, "shape_zyx": list(volume.shape), "voxel_size_A": voxel,
-        "voxel_size_known": known_voxel, "box_A": [n * voxel for n in volume.shape], "min": float(volume.min()), "max": float(volume.max()),
-        "mean": float(volume.mean()), "iso_level": level, "n_triangles": len(faces),
+        "label": label,
+        "shape_zyx": list(volume.shape),
+        "voxel_size_A": voxel,
+        "voxel_size_known": known_voxel,
+        "box_A": [n * voxel for n in volume.shape],
+        "min": float(volume.min()),
+        "max": float(volume.max()),
+        "mean": float(volume.mean()),
+        "iso_level": level,
+        "n_triangles": len(faces),
         "sha256": data.REGISTRY[name].sha256 if name in data.REGISTRY else None,
     }
     ax = fig.add_subplot(len(volumes), 4, 4 * row + 1, projection="3d")
     # marching_cubes returns (z, y, x) coordinates; draw them as (x, y, z), lit for depth.
-    ax.plot_trisurf(verts[:, 2], verts[:, 1], faces, verts[:, 0], color=(0.55, 0.7, 0.9), linewidth=0,
-                    shade=True, antialiased=False)
+    ax.plot_trisurf(
+        verts[:, 2], verts[:, 1], faces, verts[:, 0], color=(0.55, 0.7, 0.9), linewidth=0, shade=True, antialiased=False
+    )
     extent = np.array(volume.shape[::-1]) * voxel
-    ax.set(xlim=(0, extent[0]), ylim=(0, extent[1]), zlim=(0, extent[2]), xlabel="x (Å)", ylabel="y (Å)", zlabel="z (Å)")
+    ax.set(
+        xlim=(0, extent[0]), ylim=(0, extent[1]), zlim=(0, extent[2]), xlabel="x (Å)", ylabel="y (Å)", zlabel="z (Å)"
+    )
     ax.set_box_aspect(extent)
-    ax.set_title(f"{label}: isosurface at {iso_fraction:g} × max\n"
-                 f"{volume.shape[2]}×{volume.shape[1]}×{volume.shape[0]} voxels (x, y, z), {voxel_text}")
-    for k, (axis, plane) in enumerate([(0, "sum along z  [y, x]"), (1, "sum along y  [z, x]"), (2, "sum along x  [z, y]")]):
+    ax.set_title(
+        f"{label}: isosurface at {iso_fraction:g} × max\n"
+        f"{volume.shape[2]}×{volume.shape[1]}×{volume.shape[0]} voxels (x, y, z), {voxel_text}"
+    )
+    planes = [(0, "sum along z  [y, x]"), (1, "sum along y  [z, x]"), (2, "sum along x  [z, y]")]
+    for k, (axis, plane) in enumerate(planes):
         ax = fig.add_subplot(len(volumes), 4, 4 * row + 2 + k)
         ax.imshow(volume.sum(axis=axis), cmap="gray", origin="lower")
         ax.set_title(plane)
@@ -71,6 +85,10 @@ fig.tight_layout()
 
 out = Path(out_dir)
 artifacts.save_figure(fig, out / "figure-5.png")
-artifacts.write_record(out, "figure-5", outputs=["figure-5.png"],
-                       parameters=dict(profile=profile, volumes=volumes, labels=labels, iso_fraction=iso_fraction),
-                       results=results)
+artifacts.write_record(
+    out,
+    "figure-5",
+    outputs=["figure-5.png"],
+    parameters=profiles.run_parameters("figure-5", globals()),
+    results=results,
+)

@@ -22,6 +22,7 @@
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
+cache_dir = "build/tiny/cache"
 datasets = ["5j0n-half", "5j0n-half-noise16", "5j0n-half-shift", "5j0n-half-shift-noise16"]
 index = 0
 
@@ -32,21 +33,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cryo_orient import artifacts
-
-from cryo_orient.geometry import rotations
-from cryo_orient.simulation.simulate import load_dataset
+from cryo_orient.data.dataset import read_dataset
+from cryo_orient.workflow import profiles
 
 panels, results = [], {}
 for letter, name in zip("abcd", datasets):
-    data = load_dataset(Path(sim_dir) / f"{name}.h5")
-    attrs, config = data["attrs"], data["attrs"]["config"]
-    image = data["projections"][index]
+    data = read_dataset(Path(sim_dir) / f"{name}.h5")
+    attrs, config = data.metadata, data.config
+    image = data.images("standardized", [index])[0]
     noise = float(attrs["noise_variance"])
     snr_db = 10 * np.log10(attrs["signal_variance"] / noise) if noise > 0 else None
-    shift = data["shifts"][index]
+    shift = data.shifts[index]
     results[name] = {
-        "euler": data["euler"][index].tolist(),
-        "quaternion": data["quaternions"][index].tolist(),
+        "euler": data.euler[index].tolist(),
+        "quaternion": data.quaternions[index].tolist(),
         "noise_variance": noise,
         "clean_signal_variance": float(attrs["signal_variance"]),
         "snr_db": snr_db,
@@ -83,5 +83,10 @@ fig.tight_layout()
 
 out = Path(out_dir)
 artifacts.save_figure(fig, out / "figure-6.png")
-artifacts.write_record(out, "figure-6", outputs=["figure-6.png"],
-                       parameters=dict(profile=profile, datasets=datasets, index=index), results=results)
+artifacts.write_record(
+    out,
+    "figure-6",
+    outputs=["figure-6.png"],
+    parameters=profiles.run_parameters("figure-6", globals()),
+    results=results,
+)

@@ -37,6 +37,7 @@
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
+cache_dir = "build/tiny/cache"
 n_projections = 5000
 sigmas = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 ways = ["redrawn", "fixed"]
@@ -56,17 +57,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient.estimation import exact
-from cryo_orient.orientation import alignment, recovery
-
 from cryo_orient import artifacts
-
-from cryo_orient.geometry import rotations
-
 from cryo_orient.data import splits
+from cryo_orient.estimation import exact
+from cryo_orient.geometry import rotations
+from cryo_orient.orientation import alignment, recovery
+from cryo_orient.workflow import profiles
 
 out = Path(out_dir)
-cache = Path("build") / profile / "cache" / "figure-7"
+cache = Path(cache_dir) / "figure-7"
 rows = []
 for s, (label, method, coverage) in enumerate(orientation_sets):
     q_all = rotations.sample_orientations(n_projections, method, coverage, rng=np.random.default_rng([seed, s]))
@@ -74,35 +73,60 @@ for s, (label, method, coverage) in enumerate(orientation_sets):
     q_true = q_all[np.sort(test)]
     if len(restarts) != len(modes):
         raise ValueError(f"restarts ({restarts}) needs one count per mode ({modes})")
-    for (w, way), (k, sigma), (mode, n_starts) in itertools.product(enumerate(ways), enumerate(sigmas),
-                                                                    zip(modes, restarts)):
+    for (w, way), (k, sigma), (mode, n_starts) in itertools.product(
+        enumerate(ways), enumerate(sigmas), zip(modes, restarts)
+    ):
+
         def run():
             rng = np.random.default_rng([seed, s, w, k])
             dist = exact.perturbed_distances(q_true, sigma, redrawn=(way == "redrawn"), rng=rng)
-            result = recovery.recover(dist, len(q_true), mode=mode, max_steps=max_steps, restarts=n_starts,
-                                      rng=rng, progress=False)
+            result = recovery.recover(
+                dist, len(q_true), mode=mode, max_steps=max_steps, restarts=n_starts, rng=rng, progress=False
+            )
             aligned = alignment.align(q_true, result.quaternions)
             return {
-                "set": label, "mode": mode, "restarts": n_starts, "way": way, "sigma": sigma, "n": len(q_true),
-                "L_OR": float(np.mean(result.losses[-10:])), "steps": result.steps,
-                "stop_reason": result.stop_reason, "seconds": result.seconds,
-                "E_OR_mean": aligned.mean_error, "E_OR_median": aligned.median_error,
+                "set": label,
+                "mode": mode,
+                "restarts": n_starts,
+                "way": way,
+                "sigma": sigma,
+                "n": len(q_true),
+                "L_OR": float(np.mean(result.losses[-10:])),
+                "steps": result.steps,
+                "stop_reason": result.stop_reason,
+                "seconds": result.seconds,
+                "E_OR_mean": aligned.mean_error,
+                "E_OR_median": aligned.median_error,
                 "reflected": aligned.reflected,
             }
-        key = dict(set=label, method=method, coverage=coverage, n_projections=n_projections, way=way,
-                   sigma=sigma, mode=mode, max_steps=max_steps, seed=seed)
+
+        key = dict(
+            set=label,
+            method=method,
+            coverage=coverage,
+            n_projections=n_projections,
+            way=way,
+            sigma=sigma,
+            mode=mode,
+            max_steps=max_steps,
+            seed=seed,
+        )
         if n_starts != 1:  # single-start keys stay as they were, so their cached runs stay valid
             key["restarts"] = n_starts
         row = artifacts.cached_json(cache, key, run, version=2)
         row.setdefault("restarts", 1)  # cached before the restarts column existed
         rows.append(row)
-        print(f"{label[:12]:12s} {mode:8s} {way:8s} σ={sigma:.1f}: E_OR mean {row['E_OR_mean']:.4f}, "
-              f"median {row['E_OR_median']:.4f} rad; L_OR {row['L_OR']:.3g} ({row['steps']} steps, {row['seconds']:.0f} s)")
+        print(
+            f"{label[:12]:12s} {mode:8s} {way:8s} σ={sigma:.1f}: E_OR mean {row['E_OR_mean']:.4f}, "
+            f"median {row['E_OR_median']:.4f} rad; L_OR {row['L_OR']:.3g} ({row['steps']} steps, "
+            f"{row['seconds']:.0f} s)"
+        )
 
 header = "set,mode,way,sigma,n,E_OR_mean_rad,E_OR_median_rad,L_OR,steps,stop_reason,seconds\n"
 csv = header + "".join(
-    f"\"{r['set']}\",{r['mode']},{r['way']},{r['sigma']},{r['n']},{r['E_OR_mean']:.6g},{r['E_OR_median']:.6g},"
-    f"{r['L_OR']:.6g},{r['steps']},{r['stop_reason']},{r['seconds']:.1f}\n" for r in rows
+    f'"{r["set"]}",{r["mode"]},{r["way"]},{r["sigma"]},{r["n"]},{r["E_OR_mean"]:.6g},{r["E_OR_median"]:.6g},'
+    f"{r['L_OR']:.6g},{r['steps']},{r['stop_reason']},{r['seconds']:.1f}\n"
+    for r in rows
 )
 artifacts.save_text(csv, out / "figure-7.csv")
 
@@ -110,8 +134,9 @@ artifacts.save_text(csv, out / "figure-7.csv")
 # Plot (reads only the numbers computed above).
 
 # %%
-fig, axes = plt.subplots(len(modes), len(orientation_sets), figsize=(6.5 * len(orientation_sets), 4.5 * len(modes)),
-                         squeeze=False)
+fig, axes = plt.subplots(
+    len(modes), len(orientation_sets), figsize=(6.5 * len(orientation_sets), 4.5 * len(modes)), squeeze=False
+)
 styles = {"redrawn": ("o", "-"), "fixed": ("s", "--")}
 for (m, mode), (c, (label, _, _)) in itertools.product(enumerate(modes), enumerate(orientation_sets)):
     ax = axes[m, c]
@@ -121,26 +146,40 @@ for (m, mode), (c, (label, _, _)) in itertools.product(enumerate(modes), enumera
         x = [r["sigma"] for r in sel]
         marker, line = styles[way]
         ax.plot(x, [r["E_OR_mean"] for r in sel], marker=marker, ls=line, color="tab:red", label=f"E_OR mean, {way}")
-        ax.plot(x, [r["E_OR_median"] for r in sel], marker=marker, ls=line, color="tab:red", alpha=0.45,
-                mfc="none", label=f"E_OR median, {way}")
+        ax.plot(
+            x,
+            [r["E_OR_median"] for r in sel],
+            marker=marker,
+            ls=line,
+            color="tab:red",
+            alpha=0.45,
+            mfc="none",
+            label=f"E_OR median, {way}",
+        )
         twin.plot(x, [r["L_OR"] for r in sel], marker=marker, ls=line, color="tab:blue", label=f"L_OR, {way}")
     n_starts = restarts[m]
-    ax.set(xlabel="σ: standard deviation of the distance perturbation (rad)",
-           title=f"{label}\n{mode} settings, best of {n_starts} start{'s' if n_starts > 1 else ''} by final loss")
+    ax.set(
+        xlabel="σ: standard deviation of the distance perturbation (rad)",
+        title=f"{label}\n{mode} settings, best of {n_starts} start{'s' if n_starts > 1 else ''} by final loss",
+    )
     ax.set_ylabel("E_OR (rad)", color="tab:red")
     twin.set_ylabel("L_OR", color="tab:blue")
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper left")
 stuck = sum(r["E_OR_mean"] > 0.5 for r in rows)
-fig.suptitle(f"Recovery of {rows[0]['n']:,} orientations from perturbed distances "
-             "(redrawn: new noise each step, the paper's; fixed: one error per pair)\n"
-             f"{stuck} of {len(rows)} runs ended in a local minimum (E_OR > 0.5 rad), shown as they are", fontsize=10)
+fig.suptitle(
+    f"Recovery of {rows[0]['n']:,} orientations from perturbed distances "
+    "(redrawn: new noise each step, the paper's; fixed: one error per pair)\n"
+    f"{stuck} of {len(rows)} runs ended in a local minimum (E_OR > 0.5 rad), shown as they are",
+    fontsize=10,
+)
 fig.tight_layout()
 artifacts.save_figure(fig, out / "figure-7.png")
 artifacts.write_record(
-    out, "figure-7", outputs=["figure-7.png", "figure-7.csv"],
-    parameters=dict(profile=profile, n_projections=n_projections, sigmas=sigmas, ways=ways,
-                    orientation_sets=orientation_sets, modes=modes, restarts=restarts, max_steps=max_steps, seed=seed),
+    out,
+    "figure-7",
+    outputs=["figure-7.png", "figure-7.csv"],
+    parameters=profiles.run_parameters("figure-7", globals()),
     results={"runs": rows, "runs_with_E_OR_above_0.5_rad": stuck},
 )

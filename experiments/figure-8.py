@@ -18,12 +18,14 @@
 #
 # All L_DE numbers are MAE, as every number the paper plotted (its Eq. 3 is a squared error, its
 # code trained with MAE). The validation MAE is over a fixed 1 % of the validation split's ordered
-# pairs. Models are cached under `build/<profile>/cache/siamese/` and reused by later figures.
+# pairs. Models are cached in `siamese/` of the profile's cache folder (`cache_dir`,
+# `build/<profile>/cache/`) and reused by later figures.
 
 # %% tags=["parameters"]
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
+cache_dir = "build/tiny/cache"
 datasets = ["5j0n-full-so3", "ribosome-quarter-so3"]
 labels = ["5j0n", "70S ribosome (stand-in for 5a1a)"]
 input_size = 29
@@ -44,53 +46,65 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cryo_orient import artifacts
-
-from cryo_orient.geometry import rotations
-
+from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation import siamese
-
-from cryo_orient.simulation import simulate
-
-from cryo_orient.data import splits
+from cryo_orient.geometry import rotations
+from cryo_orient.workflow import profiles
 
 out = Path(out_dir)
-cache = Path("build") / profile / "cache" / "siamese"
-config = siamese.TrainingConfig(input_size=input_size, n_features=n_features, feature_distance=feature_distance,
-                                loss=loss, regime=regime, batch_size=batch_size, epochs=epochs,
-                                learning_rate=learning_rate, seed=seed)
+cache = Path(cache_dir) / "siamese"
+config = siamese.TrainingConfig(
+    input_size=input_size,
+    n_features=n_features,
+    feature_distance=feature_distance,
+    loss=loss,
+    regime=regime,
+    batch_size=batch_size,
+    epochs=epochs,
+    learning_rate=learning_rate,
+    seed=seed,
+)
 if len(labels) != len(datasets):
     raise ValueError(f"need one label per dataset, got {len(labels)} labels for {len(datasets)} datasets")
 
 runs = {}
 for name in datasets:
-    path = Path(sim_dir) / f"{name}.h5"
-    data = simulate.load_dataset(path)
-    result = siamese.train_on_dataset(data, config, cache_dir=cache)
-    _, _, test = splits.train_val_test_split(len(data["quaternions"]))
-    test = np.sort(test)
+    data = read_dataset(Path(sim_dir) / f"{name}.h5")
+    estimator = siamese.SiameseEstimator(config).fit(data, cache_dir=cache)
+    result = estimator.result
+    test = data.split("test")
     rng = np.random.default_rng([seed, 8])
-    pairs = rng.choice(len(test), size=(n_test_pairs, 2))
+    pairs = rng.choice(test.n, size=(n_test_pairs, 2))
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    features = siamese.embed(result.model, siamese.resize_images(data["projections"][test], input_size), progress=False)
+    features = estimator.embed(test)
     d_p = siamese.feature_distances(features[pairs[:, 0]], features[pairs[:, 1]], feature_distance)
-    q = data["quaternions"][test]
+    q = test.quaternions
     d_q = rotations.distance(q[pairs[:, 0]], q[pairs[:, 1]])
     err = d_p - d_q
     runs[name] = {
-        "history": result.history, "d_p": d_p, "d_q": d_q,
+        "history": result.history,
+        "d_p": d_p,
+        "d_q": d_q,
         "results": {
-            "epochs": result.epochs, "training_seconds": result.seconds, "stop_reason": result.stop_reason,
-            "final_train_loss": result.history["loss"][-1], "final_val_mae": result.history["val_mae"][-1],
-            "best_val_mae": result.best_val_mae, "test_pairs": int(len(pairs)),
-            "test_mae": float(np.mean(np.abs(err))), "test_rms": float(np.sqrt(np.mean(err**2))),
+            "epochs": result.epochs,
+            "training_seconds": result.seconds,
+            "stop_reason": result.stop_reason,
+            "final_train_loss": result.history["loss"][-1],
+            "final_val_mae": result.history["val_mae"][-1],
+            "best_val_mae": result.best_val_mae,
+            "test_pairs": int(len(pairs)),
+            "test_mae": float(np.mean(np.abs(err))),
+            "test_rms": float(np.sqrt(np.mean(err**2))),
             "test_mae_of_median_predictor": float(np.mean(np.abs(d_q - np.median(d_q)))),
             "run_dir": str(result.out_dir),
         },
     }
     r = runs[name]["results"]
-    print(f"{name}: {r['epochs']} epochs in {r['training_seconds']:.0f} s; train {r['final_train_loss']:.3f}, "
-          f"val {r['final_val_mae']:.3f}, test MAE {r['test_mae']:.3f} (RMS {r['test_rms']:.3f}; "
-          f"a constant guess gives {r['test_mae_of_median_predictor']:.3f})")
+    print(
+        f"{name}: {r['epochs']} epochs in {r['training_seconds']:.0f} s; train {r['final_train_loss']:.3f}, "
+        f"val {r['final_val_mae']:.3f}, test MAE {r['test_mae']:.3f} (RMS {r['test_rms']:.3f}; "
+        f"a constant guess gives {r['test_mae_of_median_predictor']:.3f})"
+    )
 
 # %%
 fig, axes = plt.subplots(2, len(datasets), figsize=(5.2 * len(datasets), 9), squeeze=False)
@@ -102,22 +116,42 @@ for col, (name, label) in enumerate(zip(datasets, labels)):
     ax.plot(h["epoch"], h["val_mae"], color="tab:orange", label="validation")
     ax.axhline(r["test_mae_of_median_predictor"], color="0.6", lw=0.8, ls=":", label="constant guess (test pairs)")
     ax.set(xlabel="epoch", ylabel="L_DE (MAE, rad)", title=f"(a) {label}")
-    ax.text(0.97, 0.95, f"train {r['final_train_loss']:.3f}\nval {r['final_val_mae']:.3f}", transform=ax.transAxes,
-            ha="right", va="top", bbox=dict(boxstyle="round", fc="white", ec="0.7"))
+    ax.text(
+        0.97,
+        0.95,
+        f"train {r['final_train_loss']:.3f}\nval {r['final_val_mae']:.3f}",
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+        bbox=dict(boxstyle="round", fc="white", ec="0.7"),
+    )
     ax.legend(loc="center right", fontsize=8)
     ax = axes[1, col]
     ax.hexbin(run["d_q"], run["d_p"], gridsize=40, extent=(0, np.pi, 0, np.pi), mincnt=1, cmap="viridis")
     ax.plot([0, np.pi], [0, np.pi], color="k", lw=0.8)
-    ax.set(xlabel="d_q (true, rad)", ylabel="d̂_p (estimated, rad)", xlim=(0, np.pi), ylim=(0, np.pi), aspect="equal",
-           title=f"(b) {r['test_pairs']} test pairs")
-    ax.text(0.03, 0.97, f"MAE {r['test_mae']:.3f}\nRMS {r['test_rms']:.3f}", transform=ax.transAxes, va="top",
-            bbox=dict(boxstyle="round", fc="white", ec="0.7"))
+    ax.set(
+        xlabel="d_q (true, rad)",
+        ylabel="d̂_p (estimated, rad)",
+        xlim=(0, np.pi),
+        ylim=(0, np.pi),
+        aspect="equal",
+        title=f"(b) {r['test_pairs']} test pairs",
+    )
+    ax.text(
+        0.03,
+        0.97,
+        f"MAE {r['test_mae']:.3f}\nRMS {r['test_rms']:.3f}",
+        transform=ax.transAxes,
+        va="top",
+        bbox=dict(boxstyle="round", fc="white", ec="0.7"),
+    )
 fig.suptitle(f"Distance learning ({regime} regime, {input_size}×{input_size} px, {config.epochs} epochs max)")
 fig.tight_layout()
 artifacts.save_figure(fig, out / "figure-8.png")
 artifacts.write_record(
-    out, "figure-8", outputs=["figure-8.png"],
-    parameters=dict(profile=profile, datasets=datasets, labels=labels, training=config.to_dict(),
-                    n_test_pairs=n_test_pairs, seed=seed),
+    out,
+    "figure-8",
+    outputs=["figure-8.png"],
+    parameters=profiles.run_parameters("figure-8", globals()) | dict(training=config.to_dict()),
     results={name: run["results"] | {"history": run["history"]} for name, run in runs.items()},
 )

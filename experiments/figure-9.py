@@ -29,8 +29,15 @@
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
-noise_datasets = ["5j0n-half", "5j0n-half-noise5", "5j0n-half-noise10", "5j0n-half-noise16",
-                  "5j0n-half-noise20", "5j0n-half-noise25"]
+cache_dir = "build/tiny/cache"
+noise_datasets = [
+    "5j0n-half",
+    "5j0n-half-noise5",
+    "5j0n-half-noise10",
+    "5j0n-half-noise16",
+    "5j0n-half-noise20",
+    "5j0n-half-noise25",
+]
 noise_variances = [0, 5, 10, 16, 20, 25]
 shift_datasets = ["5j0n-half", "5j0n-half-shift5", "5j0n-half-shift10", "5j0n-half-shift15", "5j0n-half-shift"]
 shift_limits = [0, 5, 10, 15, 20]
@@ -54,24 +61,24 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient.orientation import alignment, recovery
-
 from cryo_orient import artifacts
-
-from cryo_orient.geometry import rotations
-
+from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation import siamese
-
-from cryo_orient.simulation import simulate
-
-from cryo_orient.data import splits
+from cryo_orient.orientation import alignment
+from cryo_orient.workflow import pipeline, profiles
 
 out = Path(out_dir)
-cache = Path("build") / profile / "cache"
-config = siamese.TrainingConfig(input_size=input_size, n_features=n_features, regime=regime,
-                                batch_size=batch_size, epochs=epochs, seed=seed)
-for names, values, what in ((noise_datasets, noise_variances, "noise_variances"),
-                            (shift_datasets, shift_limits, "shift_limits")):
+cache = Path(cache_dir)
+config = siamese.TrainingConfig(
+    input_size=input_size, n_features=n_features, regime=regime, batch_size=batch_size, epochs=epochs, seed=seed
+)
+recovery_config = pipeline.PipelineConfig(
+    recovery_mode=recovery_mode, recovery_restarts=recovery_restarts, recovery_max_steps=recovery_max_steps, seed=seed
+)
+for names, values, what in (
+    (noise_datasets, noise_variances, "noise_variances"),
+    (shift_datasets, shift_limits, "shift_limits"),
+):
     if len(names) != len(values):
         raise ValueError(f"{what} needs one value per dataset: {len(values)} values for {len(names)} datasets")
 
@@ -82,43 +89,55 @@ def evaluate(name, fresh=False, recover_all=False):
     ``recover_all``: recover every projection of the dataset instead, training and validation
     images included, as the authors' sweeps did (their leakage, measured here for comparison).
     """
-    path = Path(sim_dir) / f"{name}.h5"
-    data = simulate.load_dataset(path)
-    run = siamese.train_on_dataset(data, config, cache_dir=cache / "siamese", fresh_perturbation=fresh)
-    _, _, test = splits.train_val_test_split(len(data["quaternions"]))
-    test = np.arange(len(data["quaternions"])) if recover_all else np.sort(test)
-    q_true = data["quaternions"][test]
-
-    features = siamese.embed(run.model, siamese.resize_images(data["projections"][test], input_size),
-                             progress=False)
+    data = read_dataset(Path(sim_dir) / f"{name}.h5")
+    estimator = siamese.SiameseEstimator(config, fresh_noise=fresh).fit(data, cache_dir=cache / "siamese")
+    run = estimator.result
+    test = data.split("all" if recover_all else "test")
+    q_true = test.quaternions
+    distances = estimator.distance_function(estimator.embed(test))
     # Eq. 4's loss at the true orientations: if the recovered L_OR is far below it, the estimated
     # distances fit another configuration better than the truth, and no optimiser can fix that.
-    pair_rng = np.random.default_rng([seed, 90])
-    i, j = pair_rng.integers(0, len(test), size=(2, 200_000))
-    d_p = siamese.feature_distances(features[i], features[j])
-    d_q = rotations.distance(q_true[i], q_true[j])
-    loss_at_truth = float(np.mean((d_p - d_q) ** 2))
-    test_mae = float(np.mean(np.abs(d_p - d_q)))
+    fit = pipeline.pair_fit(distances, q_true, np.random.default_rng([seed, 90]))
+    loss_at_truth, test_mae = fit["L_at_true_orientations"], fit["test_pair_mae"]
 
     def compute():
-        result = recovery.recover(siamese.distance_function(features), len(test), mode=recovery_mode,
-                                  restarts=recovery_restarts, max_steps=recovery_max_steps,
-                                  rng=np.random.default_rng([seed, 9]), progress=False)
-        aligned = alignment.align(q_true, result.quaternions)
-        return {"L_OR": result.final_loss, "steps": result.steps, "recovery_seconds": result.seconds,
-                "E_OR_mean": aligned.mean_error, "E_OR_median": aligned.median_error,
-                "reflected": aligned.reflected}
+        result = pipeline.recover_orientations(distances, test.n, recovery_config, rng=np.random.default_rng([seed, 9]))
+        aligned = alignment.align(q_true, result["quaternions"])
+        return {
+            "L_OR": result["final_loss"],
+            "steps": len(result["losses"]),
+            "recovery_seconds": result["seconds"],
+            "E_OR_mean": aligned.mean_error,
+            "E_OR_median": aligned.median_error,
+            "reflected": aligned.reflected,
+        }
 
-    key = {"run": str(run.out_dir), "mode": recovery_mode, "restarts": recovery_restarts,
-           "max_steps": recovery_max_steps, "seed": seed} | ({"recover_all": True} if recover_all else {})
+    key = {
+        "run": str(run.out_dir),
+        "mode": recovery_mode,
+        "restarts": recovery_restarts,
+        "max_steps": recovery_max_steps,
+        "seed": seed,
+    } | ({"recover_all": True} if recover_all else {})
     rec = artifacts.cached_json(cache / "figure-9", key, compute)
-    summary = {"dataset": name, "fresh_noise": fresh, "recovered": len(test), "epochs": run.epochs, "training_seconds": run.seconds,
-               "median_train_loss": float(np.median(run.history["loss"])),
-               "median_val_mae": float(np.median(run.history["val_mae"])),
-               "final_val_mae": run.history["val_mae"][-1], "test_mae": test_mae,
-               "L_at_true_orientations": loss_at_truth, **rec}
-    print(f"{name}{' (fresh noise)' if fresh else ''}: val MAE {summary['final_val_mae']:.3f}, "
-          f"L_OR {rec['L_OR']:.3g} (at the truth {loss_at_truth:.3g}), E_OR mean {rec['E_OR_mean']:.3f} / median {rec['E_OR_median']:.3f} rad")
+    summary = {
+        "dataset": name,
+        "fresh_noise": fresh,
+        "recovered": test.n,
+        "epochs": run.epochs,
+        "training_seconds": run.seconds,
+        "median_train_loss": float(np.median(run.history["loss"])),
+        "median_val_mae": float(np.median(run.history["val_mae"])),
+        "final_val_mae": run.history["val_mae"][-1],
+        "test_mae": test_mae,
+        "L_at_true_orientations": loss_at_truth,
+        **rec,
+    }
+    print(
+        f"{name}{' (fresh noise)' if fresh else ''}: val MAE {summary['final_val_mae']:.3f}, "
+        f"L_OR {rec['L_OR']:.3g} (at the truth {loss_at_truth:.3g}), E_OR mean {rec['E_OR_mean']:.3f} / "
+        f"median {rec['E_OR_median']:.3f} rad"
+    )
     return {"history": run.history, "summary": summary}
 
 
@@ -129,8 +148,10 @@ leaky = [evaluate(name, recover_all=True) for name in leaky_recovery_datasets]
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-for ax, runs, values, title, unit in ((axes[0], shifts, shift_limits, "(a) shifts", "T = {} px"),
-                                      (axes[1], noise, noise_variances, "(b) noise", "σ² = {}")):
+for ax, runs, values, title, unit in (
+    (axes[0], shifts, shift_limits, "(a) shifts", "T = {} px"),
+    (axes[1], noise, noise_variances, "(b) noise", "σ² = {}"),
+):
     x = np.arange(len(runs))
     train = [r["history"]["loss"] for r in runs]
     val = [r["history"]["val_mae"] for r in runs]
@@ -143,44 +164,61 @@ for ax, runs, values, title, unit in ((axes[0], shifts, shift_limits, "(a) shift
     top = max(max(max(t), max(v)) for t, v in zip(train, val))
     for k, r in enumerate(runs):
         s = r["summary"]
-        ax.text(k, top * 1.03, f"L_OR {s['L_OR']:.2e}\n(truth {s['L_at_true_orientations']:.2e})\nE_OR {s['E_OR_mean']:.3f}\n(median {s['E_OR_median']:.3f})",
-                ha="center", va="bottom", fontsize=7.5)
+        ax.text(
+            k,
+            top * 1.03,
+            f"L_OR {s['L_OR']:.2e}\n(truth {s['L_at_true_orientations']:.2e})\n"
+            f"E_OR {s['E_OR_mean']:.3f}\n(median {s['E_OR_median']:.3f})",
+            ha="center",
+            va="bottom",
+            fontsize=7.5,
+        )
     ax.set_xticks(x, [unit.format(v) for v in values])
     ax.set_ylim(0, top * 1.4)
     ax.set(ylabel="L_DE over epochs (MAE, rad)", title=title)
     ax.legend([b1["boxes"][0], b2["boxes"][0]], ["training", "validation"], loc="lower right")
 if fresh is not None:
     s = fresh["summary"]
-    axes[1].annotate(f"σ² = 16, fresh noise every batch:\nval MAE {s['final_val_mae']:.3f}, "
-                     f"E_OR {s['E_OR_mean']:.3f} (median {s['E_OR_median']:.3f})",
-                     xy=(0.02, 0.02), xycoords="axes fraction", fontsize=8,
-                     bbox=dict(boxstyle="round", fc="white", ec="0.7"))
+    axes[1].annotate(
+        f"σ² = 16, fresh noise every batch:\nval MAE {s['final_val_mae']:.3f}, "
+        f"E_OR {s['E_OR_mean']:.3f} (median {s['E_OR_median']:.3f})",
+        xy=(0.02, 0.02),
+        xycoords="axes fraction",
+        fontsize=8,
+        bbox=dict(boxstyle="round", fc="white", ec="0.7"),
+    )
 for r in leaky:
     s = r["summary"]
-    axes[0].annotate(f"{s['dataset']}, all {s['recovered']:,} projections recovered (training images included,\n"
-                     f"as the paper's sweeps): E_OR {s['E_OR_mean']:.3f} (median {s['E_OR_median']:.3f})",
-                     xy=(0.02, 0.02), xycoords="axes fraction", fontsize=8,
-                     bbox=dict(boxstyle="round", fc="white", ec="0.7"))
-fig.suptitle(f"5j0n, half coverage: one estimator per condition ({input_size}×{input_size} px, "
-             f"{config.epochs} epochs, {regime} regime); recovery of the test split (E_OR in rad)")
+    axes[0].annotate(
+        f"{s['dataset']}, all {s['recovered']:,} projections recovered (training images included,\n"
+        f"as the paper's sweeps): E_OR {s['E_OR_mean']:.3f} (median {s['E_OR_median']:.3f})",
+        xy=(0.02, 0.02),
+        xycoords="axes fraction",
+        fontsize=8,
+        bbox=dict(boxstyle="round", fc="white", ec="0.7"),
+    )
+fig.suptitle(
+    f"5j0n, half coverage: one estimator per condition ({input_size}×{input_size} px, "
+    f"{config.epochs} epochs, {regime} regime); recovery of the test split (E_OR in rad)"
+)
 fig.tight_layout()
 artifacts.save_figure(fig, out / "figure-9.png")
 
-rows = ([{"sweep": "noise", "value": v} | r["summary"] for v, r in zip(noise_variances, noise)]
-        + [{"sweep": "shift", "value": v} | r["summary"] for v, r in zip(shift_limits, shifts)]
-        + ([{"sweep": "noise (fresh)", "value": 16} | fresh["summary"]] if fresh else [])
-        + [{"sweep": "all projections recovered (the paper's leakage)", "value": None} | r["summary"] for r in leaky])
+rows = (
+    [{"sweep": "noise", "value": v} | r["summary"] for v, r in zip(noise_variances, noise)]
+    + [{"sweep": "shift", "value": v} | r["summary"] for v, r in zip(shift_limits, shifts)]
+    + ([{"sweep": "noise (fresh)", "value": 16} | fresh["summary"]] if fresh else [])
+    + [{"sweep": "all projections recovered (the paper's leakage)", "value": None} | r["summary"] for r in leaky]
+)
 buf = io.StringIO()
 writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
 writer.writeheader()
 writer.writerows(rows)
 artifacts.save_text(buf.getvalue(), out / "figure-9.csv")
 artifacts.write_record(
-    out, "figure-9", outputs=["figure-9.png", "figure-9.csv"],
-    parameters=dict(profile=profile, noise_datasets=noise_datasets, noise_variances=noise_variances,
-                    shift_datasets=shift_datasets, shift_limits=shift_limits, fresh_noise_dataset=fresh_noise_dataset,
-                    leaky_recovery_datasets=leaky_recovery_datasets,
-                    training=config.to_dict(), recovery_mode=recovery_mode, recovery_restarts=recovery_restarts,
-                    recovery_max_steps=recovery_max_steps, seed=seed),
+    out,
+    "figure-9",
+    outputs=["figure-9.png", "figure-9.csv"],
+    parameters=profiles.run_parameters("figure-9", globals()) | dict(training=config.to_dict()),
     results={"rows": rows},
 )

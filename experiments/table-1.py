@@ -20,6 +20,7 @@
 profile = "tiny"
 out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
+cache_dir = "build/tiny/cache"
 n_projections = 5000
 test_size = 0.33
 val_size = 0.25
@@ -32,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from cryo_orient import artifacts
-
 from cryo_orient.data import splits
+from cryo_orient.workflow import profiles
 
 train, val, test = splits.train_val_test_split(n_projections, test_size, val_size, tuple(seeds))
 assert len(np.intersect1d(train, val)) == len(np.intersect1d(train, test)) == len(np.intersect1d(val, test)) == 0
@@ -56,8 +57,11 @@ out = Path(out_dir)
 artifacts.save_text(table + "\n", out / "table-1.md")
 artifacts.save_text(csv, out / "table-1.csv")
 artifacts.write_record(
-    out, "table-1", outputs=["table-1.md", "table-1.csv"],
-    parameters=dict(profile=profile, n_projections=n_projections, test_size=test_size, val_size=val_size,
-                    seeds=seeds, pair_fraction=pair_fraction),
-    results={name.lower(): {"projections": size, "all_pairs": size**2, "used_pairs": used} for name, size, used in rows},
+    out,
+    "table-1",
+    outputs=["table-1.md", "table-1.csv"],
+    parameters=profiles.run_parameters("table-1", globals()),
+    results={
+        name.lower(): {"projections": size, "all_pairs": size**2, "used_pairs": used} for name, size, used in rows
+    },
 )

@@ -8,8 +8,6 @@ and orientation) do not import each other.
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "cryo_orient"
 
 LAYERS = {

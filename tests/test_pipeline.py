@@ -287,3 +287,10 @@ def test_cli_run_is_the_pipeline(dataset, tmp_path):
     assert {"truth.mrc", "gauge.mrc", "orientations_aligned.star"} <= {p.name for p in out.iterdir()}
     with pytest.raises(SystemExit, match="unknown pipeline config key"):
         cli.main(["run", "--dataset", str(path), "--set", "recovery_restart=2", "--out", str(out)])
+    # A profile's [pipeline] table is the starting point; --config and --set go over it.
+    profiled = tmp_path / "profiled"
+    args = ["run", "--dataset", str(path), "--profile", "tiny", "--config", str(config), "--out", str(profiled)]
+    assert cli.main([*args, "--set", "reconstruction_iterations=2", "--quiet"]) == 0
+    used = json.loads((profiled / "summary.json").read_text())["config"]
+    assert used["estimator"] == "exact" and used["reconstruction_iterations"] == 2
+    assert used["training"]["input_size"] == SETTINGS["training"]["input_size"]

@@ -75,8 +75,14 @@ def test_sync_rewrites_only_what_changed(project):
 
 def test_sync_runs_with_the_standard_library_only(project):
     # make calls it with a bare python before the venv exists.
-    out = subprocess.run([sys.executable, "-S", "-I", str(REPO / "lib" / "cryo_orient" / "workflow" / "profiles.py"), "sync", "tiny"],
-                         cwd=project, capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    script = REPO / "lib" / "cryo_orient" / "workflow" / "profiles.py"
+    out = subprocess.run(
+        [sys.executable, "-S", "-I", str(script), "sync", "tiny"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+    )
     assert out.returncode == 0, out.stderr
     assert (project / "build" / "tiny" / "profile.mk").is_file()
 
@@ -109,7 +115,7 @@ def test_datasets_a_notebook_reads_by_default_are_dependencies(project):
     params = json.loads((project / "build" / "tiny" / "params" / "figure-9.json").read_text())
     assert params["noise_variances"] == [0, 5, 10, 16, 20, 25]
     notebook = project / "experiments" / "figure-9.py"
-    notebook.write_text(notebook.read_text().replace('"5j0n-half-noise25"]', '"5j0n-half-noise30"]'))
+    notebook.write_text(notebook.read_text().replace('"5j0n-half-noise25",', '"5j0n-half-noise30",', 1))
     with pytest.raises(profiles.ProfileError, match="5j0n-half-noise30"):
         profiles.sync("tiny", root=project)
 
@@ -126,5 +132,111 @@ def test_optional_targets_are_synced_but_not_reproduced(project):
     optional = next(line for line in mk if line.startswith("OPTIONAL_TARGETS := ")).split()[2:]
     assert "compare" not in reproduced and optional == ["compare"]
     assert {"figure-10", "figure-11"} <= set(reproduced)
-    assert any(line.startswith("build/tiny/notebooks/compare.ipynb: ") and "5j0n-full-so3-noise4.h5" in line
-               for line in mk)
+    assert any(
+        line.startswith("build/tiny/notebooks/compare.ipynb: ") and "5j0n-full-so3-noise4.h5" in line for line in mk
+    )
+
+
+PIPELINE_TARGETS = ("figure-10", "figure-11", "figure-13", "compare")
+
+
+def test_merge_settings_is_deep_for_tables_and_copies():
+    base = {"training": {"input_size": 16, "epochs": 2}, "fresh_noise": True, "estimator_options": {}, "seed": 0}
+    merged = profiles.merge_settings(
+        base, {"training": {"epochs": 80}, "seed": 1}, {"training": {"n_features": 512}, "fresh_noise": False}
+    )
+    assert merged == {
+        "training": {"input_size": 16, "epochs": 80, "n_features": 512},
+        "fresh_noise": False,
+        "estimator_options": {},
+        "seed": 1,
+    }
+    assert base == {
+        "training": {"input_size": 16, "epochs": 2},
+        "fresh_noise": True,
+        "estimator_options": {},
+        "seed": 0,
+    }  # the inputs are left as they were
+    # A table replaces a non-table and the other way round (no merge across kinds).
+    assert profiles.merge_settings({"a": 1}, {"a": {"b": 2}}) == {"a": {"b": 2}}
+    assert profiles.merge_settings({"a": {"b": 2}}, {"a": 3}) == {"a": 3}
+
+
+def test_pipeline_section_is_shared_not_a_target(project):
+    profile = profiles.load_profile("tiny", root=project)
+    assert "pipeline" not in profile and "pipeline" in profile.shared  # iterating a profile gives its targets
+    targets = profiles.sync("tiny", root=project)
+    assert "pipeline" not in targets
+    params = project / "build" / "tiny" / "params"
+    assert not (params / "pipeline.json").exists()
+    mk = (project / "build" / "tiny" / "profile.mk").read_text()
+    assert "pipeline" not in next(line for line in mk.splitlines() if line.startswith("PROFILE_TARGETS := "))
+    for target in PIPELINE_TARGETS:
+        values = json.loads((params / f"{target}.json").read_text())
+        assert values["pipeline"] == profile.shared["pipeline"] | {
+            "estimator": "siamese",
+            "estimator_options": {},
+            "recovery_mode": "improved",
+        }
+
+
+def test_target_pipeline_table_is_merged_over_the_shared_one(project):
+    path = project / "experiments" / "profiles" / "tiny.toml"
+    text = path.read_text()
+    assert "[figure-13]\n" in text
+    path.write_text(
+        text.replace(
+            "[figure-13]\n",
+            "[figure-13]\n\n[figure-13.pipeline]\nfresh_noise = false\n"
+            "gauge_pairs = 7\n\n[figure-13.pipeline.training]\nepochs = 5\n",
+        )
+    )
+    profiles.sync("tiny", root=project)
+    params = project / "build" / "tiny" / "params"
+    shared = profiles.load_profile("tiny", root=project).shared["pipeline"]
+    p13 = json.loads((params / "figure-13.json").read_text())["pipeline"]
+    assert p13["fresh_noise"] is False and p13["gauge_pairs"] == 7
+    # Deep for the training table: the override's key replaced, every other training key kept.
+    assert p13["training"] == shared["training"] | {"epochs": 5}
+    assert p13["reconstruction_iterations"] == shared["reconstruction_iterations"]
+    for target in ("figure-10", "figure-11", "compare"):  # the others are untouched
+        other = json.loads((params / f"{target}.json").read_text())["pipeline"]
+        assert other["fresh_noise"] is True and other["training"] == shared["training"]
+
+
+def test_unknown_pipeline_key_is_an_error(project):
+    path = project / "experiments" / "profiles" / "tiny.toml"
+    path.write_text(path.read_text().replace("[pipeline]\n", "[pipeline]\ngauge_pair = 3\n"))
+    message = r"\[pipeline\]: unknown pipeline key\(s\) \['gauge_pair'\].*gauge_pairs"
+    with pytest.raises(profiles.ProfileError, match=message):
+        profiles.sync("tiny", root=project)
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu", "paper"])
+def test_shipped_profiles_give_one_pipeline(name):
+    """Figures 10, 11, 13 and compare run the profile's one [pipeline], a valid PipelineConfig."""
+    from cryo_orient.workflow.pipeline import PipelineConfig
+
+    params = profiles.target_params(name, profiles.load_profile(name, root=REPO), root=REPO)
+    configs = {target: PipelineConfig.from_dict(params[target]["pipeline"]).to_dict() for target in PIPELINE_TARGETS}
+    assert all(config == configs["figure-10"] for config in configs.values())
+    training = configs["figure-10"]["training"]
+    expected = {"tiny": (16, 32, True, 5), "cpu": (29, 512, True, 100), "paper": (116, 32, False, 100)}[name]
+    assert (
+        training["input_size"],
+        training["n_features"],
+        configs["figure-10"]["fresh_noise"],
+        configs["figure-10"]["reconstruction_iterations"],
+    ) == expected
+    for values in params.values():
+        assert values["cache_dir"] == f"build/{name}/cache"
+
+
+def test_run_parameters_are_the_cell_names_with_the_values_as_run(project):
+    declared = profiles.notebook_parameters(project / "experiments" / "figure-12.py")
+    namespace = {**declared, "n_pairs": 7, "unrelated": object()}
+    values = profiles.run_parameters("figure-12", namespace, root=project)
+    assert list(values) == list(declared) and values["n_pairs"] == 7 and "unrelated" not in values
+    del namespace["seed"]
+    with pytest.raises(KeyError, match="seed"):
+        profiles.run_parameters("figure-12", namespace, root=project)

@@ -54,8 +54,11 @@ def read_images(dataset, indices) -> tuple[np.ndarray, dict]:
         images[order] = f["projections"][indices[order]]
         mean, std = float(f.attrs["standardization_mean"]), float(f.attrs["standardization_std"])
         voxel = f.attrs.get("voxel_size")
-        attrs = {"cache_key": str(f.attrs["cache_key"]), "noise_variance": float(f.attrs["noise_variance"]),
-                 "voxel_size": float(voxel) if voxel is not None and np.isfinite(voxel) and voxel > 0 else 1.0}
+        attrs = {
+            "cache_key": str(f.attrs["cache_key"]),
+            "noise_variance": float(f.attrs["noise_variance"]),
+            "voxel_size": float(voxel) if voxel is not None and np.isfinite(voxel) and voxel > 0 else 1.0,
+        }
     return images * std + mean, attrs
 
 
@@ -64,11 +67,22 @@ def _quiet_aspire(log_dir: str) -> None:
     ``logs/`` folder into the working directory and logs at INFO with progress bars."""
     os.environ["ASPIREDIR"] = log_dir
     Path(log_dir, "config.yaml").write_text(
-        f"logging:\n  log_dir: {log_dir}\n  tqdm_disable: True\n  console_level: WARNING\n  log_file_level: INFO\n")
+        f"logging:\n  log_dir: {log_dir}\n  tqdm_disable: True\n  console_level: WARNING\n  log_file_level: INFO\n"
+    )
 
 
-def estimate(images, *, pixel_size=1.0, n_theta=360, n_rad=None, max_shift=0.0, shift_step=1, downsample=0,
-             dtype="float64", log=print) -> dict:
+def estimate(
+    images,
+    *,
+    pixel_size=1.0,
+    n_theta=360,
+    n_rad=None,
+    max_shift=0.0,
+    shift_step=1,
+    downsample=0,
+    dtype="float64",
+    log=print,
+) -> dict:
     """Run CLSyncVoting on ``images`` (n, L, L); return the rotations, timings and settings.
 
     ``pixel_size`` (Å) is only metadata that ASPIRE requires; nothing here depends on it."""
@@ -83,8 +97,9 @@ def estimate(images, *, pixel_size=1.0, n_theta=360, n_rad=None, max_shift=0.0, 
     if downsample and downsample != size:
         src = src.downsample(int(downsample))
         size = int(downsample)
-    orient = CLSyncVoting(src, n_rad=n_rad or None, n_theta=n_theta, max_shift=max_shift, shift_step=shift_step,
-                          disable_gpu=True)
+    orient = CLSyncVoting(
+        src, n_rad=n_rad or None, n_theta=n_theta, max_shift=max_shift, shift_step=shift_step, disable_gpu=True
+    )
     orient.build_clmatrix()
     t_cl = time.perf_counter()
     log(f"common lines of {len(images)} images ({size} px): {t_cl - start:.1f} s")
@@ -95,14 +110,29 @@ def estimate(images, *, pixel_size=1.0, n_theta=360, n_rad=None, max_shift=0.0, 
     rotations = np.asarray(orient.rotations, dtype=np.float64)
     end = time.perf_counter()
     log(f"rotations: {end - t_vote:.1f} s")
-    return {"rotations": rotations, "seconds": end - start, "seconds_clmatrix": t_cl - start,
-            "seconds_voting": t_vote - t_cl, "seconds_rotations": end - t_vote, "aspire_version": aspire.__version__,
-            "parameters": {"n_theta": int(n_theta), "n_rad": int(orient.n_rad), "max_shift_fraction": float(max_shift),
-                           "max_shift_pixels": int(orient.max_shift), "shift_step": shift_step,
-                           "image_size": int(size), "input_size": int(images.shape[-1]),
-                           "downsample": int(downsample or 0), "dtype": str(np.dtype(dtype)), "mask": True,
-                           "hist_bin_width": orient.hist_bin_width, "full_width": orient.full_width,
-                           "n_images": int(len(images))}}
+    return {
+        "rotations": rotations,
+        "seconds": end - start,
+        "seconds_clmatrix": t_cl - start,
+        "seconds_voting": t_vote - t_cl,
+        "seconds_rotations": end - t_vote,
+        "aspire_version": aspire.__version__,
+        "parameters": {
+            "n_theta": int(n_theta),
+            "n_rad": int(orient.n_rad),
+            "max_shift_fraction": float(max_shift),
+            "max_shift_pixels": int(orient.max_shift),
+            "shift_step": shift_step,
+            "image_size": int(size),
+            "input_size": int(images.shape[-1]),
+            "downsample": int(downsample or 0),
+            "dtype": str(np.dtype(dtype)),
+            "mask": True,
+            "hist_bin_width": orient.hist_bin_width,
+            "full_width": orient.full_width,
+            "n_images": int(len(images)),
+        },
+    }
 
 
 def write_npz(path, result: dict, extra: dict) -> Path:
@@ -116,12 +146,16 @@ def write_npz(path, result: dict, extra: dict) -> Path:
     try:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, rotations=result["rotations"], seconds=np.float64(result["seconds"]),
-                     seconds_clmatrix=np.float64(result["seconds_clmatrix"]),
-                     seconds_voting=np.float64(result["seconds_voting"]),
-                     seconds_rotations=np.float64(result["seconds_rotations"]),
-                     aspire_version=np.str_(result["aspire_version"]),
-                     parameters=np.str_(json.dumps(parameters, sort_keys=True)))
+            np.savez(
+                fh,
+                rotations=result["rotations"],
+                seconds=np.float64(result["seconds"]),
+                seconds_clmatrix=np.float64(result["seconds_clmatrix"]),
+                seconds_voting=np.float64(result["seconds_voting"]),
+                seconds_rotations=np.float64(result["seconds_rotations"]),
+                aspire_version=np.str_(result["aspire_version"]),
+                parameters=np.str_(json.dumps(parameters, sort_keys=True)),
+            )
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -136,8 +170,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output .npz")
     parser.add_argument("--n-theta", type=int, default=360, help="rays per image in the polar Fourier transform")
     parser.add_argument("--n-rad", type=int, default=0, help="radial points per ray (0: ASPIRE's ceil(L/2))")
-    parser.add_argument("--max-shift", type=float, default=0.0,
-                        help="1-D shift search of common lines, fraction of L (ASPIRE's default 0.15; 0: no search)")
+    parser.add_argument(
+        "--max-shift",
+        type=float,
+        default=0.0,
+        help="1-D shift search of common lines, fraction of L (ASPIRE's default 0.15; 0: no search)",
+    )
     parser.add_argument("--shift-step", type=float, default=1.0, help="shift search step in pixels")
     parser.add_argument("--downsample", type=int, default=0, help="Fourier-downsample the images to this size first")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
@@ -152,12 +190,23 @@ def main(argv=None) -> int:
         # ASPIRE writes its logs (and aspire.err.log on an error) into the working directory.
         _quiet_aspire(log_dir)
         os.chdir(log_dir)
-        print(f"{args.dataset}: {len(images)} images of {images.shape[-1]} px, noise variance "
-              f"{attrs['noise_variance']:g}", flush=True)
+        print(
+            f"{args.dataset}: {len(images)} images of {images.shape[-1]} px, noise variance "
+            f"{attrs['noise_variance']:g}",
+            flush=True,
+        )
         try:
-            result = estimate(images, pixel_size=attrs["voxel_size"], n_theta=args.n_theta, n_rad=args.n_rad, max_shift=args.max_shift,
-                              shift_step=args.shift_step, downsample=args.downsample, dtype=args.dtype,
-                              log=lambda line: print(line, flush=True))
+            result = estimate(
+                images,
+                pixel_size=attrs["voxel_size"],
+                n_theta=args.n_theta,
+                n_rad=args.n_rad,
+                max_shift=args.max_shift,
+                shift_step=args.shift_step,
+                downsample=args.downsample,
+                dtype=args.dtype,
+                log=lambda line: print(line, flush=True),
+            )
         finally:
             os.chdir(here)
     write_npz(out, result, {"dataset": str(args.dataset), "dataset_cache_key": attrs["cache_key"]})

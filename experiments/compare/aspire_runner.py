@@ -27,8 +27,13 @@ def cache_path(cache_dir, dataset_path, dataset_key: str, indices, settings: dic
     """Where the result of these inputs is (or will be) stored."""
     code = hashlib.sha256(b"".join(p.read_bytes() for p in CODE)).hexdigest()
     indices = np.ascontiguousarray(indices, dtype=np.int64)
-    payload = {"dataset": dataset_key, "indices": hashlib.sha256(indices.tobytes()).hexdigest(),
-               "settings": settings, "code": code, "python": str(python)}
+    payload = {
+        "dataset": dataset_key,
+        "indices": hashlib.sha256(indices.tobytes()).hexdigest(),
+        "settings": settings,
+        "code": code,
+        "python": str(python),
+    }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
     return Path(cache_dir) / f"aspire-{Path(dataset_path).stem}-{key}.npz"
 
@@ -42,13 +47,22 @@ def cached_orientations(python, dataset_path, dataset_key: str, indices, setting
     path = cache_path(cache_dir, dataset_path, dataset_key, indices, settings, python)
     if not path.is_file():
         if not Path(python).is_file():
-            raise FileNotFoundError(f"{python} not found: `make compare` installs ASPIRE into .venv-compare "
-                                    "(requirements/compare.lock)")
+            raise FileNotFoundError(
+                f"{python} not found: `make compare` installs ASPIRE into .venv-compare (requirements/compare.lock)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         index_file = path.with_name(path.stem + "-indices.npz")
         np.savez(index_file, indices=np.asarray(indices, dtype=np.int64))
-        cmd = [str(python), str(SCRIPT), "--dataset", str(dataset_path), "--indices", str(index_file),
-               "--out", str(path)]
+        cmd = [
+            str(python),
+            str(SCRIPT),
+            "--dataset",
+            str(dataset_path),
+            "--indices",
+            str(index_file),
+            "--out",
+            str(path),
+        ]
         for name in ("n_theta", "n_rad", "max_shift", "downsample"):
             cmd += [f"--{name.replace('_', '-')}", str(settings[name])]
         log(" ".join(cmd))
@@ -61,7 +75,13 @@ def cached_orientations(python, dataset_path, dataset_key: str, indices, setting
         if done.returncode != 0:
             raise RuntimeError(f"the ASPIRE script failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     with np.load(path) as f:
-        return {"rotations": f["rotations"], "seconds": float(f["seconds"]),
-                "seconds_clmatrix": float(f["seconds_clmatrix"]), "seconds_voting": float(f["seconds_voting"]),
-                "seconds_rotations": float(f["seconds_rotations"]), "aspire_version": str(f["aspire_version"]),
-                "parameters": json.loads(str(f["parameters"])), "path": path}
+        return {
+            "rotations": f["rotations"],
+            "seconds": float(f["seconds"]),
+            "seconds_clmatrix": float(f["seconds_clmatrix"]),
+            "seconds_voting": float(f["seconds_voting"]),
+            "seconds_rotations": float(f["seconds_rotations"]),
+            "aspire_version": str(f["aspire_version"]),
+            "parameters": json.loads(str(f["parameters"])),
+            "path": path,
+        }

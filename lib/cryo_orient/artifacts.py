@@ -54,7 +54,8 @@ def _atomic_write(path, write) -> Path:
 def save_figure(fig, path, **kwargs) -> Path:
     """``fig.savefig`` to ``path`` atomically (format from the suffix)."""
     fmt = Path(path).suffix.lstrip(".")
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **({"dpi": 150, "bbox_inches": "tight"} | kwargs)))
+    options = {"dpi": 150, "bbox_inches": "tight"} | kwargs
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **options))
 
 
 def save_text(text: str, path) -> Path:
@@ -81,13 +82,18 @@ def git_commit() -> str:
     """The commit the package was run from, with "-dirty" for uncommitted code changes."""
     here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
         # Committed outputs (figures/) are rewritten by the very runs that record this: they
         # do not make the code that produced them dirty.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
-                                ":(top,exclude)figures"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)figures"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

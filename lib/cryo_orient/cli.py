@@ -20,7 +20,7 @@ from cryo_orient.simulation import simulate
 from cryo_orient.tomography import fsc, reconstruct
 from cryo_orient.validation import CryoOrientError
 from cryo_orient.workflow import pipeline, report
-from cryo_orient.workflow.profiles import OPTIONAL_TARGETS, load_profile
+from cryo_orient.workflow.profiles import OPTIONAL_TARGETS, load_profile, merge_settings
 
 
 def _parse_value(text: str):
@@ -196,7 +196,9 @@ def _cmd_reconstruct(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    config = pipeline.PipelineConfig.from_dict(_config_values(args))
+    # The profile's [pipeline] table, then --config, then --set (nested tables merged key by key).
+    shared = load_profile(args.profile).shared.get("pipeline", {}) if args.profile else {}
+    config = pipeline.PipelineConfig.from_dict(merge_settings(shared, _config_file(args.config), _set_values(args.set)))
     dataset = read_dataset(args.dataset)
     case = pipeline.run_case(
         dataset, config, cache_dir=args.cache_dir or Path(args.out) / "cache", progress=not args.quiet, log=print
@@ -407,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--dataset", required=True, help="a dataset written by `cryo-orient simulate`")
     run.add_argument("--out", required=True, help="folder for the maps, STAR files and summary.json")
-    _settings_options(run, "PipelineConfig (a profile's [pipeline] table)", "--set estimator=exact")
+    run.add_argument("--profile", help="start from this profile's [pipeline] settings (e.g. cpu)")
+    _settings_options(run, "PipelineConfig (a table of its settings)", "--set estimator=exact")
     run.add_argument("--cache-dir", help="where stages are cached (default OUT/cache)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)

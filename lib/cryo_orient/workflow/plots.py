@@ -22,8 +22,18 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Polygon, Rectangle
 
-__all__ = ["BLUE", "arrow", "box", "cuboid", "error_histogram", "fsc_curves", "loss_curve", "recovery_panel",
-           "thumbnail", "top_right"]
+__all__ = [
+    "BLUE",
+    "arrow",
+    "box",
+    "cuboid",
+    "error_histogram",
+    "fsc_curves",
+    "loss_curve",
+    "recovery_panel",
+    "thumbnail",
+    "top_right",
+]
 
 #: The schematics' accent colour (matplotlib's ``tab:blue``).
 BLUE = "#1f77b4"
@@ -72,8 +82,9 @@ def loss_curve(ax, losses, *, loss_at_truth=None, color="tab:blue", lw=0.8, log=
     return {"curve": curve, "truth": truth}
 
 
-def error_histogram(ax, errors, *, median=None, mean=None, bins=40, color="tab:red", alpha=0.8,
-                    xlabel=ERROR_LABEL, fontsize=7) -> dict:
+def error_histogram(
+    ax, errors, *, median=None, mean=None, bins=40, color="tab:red", alpha=0.8, xlabel=ERROR_LABEL, fontsize=7
+) -> dict:
     """Histogram of per-orientation errors (seaborn ``histplot``), its median and mean marked.
 
     Parameters
@@ -110,8 +121,19 @@ def error_histogram(ax, errors, *, median=None, mean=None, bins=40, color="tab:r
     return {"bars": bars, **lines, "legend": legend}
 
 
-def recovery_panel(ax, losses, errors, *, loss_at_truth=None, median=None, mean=None, text=None, title=None,
-                   inset_bounds=(0.55, 0.38, 0.42, 0.38), bins=40) -> dict:
+def recovery_panel(
+    ax,
+    losses,
+    errors,
+    *,
+    loss_at_truth=None,
+    median=None,
+    mean=None,
+    text=None,
+    title=None,
+    inset_bounds=(0.55, 0.38, 0.42, 0.38),
+    bins=40,
+) -> dict:
     """One recovery: L_OR over steps (:func:`loss_curve`), a text box, and an inset histogram of
     the errors after alignment (:func:`error_histogram`). Figures 10 and 13.
 
@@ -146,8 +168,15 @@ def recovery_panel(ax, losses, errors, *, loss_at_truth=None, median=None, mean=
     artists["legend"] = ax.legend(loc="upper right", fontsize=8) if loss_at_truth is not None else None
     artists["text"] = None
     if text is not None:
-        artists["text"] = ax.text(0.03, 0.04, text, transform=ax.transAxes, fontsize=8, va="bottom",
-                                  bbox=dict(boxstyle="round", fc="white", ec="0.7"))
+        artists["text"] = ax.text(
+            0.03,
+            0.04,
+            text,
+            transform=ax.transAxes,
+            fontsize=8,
+            va="bottom",
+            bbox=dict(boxstyle="round", fc="white", ec="0.7"),
+        )
     inset = ax.inset_axes(list(inset_bounds))
     artists["inset"] = inset
     artists["histogram"] = error_histogram(inset, errors, median=median, mean=mean, bins=bins)
@@ -157,8 +186,16 @@ def recovery_panel(ax, losses, errors, *, loss_at_truth=None, median=None, mean=
 # --------------------------------------------------------------------------- FSC
 
 
-def fsc_curves(ax, curves: Iterable[tuple[str, Sequence, Sequence, Mapping]], *, thresholds=(0.5, 0.143),
-               xlabel="spatial frequency (1/Å)", title=None, lw=1.2, legend_kw=None) -> dict:
+def fsc_curves(
+    ax,
+    curves: Iterable[tuple[str, Sequence, Sequence, Mapping]],
+    *,
+    thresholds=(0.5, 0.143),
+    xlabel="spatial frequency (1/Å)",
+    title=None,
+    lw=1.2,
+    legend_kw=None,
+) -> dict:
     """FSC curves against spatial frequency, with horizontal lines at the ``thresholds``.
 
     Parameters
@@ -182,8 +219,9 @@ def fsc_curves(ax, curves: Iterable[tuple[str, Sequence, Sequence, Mapping]], *,
         ``"curves"``: the curves' Line2Ds in order; ``"thresholds"``: the threshold lines;
         ``"legend"``: the Legend (or None).
     """
-    lines = [ax.plot(np.asarray(f), np.asarray(c), lw=lw, label=label, **dict(style))[0]
-             for label, f, c, style in curves]
+    lines = [
+        ax.plot(np.asarray(f), np.asarray(c), lw=lw, label=label, **dict(style))[0] for label, f, c, style in curves
+    ]
     marks = [ax.axhline(t, color="0.5", lw=0.6, ls=":") for t in thresholds]
     ax.set(xlabel=xlabel, ylabel="FSC", ylim=(-0.1, 1.02))
     if title is not None:
@@ -231,8 +269,7 @@ def arrow(ax, start, end, text=None, *, text_offset=0.1, text_kw=None, transform
     return patch, label
 
 
-def box(ax, x, y, w, h, *, title=None, boxstyle="square,pad=0", title_pad=0.12, title_x=None, title_kw=None,
-        **style):
+def box(ax, x, y, w, h, *, title=None, boxstyle="square,pad=0", title_pad=0.12, title_x=None, title_kw=None, **style):
     """A box with its lower left corner at ``(x, y)``, and an optional title above its left edge.
 
     Parameters
@@ -291,8 +328,11 @@ def thumbnail(ax, image, x, y, size, *, edge="0.2", lw=0.8, cmap="gray", zorder=
     shown = ax.imshow(np.asarray(image), cmap=cmap, extent=(x, x + size, y, y + size), zorder=zorder)
     frame = None
     if edge is not None:
-        frame = ax.add_patch(Rectangle((x, y), size, size, fill=False, ec=edge, lw=lw,
-                                       zorder=zorder if frame_zorder is None else frame_zorder))
+        frame = ax.add_patch(
+            Rectangle(
+                (x, y), size, size, fill=False, ec=edge, lw=lw, zorder=zorder if frame_zorder is None else frame_zorder
+            )
+        )
     return shown, frame
 
 
@@ -325,11 +365,14 @@ def cuboid(ax, x, yc, w, h, color, *, depth=0.2, rise=0.6, edge="0.25", lw=0.8, 
     y0 = yc - h / 2
     top = y0 + h + rise * d
     faces = []
-    for pts, shade in (([(x, y0), (x + w, y0), (x + w, y0 + h), (x, y0 + h)], 1.0),
-                       ([(x, y0 + h), (x + d, top), (x + w + d, top), (x + w, y0 + h)], 0.75),
-                       ([(x + w, y0), (x + w + d, y0 + rise * d), (x + w + d, top), (x + w, y0 + h)], 0.55)):
-        faces.append(ax.add_patch(Polygon(pts, closed=True, fc=color, ec=edge, lw=lw, alpha=alpha * shade,
-                                          zorder=zorder)))
+    for pts, shade in (
+        ([(x, y0), (x + w, y0), (x + w, y0 + h), (x, y0 + h)], 1.0),
+        ([(x, y0 + h), (x + d, top), (x + w + d, top), (x + w, y0 + h)], 0.75),
+        ([(x + w, y0), (x + w + d, y0 + rise * d), (x + w + d, top), (x + w, y0 + h)], 0.55),
+    ):
+        faces.append(
+            ax.add_patch(Polygon(pts, closed=True, fc=color, ec=edge, lw=lw, alpha=alpha * shade, zorder=zorder))
+        )
     return faces
 
 

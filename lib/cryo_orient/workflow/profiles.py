@@ -70,8 +70,12 @@ class Profile(dict):
 
 def pipeline_keys(profile_name: str) -> dict:
     """The values of :data:`PIPELINE_KEYS` for a profile."""
-    return {"profile": profile_name, "out_dir": f"figures/{profile_name}", "sim_dir": f"data/simulated/{profile_name}",
-            "cache_dir": f"build/{profile_name}/cache"}
+    return {
+        "profile": profile_name,
+        "out_dir": f"figures/{profile_name}",
+        "sim_dir": f"data/simulated/{profile_name}",
+        "cache_dir": f"build/{profile_name}/cache",
+    }
 
 
 def merge_settings(base: dict, *overrides: dict) -> dict:
@@ -138,6 +142,24 @@ def notebook_parameters(notebook: Path) -> dict:
     raise ProfileError(f"{notebook} has no cell tagged 'parameters' (# %% tags=[\"parameters\"])")
 
 
+def run_parameters(target: str, namespace, *, root=".") -> dict:
+    """A notebook's parameters as it ran: the values in ``namespace`` of the names that the
+    ``parameters`` cell of ``experiments/<target>.py`` assigns (:func:`notebook_parameters`), in
+    the cell's order.
+
+    A notebook passes its ``globals()`` and records the result (``artifacts.write_record(...,
+    parameters=profiles.run_parameters("figure-6", globals()))``): the values are its defaults or
+    what papermill injected from ``build/<profile>/params/<target>.json``, without a list of them
+    to keep in step with the cell. ``root`` is the folder holding ``experiments/`` (the notebooks
+    run from it).
+    """
+    names = notebook_parameters(Path(root) / "experiments" / f"{target}.py")
+    missing = [name for name in names if name not in namespace]
+    if missing:
+        raise KeyError(f"{target}: its notebook's parameters {missing} are not defined in the namespace given")
+    return {name: namespace[name] for name in names}
+
+
 def _datasets_read(section: dict) -> list[str]:
     """Datasets a target reads: the values of its keys named ``dataset``/``datasets`` or ending
     in ``_dataset``/``_datasets`` (e.g. ``noise_datasets``), in order, without repeats."""
@@ -159,8 +181,9 @@ def _pipeline_param(profile_name: str, target: str, default, shared: dict, own) 
             raise ProfileError(f"{where}{name} must be a table of pipeline settings, got {table!r}")
         unknown = sorted(set(table) - set(default))
         if unknown:
-            raise ProfileError(f"{where}{name}: unknown pipeline key(s) {unknown}; the pipeline settings are "
-                               f"{sorted(default)}")
+            raise ProfileError(
+                f"{where}{name}: unknown pipeline key(s) {unknown}; the pipeline settings are {sorted(default)}"
+            )
     return merge_settings(default, shared, own)
 
 
@@ -191,8 +214,9 @@ def target_params(profile_name: str, profile: dict, root=".") -> dict[str, dict]
             )
         params = {**{k: v for k, v in declared.items() if k not in PIPELINE_KEYS}, **section}
         if "pipeline" in declared:
-            params["pipeline"] = _pipeline_param(profile_name, target, declared["pipeline"],
-                                                 shared.get("pipeline", {}), section.get("pipeline", {}))
+            params["pipeline"] = _pipeline_param(
+                profile_name, target, declared["pipeline"], shared.get("pipeline", {}), section.get("pipeline", {})
+            )
         out[target] = params | pipeline_keys(profile_name)
     return out
 
@@ -212,8 +236,9 @@ def sync(profile_name: str, root=".") -> list[str]:
     params = target_params(profile_name, profile, root)
     build = Path(root) / "build" / profile_name
     for name, section in profile["datasets"].items():
-        _write_if_changed(build / "params" / f"dataset-{name}.json",
-                          json.dumps(section, indent=2, sort_keys=True) + "\n")
+        _write_if_changed(
+            build / "params" / f"dataset-{name}.json", json.dumps(section, indent=2, sort_keys=True) + "\n"
+        )
     for target, values in params.items():
         _write_if_changed(build / "params" / f"{target}.json", json.dumps(values, indent=2, sort_keys=True) + "\n")
     sim = f"data/simulated/{profile_name}"
