@@ -45,21 +45,7 @@ sim_dir = "data/simulated/tiny"
 cache_dir = "build/tiny/cache"
 datasets = ["5j0n-full-so3", "5j0n-full-so3-noise1", "5j0n-full-so3-noise4", "5j0n-full-so3-noise16"]
 labels = ["5j0n, noiseless", "5j0n, noise variance 1", "5j0n, noise variance 4", "5j0n, noise variance 16"]
-pipeline = {
-    "estimator": "siamese",
-    "training": {"input_size": 16, "n_features": 32, "regime": "batch", "batch_size": 8, "epochs": 2, "seed": 0},
-    "fresh_noise": True,
-    "estimator_options": {},
-    "recovery_mode": "improved",
-    "recovery_restarts": 3,
-    "recovery_max_steps": 20000,
-    "reconstruction_iterations": 5,
-    "reconstruction_backend": "nufft",
-    "gauge_images": 400,
-    "gauge_pairs": 500,
-    "gauge_candidates": 200,
-    "seed": 0,
-}
+pipeline = {}  # the profile's [pipeline] table (PipelineConfig's settings); {}: its defaults
 aspire_python = ".venv-compare/bin/python"
 aspire_n_theta = 360
 aspire_n_rad = 0

@@ -46,21 +46,7 @@ labels = [
     "70S ribosome (stand-in for 5a1a), SNR -12 dB",
 ]
 fixed_noise_datasets = []
-pipeline = {
-    "estimator": "siamese",
-    "training": {"input_size": 16, "n_features": 32, "regime": "batch", "batch_size": 8, "epochs": 2, "seed": 0},
-    "fresh_noise": True,
-    "estimator_options": {},
-    "recovery_mode": "improved",
-    "recovery_restarts": 3,
-    "recovery_max_steps": 20000,
-    "reconstruction_iterations": 5,
-    "reconstruction_backend": "nufft",
-    "gauge_images": 400,
-    "gauge_pairs": 500,
-    "gauge_candidates": 200,
-    "seed": 0,
-}
+pipeline = {}  # the profile's [pipeline] table (PipelineConfig's settings); {}: its defaults
 
 # %%
 import dataclasses

@@ -25,21 +25,7 @@ out_dir = "figures/tiny"
 sim_dir = "data/simulated/tiny"
 cache_dir = "build/tiny/cache"
 dataset = "5j0n-full-euler"
-pipeline = {
-    "estimator": "siamese",
-    "training": {"input_size": 16, "n_features": 32, "regime": "batch", "batch_size": 8, "epochs": 2, "seed": 0},
-    "fresh_noise": True,
-    "estimator_options": {},
-    "recovery_mode": "improved",
-    "recovery_restarts": 3,
-    "recovery_max_steps": 20000,
-    "reconstruction_iterations": 5,
-    "reconstruction_backend": "nufft",
-    "gauge_images": 400,
-    "gauge_pairs": 500,
-    "gauge_candidates": 200,
-    "seed": 0,
-}
+pipeline = {}  # the profile's [pipeline] table (PipelineConfig's settings); {}: its defaults
 
 # %%
 from pathlib import Path

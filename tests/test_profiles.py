@@ -173,11 +173,7 @@ def test_pipeline_section_is_shared_not_a_target(project):
     assert "pipeline" not in next(line for line in mk.splitlines() if line.startswith("PROFILE_TARGETS := "))
     for target in PIPELINE_TARGETS:
         values = json.loads((params / f"{target}.json").read_text())
-        assert values["pipeline"] == profile.shared["pipeline"] | {
-            "estimator": "siamese",
-            "estimator_options": {},
-            "recovery_mode": "improved",
-        }
+        assert values["pipeline"] == profile.shared["pipeline"]
 
 
 def test_target_pipeline_table_is_merged_over_the_shared_one(project):

@@ -10,11 +10,11 @@ The ``[pipeline]`` section (a shared section, :data:`SHARED_SECTIONS`, not a tar
 settings of the whole pipeline, shaped like
 :meth:`cryo_orient.workflow.pipeline.PipelineConfig.to_dict` (``[pipeline.training]`` for the
 network): every notebook that declares a ``pipeline`` parameter (figures 10, 11, 13, compare)
-receives its default ``pipeline`` dict with the profile's ``[pipeline]`` merged over it, then the
-target's own ``[<target>.pipeline]`` (if any) merged over that; nested tables (``training``,
-``estimator_options``) are merged key by key (:func:`merge_settings`). Its top-level keys are
-checked against the notebook's default ``pipeline``; the nested ones are checked by
-``PipelineConfig.from_dict`` when the notebook runs.
+receives the profile's ``[pipeline]``, with the target's own ``[<target>.pipeline]`` (if any)
+merged over it; nested tables (``training``, ``estimator_options``) are merged key by key
+(:func:`merge_settings`), and what neither sets keeps the pipeline's default. Its top-level keys
+are checked here against the pipeline's settings (:func:`pipeline_settings`); the nested ones
+by ``PipelineConfig.from_dict`` when the notebook runs.
 
 Every notebook also receives :data:`PIPELINE_KEYS` (the profile's name and its folders), whatever
 the profile says.
@@ -170,20 +170,29 @@ def _datasets_read(section: dict) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def pipeline_settings() -> list[str]:
+    """The names of the pipeline's settings: the fields of ``PipelineConfig``, read from the
+    source of :mod:`cryo_orient.workflow.pipeline` (this module runs before the venv exists, so
+    it cannot import it)."""
+    tree = ast.parse(Path(__file__).with_name("pipeline.py").read_text())
+    config = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PipelineConfig")
+    return [n.target.id for n in config.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+
+
 def _pipeline_param(profile_name: str, target: str, default, shared: dict, own) -> dict:
-    """The ``pipeline`` parameter of a target: its notebook's default, then the profile's
-    ``[pipeline]``, then the target's ``[<target>.pipeline]``, merged (:func:`merge_settings`)."""
+    """The ``pipeline`` parameter of a target: its notebook's default (``{}``: the pipeline's own
+    defaults), then the profile's ``[pipeline]``, then the target's ``[<target>.pipeline]``, merged
+    (:func:`merge_settings`)."""
     where = f"profile {profile_name!r}, "
     if not isinstance(default, dict):
         raise ProfileError(f"experiments/{target}.py: its `pipeline` parameter must be a dict literal, got {default!r}")
+    known = pipeline_settings()
     for name, table in (("[pipeline]", shared), (f"[{target}.pipeline]", own)):
         if not isinstance(table, dict):
             raise ProfileError(f"{where}{name} must be a table of pipeline settings, got {table!r}")
-        unknown = sorted(set(table) - set(default))
+        unknown = sorted(set(table) - set(known))
         if unknown:
-            raise ProfileError(
-                f"{where}{name}: unknown pipeline key(s) {unknown}; the pipeline settings are {sorted(default)}"
-            )
+            raise ProfileError(f"{where}{name}: unknown pipeline key(s) {unknown}; the pipeline settings are {known}")
     return merge_settings(default, shared, own)
 
 
