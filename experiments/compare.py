@@ -63,7 +63,7 @@ from cryo_orient import artifacts
 from cryo_orient.data.dataset import read_dataset
 from cryo_orient.geometry import rotations
 from cryo_orient.orientation import alignment
-from cryo_orient.workflow import plots, profiles
+from cryo_orient.workflow import plots, records
 from cryo_orient.workflow.pipeline import PipelineConfig, reconstruct_on_map, run_case
 
 sys.path.insert(0, str(Path("experiments") / "compare"))
@@ -264,7 +264,6 @@ fig.suptitle(
     fontsize=10,
 )
 fig.tight_layout()
-artifacts.save_figure(fig, out / "compare.png")
 
 
 # %%
@@ -315,11 +314,11 @@ lines += [
 artifacts.save_text("\n".join(lines), out / "compare.md")
 print("\n".join(lines))
 
-artifacts.write_record(
-    out,
+records.publish(
     "compare",
+    globals(),
+    figure=fig,
     outputs=["compare.png", "compare.md"],
-    parameters=profiles.run_parameters("compare", globals())
-    | dict(pipeline=config.to_dict(), aspire=aspire_settings | {"python": aspire_python, "resolved": params}),
+    parameters=dict(pipeline=config.to_dict(), aspire=aspire_settings | {"python": aspire_python, "resolved": params}),
     results={"rows": rows, "true_orientations": reference, "n_test": n_test, "nyquist_angstrom": nyquist},
 )

@@ -38,7 +38,6 @@ iso_fraction = 0.2
 distance = 1.2  # detector centre from the origin, in detector sides
 
 # %%
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -46,10 +45,10 @@ from matplotlib.collections import PolyCollection
 from matplotlib.transforms import Affine2D
 from skimage import measure
 
-from cryo_orient import artifacts, data
+from cryo_orient import data
 from cryo_orient.geometry import rotations
 from cryo_orient.tomography import projection
-from cryo_orient.workflow import profiles
+from cryo_orient.workflow import records
 
 vol = data.load(volume, progress=False)[0].astype(np.float64)
 t3, t2, t1 = theta
@@ -210,13 +209,10 @@ ax.set_title(
 )
 fig.tight_layout()
 
-out = Path(out_dir)
-artifacts.save_figure(fig, out / "figure-1.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-1",
-    outputs=["figure-1.png"],
-    parameters=profiles.run_parameters("figure-1", globals()),
+    globals(),
+    figure=fig,
     results={
         "checks": checks,
         "quaternion_xyzw": q[0],

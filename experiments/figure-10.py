@@ -54,11 +54,9 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from cryo_orient import artifacts
-from cryo_orient.workflow import plots, profiles
+from cryo_orient.workflow import plots, records
 from cryo_orient.workflow.pipeline import PipelineConfig, run_case
 
-out = Path(out_dir)
 if len(labels) != len(datasets):
     raise ValueError(f"need one label per dataset, got {len(labels)} labels for {len(datasets)} datasets")
 config = PipelineConfig.from_dict(pipeline)
@@ -87,17 +85,7 @@ letters = "abcdefgh"
 for k, (name, label) in enumerate(zip(datasets, labels)):
     case, s = cases[name], cases[name]["summary"]
     ax = axes.flat[k]
-    plots.recovery_panel(
-        ax,
-        case["losses"],
-        case["errors"],
-        loss_at_truth=s["L_at_true_orientations"],
-        median=s["E_OR_median"],
-        mean=s["E_OR_mean"],
-        title=f"({letters[k]}) {label}",
-        text=f"L_DE train {s['estimator']['final_train_loss']:.3f}, val {s['estimator']['final_val_mae']:.3f}\n"
-        f"L_OR {s['L_OR']:.4g}\nE_OR median {s['E_OR_median']:.3f}, mean {s['E_OR_mean']:.3f} rad",
-    )
+    plots.pipeline_case_panel(ax, case, f"({letters[k]}) {label}")
     if name in fixed:
         f = fixed[name]
         ax.text(
@@ -115,12 +103,11 @@ for ax in axes.flat[n:]:
     ax.set_visible(False)
 fig.suptitle(f"Orientation recovery from estimated distances ({s['n_test']} test projections per case)")
 fig.tight_layout()
-artifacts.save_figure(fig, out / "figure-10.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-10",
-    outputs=["figure-10.png"],
-    parameters=profiles.run_parameters("figure-10", globals()) | dict(pipeline=config.to_dict()),
+    globals(),
+    figure=fig,
+    parameters=dict(pipeline=config.to_dict()),
     results={name: {k: v for k, v in case["summary"].items() if k != "fsc"} for name, case in cases.items()}
     | {"fixed_noise_copy": fixed},
 )

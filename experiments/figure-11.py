@@ -53,7 +53,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cryo_orient import artifacts
-from cryo_orient.workflow import plots, profiles
+from cryo_orient.workflow import plots, records
 from cryo_orient.workflow.pipeline import PipelineConfig, run_case, write_outputs
 
 out = Path(out_dir)
@@ -157,7 +157,6 @@ for r, (protein, clean_name, noisy_name, noisy_label) in enumerate(
                 }
             )
 fig.tight_layout()
-artifacts.save_figure(fig, out / "figure-11.png")
 
 
 def write_csv(path):
@@ -171,11 +170,12 @@ with artifacts.atomic_output(out / "figure-11.csv") as tmp:
     write_csv(tmp)
 for row in rows:
     print(row)
-artifacts.write_record(
-    out,
+records.publish(
     "figure-11",
+    globals(),
+    figure=fig,
     outputs=["figure-11.png", "figure-11.csv"],
-    parameters=profiles.run_parameters("figure-11", globals()) | dict(pipeline=config.to_dict()),
+    parameters=dict(pipeline=config.to_dict()),
     results={
         name: {
             "fsc": case["summary"]["fsc"],

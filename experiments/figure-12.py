@@ -39,14 +39,12 @@ samplings = [
 ]
 
 # %%
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts
 from cryo_orient.geometry import rotations
-from cryo_orient.workflow import profiles
+from cryo_orient.workflow import records
 
 colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
 streams = np.random.SeedSequence(seed).spawn(len(samplings))
@@ -98,12 +96,9 @@ for k, name in enumerate(["x", "y", "z", "w"]):
 fig.suptitle(f"Orientation samplings, {n_orientations:,} each (seed {seed})")
 fig.tight_layout(rect=(0, 0, 1, 0.97))
 
-out = Path(out_dir)
-artifacts.save_figure(fig, out / "figure-12.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-12",
-    outputs=["figure-12.png"],
-    parameters=profiles.run_parameters("figure-12", globals()),
+    globals(),
+    figure=fig,
     results=stats,
 )

@@ -32,11 +32,9 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from cryo_orient import artifacts
-from cryo_orient.workflow import plots, profiles
+from cryo_orient.workflow import plots, records
 from cryo_orient.workflow.pipeline import PipelineConfig, run_case, write_outputs
 
-out = Path(out_dir)
 config = PipelineConfig.from_dict(pipeline)
 path = Path(sim_dir) / f"{dataset}.h5"
 case = run_case(path, config, cache_dir=cache_dir, progress=False)
@@ -45,17 +43,7 @@ s = case["summary"]
 
 # %%
 fig, (ax, ax_fsc) = plt.subplots(1, 2, figsize=(13, 4.8))
-plots.recovery_panel(
-    ax,
-    case["losses"],
-    case["errors"],
-    loss_at_truth=s["L_at_true_orientations"],
-    median=s["E_OR_median"],
-    mean=s["E_OR_mean"],
-    title=f"(a) 5j0n, uniform Euler angles ({s['n_test']} test projections)",
-    text=f"L_DE train {s['estimator']['final_train_loss']:.3f}, val {s['estimator']['final_val_mae']:.3f}\n"
-    f"L_OR {s['L_OR']:.4g}\nE_OR median {s['E_OR_median']:.3f}, mean {s['E_OR_mean']:.3f} rad",
-)
+plots.pipeline_case_panel(ax, case, f"(a) 5j0n, uniform Euler angles ({s['n_test']} test projections)")
 shown = []
 for name, label, style in (
     ("truth", "true orientations", dict(color="k")),
@@ -79,11 +67,10 @@ plots.fsc_curves(
     legend_kw=dict(fontsize=8, title="resolution at 0.5 / 0.143", title_fontsize=8, loc="lower left"),
 )
 fig.tight_layout()
-artifacts.save_figure(fig, out / "figure-13.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-13",
-    outputs=["figure-13.png"],
-    parameters=profiles.run_parameters("figure-13", globals()) | dict(pipeline=config.to_dict()),
+    globals(),
+    figure=fig,
+    parameters=dict(pipeline=config.to_dict()),
     results=s,
 )

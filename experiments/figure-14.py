@@ -35,12 +35,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts
 from cryo_orient.data import splits
 from cryo_orient.estimation import exact
 from cryo_orient.geometry import rotations
 from cryo_orient.orientation import alignment, recovery
-from cryo_orient.workflow import profiles
+from cryo_orient.workflow import records
 
 out = Path(out_dir)
 q_all = rotations.sample_orientations(n_projections, method, coverage, rng=np.random.default_rng(seed))
@@ -93,11 +92,10 @@ ax.set(
 )
 ax.legend(fontsize=8)
 fig.tight_layout()
-artifacts.save_figure(fig, out / "figure-14.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-14",
+    globals(),
+    figure=fig,
     outputs=["figure-14.png", "figure-14.npz"],
-    parameters=profiles.run_parameters("figure-14", globals()),
     results={mode: {k: v for k, v in run.items() if k != "losses"} for mode, run in runs.items()},
 )

@@ -32,10 +32,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts
 from cryo_orient.geometry import rotations
 from cryo_orient.orientation import alignment
-from cryo_orient.workflow import profiles
+from cryo_orient.workflow import records
 
 out = Path(out_dir)
 saved = np.load(out / "figure-14.npz")
@@ -65,11 +64,9 @@ fig.suptitle(
     f"{'reflected (det T = -1)' if result.reflected else 'det T = +1'}"
 )
 fig.tight_layout()
-artifacts.save_figure(fig, out / "figure-15.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-15",
-    outputs=["figure-15.png"],
-    parameters=profiles.run_parameters("figure-15", globals()),
+    globals(),
+    figure=fig,
     results=alignment.summary(result),
 )

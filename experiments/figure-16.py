@@ -61,11 +61,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
-from cryo_orient import artifacts
 from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation import siamese
 from cryo_orient.geometry import rotations
-from cryo_orient.workflow import profiles
+from cryo_orient.workflow import records
 
 assert len(labels) == len(datasets), "one label per dataset"
 SMALL_DQ = 0.5  # rad: "near" pairs, where a usable distance must be small and tight
@@ -221,13 +220,11 @@ fig.suptitle(
 fig.tight_layout(rect=(0, 0.06, 1, 0.95))
 
 out = Path(out_dir)
-artifacts.save_figure(fig, out / "figure-16.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-16",
-    outputs=["figure-16.png"],
-    parameters=profiles.run_parameters("figure-16", globals())
-    | dict(small_dq=SMALL_DQ, far_dq=FAR_DQ, n_bins=len(BINS) - 1),
+    globals(),
+    figure=fig,
+    parameters=dict(small_dq=SMALL_DQ, far_dq=FAR_DQ, n_bins=len(BINS) - 1),
     results=results,
 )
 {name: (r["spearman"], r[f"euclidean_near_dq_below_{SMALL_DQ}"]) for name, r in results.items()}

@@ -39,13 +39,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts
 from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation import siamese
 from cryo_orient.geometry import rotations
-from cryo_orient.workflow import profiles
+from cryo_orient.workflow import records
 
-out = Path(out_dir)
 cache = Path(cache_dir) / "siamese"
 data = read_dataset(Path(sim_dir) / f"{dataset}.h5")
 test = data.split("test")
@@ -156,12 +154,10 @@ fig.suptitle(
     f"panels: median training / validation L_DE over epochs; bottom: {len(d_q)} test pairs)"
 )
 fig.tight_layout()
-artifacts.save_figure(fig, out / "figure-17.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-17",
-    outputs=["figure-17.png"],
-    parameters=profiles.run_parameters("figure-17", globals()),
+    globals(),
+    figure=fig,
     results={
         "feature_distance": {k: r["summary"] for k, r in head_runs.items()},
         "n_features": {str(nf): r["summary"] for nf, r in nf_runs.items()},

@@ -42,7 +42,7 @@ from matplotlib.patches import Patch
 
 from cryo_orient import artifacts
 from cryo_orient.estimation import siamese
-from cryo_orient.workflow import plots, profiles
+from cryo_orient.workflow import plots, records
 
 model = siamese.build_model(input_size, n_features)
 table = siamese.layer_table(model)
@@ -262,13 +262,12 @@ markdown = "\n".join(lines) + "\n"
 print(markdown)
 
 out = Path(out_dir)
-artifacts.save_figure(fig, out / "figure-18.png")
 artifacts.save_text(markdown, out / "figure-18.md")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-18",
+    globals(),
+    figure=fig,
     outputs=["figure-18.png", "figure-18.md"],
-    parameters=profiles.run_parameters("figure-18", globals()),
     results={
         "total_parameters": total,
         "paper_parameters": siamese.PAPER_PARAMETER_COUNT,

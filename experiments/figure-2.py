@@ -42,11 +42,10 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from cryo_orient import artifacts
 from cryo_orient.data.dataset import read_dataset
 from cryo_orient.geometry import rotations
 from cryo_orient.orientation import alignment, recovery
-from cryo_orient.workflow import plots, profiles
+from cryo_orient.workflow import plots, records
 
 data = read_dataset(Path(sim_dir) / f"{dataset}.h5")
 q = data.quaternions[:n_recover]
@@ -172,13 +171,10 @@ for (a, b), text in (
         color="tab:blue",
     )
 
-out = Path(out_dir)
-artifacts.save_figure(fig, out / "figure-2.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-2",
-    outputs=["figure-2.png"],
-    parameters=profiles.run_parameters("figure-2", globals()),
+    globals(),
+    figure=fig,
     results={
         "shown_d_q_rad": d_q[:n_shown, :n_shown],
         "shown_euler_rad": data.euler[:n_shown],

@@ -42,13 +42,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts, data
+from cryo_orient import data
 from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation import siamese
 from cryo_orient.geometry import rotations, volumes
 from cryo_orient.orientation import alignment, recovery
 from cryo_orient.tomography import reconstruct
-from cryo_orient.workflow import plots, profiles
+from cryo_orient.workflow import plots, records
 
 ds = read_dataset(Path(sim_dir) / f"{dataset}.h5")
 q = ds.quaternions[:n_recover]
@@ -167,13 +167,10 @@ ax.set(xlim=(-0.7, 18.1), ylim=(0, 7.4), aspect="equal")
 ax.axis("off")
 fig.tight_layout()
 
-out = Path(out_dir)
-artifacts.save_figure(fig, out / "figure-3.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-3",
-    outputs=["figure-3.png"],
-    parameters=profiles.run_parameters("figure-3", globals()),
+    globals(),
+    figure=fig,
     results={
         "siamese_weights": n_weights,
         "d_q_shown_rad": d_q[:n_matrix, :n_matrix],

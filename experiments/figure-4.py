@@ -41,11 +41,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from cryo_orient import artifacts
 from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation import siamese
 from cryo_orient.geometry import rotations
-from cryo_orient.workflow import plots, profiles
+from cryo_orient.workflow import plots, records
 
 ds = read_dataset(Path(sim_dir) / f"{dataset}.h5")
 i, j = pair
@@ -184,13 +183,10 @@ ax.set(xlim=(-0.2, lx + 4.6), ylim=(-0.5, 6.4), aspect="equal")
 ax.axis("off")
 fig.tight_layout()
 
-out = Path(out_dir)
-artifacts.save_figure(fig, out / "figure-4.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-4",
-    outputs=["figure-4.png"],
-    parameters=profiles.run_parameters("figure-4", globals()),
+    globals(),
+    figure=fig,
     results={
         "d_p_untrained": d_p,
         "d_q": d_q,

@@ -27,14 +27,13 @@ labels = ["5j0n", "hand (test volume)"]
 iso_fraction = 0.2
 
 # %%
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 from skimage import measure
 
-from cryo_orient import artifacts, data
-from cryo_orient.workflow import profiles
+from cryo_orient import data
+from cryo_orient.workflow import records
 
 if len(labels) != len(volumes):
     raise ValueError(f"labels ({len(labels)}) and volumes ({len(volumes)}) must pair up")
@@ -83,12 +82,9 @@ for row, (name, label) in enumerate(zip(volumes, labels)):
         ax.set_xticks([]), ax.set_yticks([])
 fig.tight_layout()
 
-out = Path(out_dir)
-artifacts.save_figure(fig, out / "figure-5.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-5",
-    outputs=["figure-5.png"],
-    parameters=profiles.run_parameters("figure-5", globals()),
+    globals(),
+    figure=fig,
     results=results,
 )

@@ -32,9 +32,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts
 from cryo_orient.data.dataset import read_dataset
-from cryo_orient.workflow import profiles
+from cryo_orient.workflow import records
 
 panels, results = [], {}
 for letter, name in zip("abcd", datasets):
@@ -81,12 +80,9 @@ theta = np.degrees(results[datasets[0]]["euler"])
 fig.suptitle(f"5j0n projection {index}: (θ3, θ2, θ1) = ({theta[0]:.0f}°, {theta[1]:.0f}°, {theta[2]:.0f}°)")
 fig.tight_layout()
 
-out = Path(out_dir)
-artifacts.save_figure(fig, out / "figure-6.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-6",
-    outputs=["figure-6.png"],
-    parameters=profiles.run_parameters("figure-6", globals()),
+    globals(),
+    figure=fig,
     results=results,
 )

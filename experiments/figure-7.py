@@ -62,7 +62,7 @@ from cryo_orient.data import splits
 from cryo_orient.estimation import exact
 from cryo_orient.geometry import rotations
 from cryo_orient.orientation import alignment, recovery
-from cryo_orient.workflow import profiles
+from cryo_orient.workflow import records
 
 out = Path(out_dir)
 cache = Path(cache_dir) / "figure-7"
@@ -175,11 +175,10 @@ fig.suptitle(
     fontsize=10,
 )
 fig.tight_layout()
-artifacts.save_figure(fig, out / "figure-7.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-7",
+    globals(),
+    figure=fig,
     outputs=["figure-7.png", "figure-7.csv"],
-    parameters=profiles.run_parameters("figure-7", globals()),
     results={"runs": rows, "runs_with_E_OR_above_0.5_rad": stuck},
 )

@@ -45,13 +45,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cryo_orient import artifacts
 from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation import siamese
 from cryo_orient.geometry import rotations
-from cryo_orient.workflow import profiles
+from cryo_orient.workflow import records
 
-out = Path(out_dir)
 cache = Path(cache_dir) / "siamese"
 config = siamese.TrainingConfig(
     input_size=input_size,
@@ -147,11 +145,10 @@ for col, (name, label) in enumerate(zip(datasets, labels)):
     )
 fig.suptitle(f"Distance learning ({regime} regime, {input_size}×{input_size} px, {config.epochs} epochs max)")
 fig.tight_layout()
-artifacts.save_figure(fig, out / "figure-8.png")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-8",
-    outputs=["figure-8.png"],
-    parameters=profiles.run_parameters("figure-8", globals()) | dict(training=config.to_dict()),
+    globals(),
+    figure=fig,
+    parameters=dict(training=config.to_dict()),
     results={name: run["results"] | {"history": run["history"]} for name, run in runs.items()},
 )

@@ -65,7 +65,7 @@ from cryo_orient import artifacts
 from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation import siamese
 from cryo_orient.orientation import alignment
-from cryo_orient.workflow import pipeline, profiles
+from cryo_orient.workflow import pipeline, plots, records
 
 out = Path(out_dir)
 cache = Path(cache_dir)
@@ -179,30 +179,23 @@ for ax, runs, values, title, unit in (
     ax.legend([b1["boxes"][0], b2["boxes"][0]], ["training", "validation"], loc="lower right")
 if fresh is not None:
     s = fresh["summary"]
-    axes[1].annotate(
+    plots.note(
+        axes[1],
         f"σ² = 16, fresh noise every batch:\nval MAE {s['final_val_mae']:.3f}, "
         f"E_OR {s['E_OR_mean']:.3f} (median {s['E_OR_median']:.3f})",
-        xy=(0.02, 0.02),
-        xycoords="axes fraction",
-        fontsize=8,
-        bbox=dict(boxstyle="round", fc="white", ec="0.7"),
     )
 for r in leaky:
     s = r["summary"]
-    axes[0].annotate(
+    plots.note(
+        axes[0],
         f"{s['dataset']}, all {s['recovered']:,} projections recovered (training images included,\n"
         f"as the paper's sweeps): E_OR {s['E_OR_mean']:.3f} (median {s['E_OR_median']:.3f})",
-        xy=(0.02, 0.02),
-        xycoords="axes fraction",
-        fontsize=8,
-        bbox=dict(boxstyle="round", fc="white", ec="0.7"),
     )
 fig.suptitle(
     f"5j0n, half coverage: one estimator per condition ({input_size}×{input_size} px, "
     f"{config.epochs} epochs, {regime} regime); recovery of the test split (E_OR in rad)"
 )
 fig.tight_layout()
-artifacts.save_figure(fig, out / "figure-9.png")
 
 rows = (
     [{"sweep": "noise", "value": v} | r["summary"] for v, r in zip(noise_variances, noise)]
@@ -215,10 +208,11 @@ writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
 writer.writeheader()
 writer.writerows(rows)
 artifacts.save_text(buf.getvalue(), out / "figure-9.csv")
-artifacts.write_record(
-    out,
+records.publish(
     "figure-9",
+    globals(),
+    figure=fig,
     outputs=["figure-9.png", "figure-9.csv"],
-    parameters=profiles.run_parameters("figure-9", globals()) | dict(training=config.to_dict()),
+    parameters=dict(training=config.to_dict()),
     results={"rows": rows},
 )

@@ -34,7 +34,7 @@ import numpy as np
 
 from cryo_orient import artifacts
 from cryo_orient.data import splits
-from cryo_orient.workflow import profiles
+from cryo_orient.workflow import records
 
 train, val, test = splits.train_val_test_split(n_projections, test_size, val_size, tuple(seeds))
 assert len(np.intersect1d(train, val)) == len(np.intersect1d(train, test)) == len(np.intersect1d(val, test)) == 0
@@ -56,11 +56,10 @@ csv = "set,projections,fraction,all_pairs,used_pairs\n" + "".join(
 out = Path(out_dir)
 artifacts.save_text(table + "\n", out / "table-1.md")
 artifacts.save_text(csv, out / "table-1.csv")
-artifacts.write_record(
-    out,
+records.publish(
     "table-1",
+    globals(),
     outputs=["table-1.md", "table-1.csv"],
-    parameters=profiles.run_parameters("table-1", globals()),
     results={
         name.lower(): {"projections": size, "all_pairs": size**2, "used_pairs": used} for name, size, used in rows
     },

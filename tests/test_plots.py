@@ -121,3 +121,27 @@ def test_cuboid_and_its_extent(ax):
     right, top = plots.top_right(faces)
     assert (right, top) == pytest.approx((1.0 + 0.5 + 0.4, 1.0 + 0.24))
     assert [f.get_alpha() for f in faces] == pytest.approx([0.95, 0.95 * 0.75, 0.95 * 0.55])
+
+
+def test_pipeline_case_panel_shows_the_case_summary(ax):
+    rng = np.random.default_rng(1)
+    summary = {
+        "L_at_true_orientations": 0.02,
+        "E_OR_median": 0.1,
+        "E_OR_mean": 0.12,
+        "L_OR": 0.015,
+        "estimator": {"final_train_loss": 0.3, "final_val_mae": 0.25},
+    }
+    case = {"summary": summary, "losses": np.geomspace(1, 1e-2, 30), "errors": rng.uniform(0, 0.3, 100)}
+    drawn = plots.pipeline_case_panel(ax, case, "(a) a case")
+    text = drawn["text"].get_text()
+    assert "L_DE train 0.300, val 0.250" in text and "E_OR median 0.100, mean 0.120 rad" in text
+    assert ax.get_title() == "(a) a case"
+    # An estimator without training (exact distances) has no L_DE line.
+    case["summary"] = dict(summary, estimator={"name": "exact", "key": "exact"})
+    assert "L_DE" not in plots.pipeline_case_panel(ax, case)["text"].get_text()
+
+
+def test_note(ax):
+    note = plots.note(ax, "a remark")
+    assert note.get_text() == "a remark" and note in ax.texts and note.get_bbox_patch() is not None

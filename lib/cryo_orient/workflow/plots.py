@@ -186,6 +186,40 @@ def recovery_panel(
 # --------------------------------------------------------------------------- FSC
 
 
+def pipeline_case_panel(ax, case, title=None, **options) -> dict:
+    """:func:`recovery_panel` of a case of :func:`cryo_orient.workflow.pipeline.run_case`: its
+    L_OR curve, its errors, and the numbers of its summary (L_DE of the estimator, L_OR, E_OR).
+    ``options`` go to :func:`recovery_panel`."""
+    s = case["summary"]
+    estimator = s["estimator"]
+    text = f"L_OR {s['L_OR']:.4g}\nE_OR median {s['E_OR_median']:.3f}, mean {s['E_OR_mean']:.3f} rad"
+    if "final_train_loss" in estimator:  # a trained estimator
+        text = f"L_DE train {estimator['final_train_loss']:.3f}, val {estimator['final_val_mae']:.3f}\n" + text
+    return recovery_panel(
+        ax,
+        case["losses"],
+        case["errors"],
+        loss_at_truth=s["L_at_true_orientations"],
+        median=s["E_OR_median"],
+        mean=s["E_OR_mean"],
+        title=title,
+        text=text,
+        **options,
+    )
+
+
+def note(ax, text, *, xy=(0.02, 0.02), fontsize=8, **kwargs):
+    """A boxed note in axes coordinates (lower left by default): the figures' side remarks."""
+    return ax.annotate(
+        text,
+        xy=xy,
+        xycoords="axes fraction",
+        fontsize=fontsize,
+        bbox=dict(boxstyle="round", fc="white", ec="0.7"),
+        **kwargs,
+    )
+
+
 def fsc_curves(
     ax,
     curves: Iterable[tuple[str, Sequence, Sequence, Mapping]],
