@@ -103,6 +103,12 @@ def test_stages_read_declared_inputs_and_cache_under_their_key(tmp_path):
     assert changed["keys"]["double"] != first["keys"]["double"]
     with pytest.raises(RuntimeError, match=r"stage 'plus' needs \['double'\]"):
         run_stages(stages[1:], {"x": 1}, cache, log=None)
+    # A keyed stage given by the caller is not run, and gets a key of the given value for the
+    # stages keyed after it.
+    given = run_stages(stages, {"x": np.arange(3), "double": {"y": np.ones(3)}}, cache, log=None)
+    assert calls == ["double", "double"] and list(given["plus"]) == [2, 2, 2]
+    other = run_stages(stages, {"x": np.arange(3), "double": {"y": np.zeros(3)}}, cache, log=None)
+    assert given["keys"]["double"] != other["keys"]["double"] != first["keys"]["double"]
 
 
 def test_estimators_are_chosen_by_name(dataset):

@@ -237,3 +237,23 @@ def test_one_dispatch_chooses_the_backend(monkeypatch, volume):
     q = np.array([[0.0, 0.0, 0.0, 1.0], [0.0, 0.6, 0.0, 0.8]])
     np.testing.assert_array_equal(project(volume, q, 20, "recording"), project(volume, q, 20, "nufft"))
     assert calls == [("project", 2, 20)]
+
+
+@pytest.mark.skipif(astra_available(), reason="checks the error raised when no GPU is usable")
+def test_an_unavailable_backend_is_one_error_line_on_the_command_line(tmp_path):
+    from cryo_orient import cli, data
+    from cryo_orient.simulation.simulate import SimulationConfig, simulate_dataset
+    from cryo_orient.tomography import backends
+    from cryo_orient.validation import CryoOrientError
+
+    with pytest.raises(CryoOrientError, match="needs ASTRA with a CUDA GPU"):
+        backends.resolve("astra")
+    args = ["reconstruct", "--orientations", "truth", "--backend", "astra", "--out", str(tmp_path / "out.mrc")]
+    with pytest.raises(SystemExit, match="error: no dataset at"):
+        cli.main([*args, "--dataset", str(tmp_path / "none.h5")])
+    data.write_volume(tmp_path / "v.mrc", np.ones((8, 8, 8), np.float32), 2.0)
+    dataset = simulate_dataset(
+        SimulationConfig(volume=str(tmp_path / "v.mrc"), n_projections=6), tmp_path / "d.h5", progress=False
+    )
+    with pytest.raises(SystemExit, match="error: .*needs ASTRA with a CUDA GPU"):
+        cli.main([*args, "--dataset", str(dataset)])

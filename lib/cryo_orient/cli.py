@@ -17,7 +17,7 @@ from cryo_orient.data import relion
 from cryo_orient.data.dataset import SPLITS, read_dataset
 from cryo_orient.estimation import siamese
 from cryo_orient.simulation import simulate
-from cryo_orient.tomography import fsc, reconstruct
+from cryo_orient.tomography import fsc, projection, reconstruct
 from cryo_orient.validation import CryoOrientError
 from cryo_orient.workflow import pipeline, report
 from cryo_orient.workflow.profiles import OPTIONAL_TARGETS, load_profile, merge_settings
@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the detector's cube (default) or the true map's grid",
     )
     recon.add_argument("--iterations", type=int, default=100)
-    recon.add_argument("--backend", choices=("auto", "nufft", "astra"), default="auto")
+    recon.add_argument("--backend", choices=projection.BACKENDS, default="auto")
     recon.add_argument("--out", required=True, help="the MRC file to write")
     recon.add_argument("--quiet", action="store_true")
     recon.set_defaults(func=_cmd_reconstruct)
@@ -421,7 +421,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CryoOrientError, ValueError, TypeError) as err:
+    except (CryoOrientError, ValueError, TypeError, FileNotFoundError) as err:
         # The package's errors (and the standard ones it raises for bad arguments) name the problem
         # and the fix: one line, no traceback.
         raise SystemExit(f"error: {err}") from err

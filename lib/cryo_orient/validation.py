@@ -8,10 +8,12 @@ Error types
 :class:`CryoOrientError`
     Base of every error the package raises on purpose; the command line prints it as one line.
 :class:`InputError`
-    A bad argument or input file: the caller can fix it (exit status 2 on the command line). It
-    is a :class:`ValueError`, so ``except ValueError`` keeps working.
+    A bad argument or input file: the caller can fix it. It is a :class:`ValueError`, so
+    ``except ValueError`` keeps working.
 :class:`InputTypeError`
     An argument of the wrong type (also a :class:`TypeError`).
+:class:`UnavailableError`
+    Something this machine lacks, e.g. a CUDA GPU for the ASTRA backend; a :class:`RuntimeError`.
 :class:`DataError`
     A data file that cannot be obtained or used as it is (wrong checksum, unreadable content); a
     :class:`RuntimeError`.
@@ -29,6 +31,7 @@ import dataclasses
 import math
 import numbers
 import operator
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -39,6 +42,7 @@ __all__ = [
     "InputIndexError",
     "InputTypeError",
     "Settings",
+    "UnavailableError",
     "as_rng",
     "choice",
     "finite",
@@ -68,6 +72,10 @@ class InputIndexError(InputError, IndexError):
     """An index outside the range it indexes."""
 
 
+class UnavailableError(CryoOrientError, RuntimeError):
+    """Something this machine lacks (e.g. a CUDA GPU for the ASTRA backend)."""
+
+
 class DataError(CryoOrientError, RuntimeError):
     """A data file that cannot be obtained or used (unobtainable, wrong checksum, unusable content)."""
 
@@ -84,7 +92,7 @@ class Settings:
     @classmethod
     def from_dict(cls, values):
         """Build from a mapping; unknown keys are an :class:`InputError`."""
-        if not isinstance(values, dict):
+        if not isinstance(values, Mapping):
             raise InputTypeError(f"{cls.__name__} needs a table of settings, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -192,14 +200,16 @@ def float_array(a, name: str, what: str) -> np.ndarray:
         raise InputTypeError(f"{name} must be {what}; got {type(a).__name__}: {exc}") from None
 
 
-def image_stack(images, name: str = "images", *, square: bool = False, finite: bool = True) -> np.ndarray:
-    """``images`` as an array of shape (N, ny, nx) of real numbers (not copied): non-empty,
-    square images with ``square``, no NaN or infinity with ``finite``."""
+def image_stack(
+    images, name: str = "images", *, square: bool = False, finite: bool = True, empty: bool = False
+) -> np.ndarray:
+    """``images`` as an array of shape (N, ny, nx) of real numbers (not copied): non-empty unless
+    ``empty``, square images with ``square``, no NaN or infinity with ``finite``."""
     a = np.asarray(images)
     if a.ndim != 3:
         hint = "; use images[None] for a single image" if a.ndim == 2 else ""
         raise InputError(f"{name} must be a 3-D array (N, ny, nx) of 2-D images, got shape {a.shape}{hint}")
-    if a.size == 0:
+    if a.size == 0 and not empty:
         raise InputError(f"{name} is empty (shape {a.shape})")
     if square and a.shape[1] != a.shape[2]:
         raise InputError(f"{name} must be square images, got {a.shape[1]} x {a.shape[2]}")

@@ -212,7 +212,7 @@ def choose_gauge(
     images : array_like, shape (N, size, size)
         The projections whose orientations were recovered (raw or standardised; noisy is fine).
     quaternions : array_like, shape (N, 4)
-        Recovered orientations, in any gauge (e.g. straight from :func:`recovery.recover`).
+        Recovered orientations, in any gauge (e.g. straight from :func:`cryo_orient.orientation.recovery.recover`).
     n_images, n_pairs : int
         The score uses ``n_pairs`` random pairs among ``n_images`` random images.
     n_candidates : int

@@ -78,9 +78,9 @@ same result bit for bit (tested); TensorFlow's global op-determinism flag is not
 
 Noise models for experiments (Fig. 7)
 -------------------------------------
-:func:`perturbed_distances` builds the paper's perturbed distances (fresh Gaussian noise at every
-call, unclipped) and a harder, realistic variant (a fixed error per unordered pair, clipped to
-``[0, pi]`` by default).
+:func:`cryo_orient.estimation.exact.perturbed_distances` builds the paper's perturbed distances
+(fresh Gaussian noise at every call, unclipped) and a harder, realistic variant (a fixed error per
+unordered pair, clipped to ``[0, pi]`` by default).
 """
 
 from __future__ import annotations

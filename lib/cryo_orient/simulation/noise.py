@@ -33,7 +33,7 @@ SHIFT_MODES = ("none", "circular", "subpixel")
 
 
 def _check_images(images) -> np.ndarray:
-    images = validation.image_stack(images, finite=False)  # NaN stays NaN through noise and shifts
+    images = validation.image_stack(images, finite=False, empty=True)  # NaN stays NaN through noise and shifts
     return images if np.issubdtype(images.dtype, np.floating) else images.astype(np.float32)
 
 

@@ -29,7 +29,7 @@ import scipy.fft
 from tqdm.auto import tqdm
 
 from cryo_orient.geometry import rotations
-from cryo_orient.validation import InputError
+from cryo_orient.validation import InputError, UnavailableError
 
 __all__ = [
     "BACKENDS",
@@ -392,7 +392,7 @@ def resolve(name: str, *, needs=()) -> ProjectorBackend:
         return astra if astra.available() and needs <= astra.solver_options else BACKENDS["nufft"]
     backend = BACKENDS[name]
     if not backend.available():
-        raise RuntimeError(
+        raise UnavailableError(
             f"backend={name!r} needs ASTRA with a CUDA GPU, and none is usable here "
             "(astra.use_cuda() is False or astra is not installed); use backend='nufft' or 'auto'"
         )

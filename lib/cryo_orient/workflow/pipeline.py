@@ -48,7 +48,6 @@ __all__ = [
     "choose_gauge",
     "make_pipeline_estimator",
     "pair_fit",
-    "stages_until",
     "reconstruct_on_map",
     "recover_orientations",
     "run_case",
@@ -207,7 +206,9 @@ def _volume_stage(name: str, images: str, orientations: str) -> Stage:
     def compute(ctx):
         return _reconstruct_cube(ctx[images], ctx[orientations], ctx["config"], ctx["backend"], ctx["progress"])
 
-    return Stage(f"volume:{name}", (images, orientations, "config", "backend"), compute, key=key, prefix="volume")
+    return Stage(
+        f"volume:{name}", (images, orientations, "config", "backend", "progress"), compute, key=key, prefix="volume"
+    )
 
 
 def _place_volumes(ctx) -> dict:
@@ -245,19 +246,22 @@ def _value(name, compute, inputs, log=None) -> Stage:
 #: ``progress``; each stage adds the entry of its name.
 STAGES = [
     _value("test", lambda ctx: ctx["dataset"].split("test"), ("dataset",)),
+    # The images first: a dataset they cannot be read from fails before any training.
+    _value("noisy", lambda ctx: ctx["test"].images("noisy"), ("test",)),
+    _value("clean", lambda ctx: ctx["test"].images("clean"), ("test",)),
     _value(
         "estimator",
         lambda ctx: make_pipeline_estimator(ctx["config"], ctx["dataset"]).fit(
             ctx["dataset"], cache_dir=Path(ctx["cache_dir"]) / "siamese", progress=ctx["progress"]
         ),
-        ("dataset", "config", "cache_dir"),
+        ("dataset", "config", "cache_dir", "progress"),
         log=lambda ctx, est: est.log_line(),
     ),
     _value("q_true", lambda ctx: ctx["test"].quaternions, ("test",)),
     _value("features", lambda ctx: ctx["estimator"].embed(ctx["test"]), ("estimator", "test")),
     Stage(
         "recovery",
-        ("estimator", "features", "test", "config"),
+        ("estimator", "features", "test", "dataset", "config", "progress"),
         lambda ctx: recover_orientations(
             ctx["estimator"].distance_function(ctx["features"]), ctx["test"].n, ctx["config"], progress=ctx["progress"]
         ),
@@ -283,12 +287,10 @@ STAGES = [
         ),
     ),
     _value("q_aligned", lambda ctx: ctx["alignment"].aligned, ("alignment",)),
-    _value("pair_fit", _pair_fit, ("estimator", "features", "test")),
-    _value("clean", lambda ctx: ctx["test"].images("clean"), ("test",)),
-    _value("noisy", lambda ctx: ctx["test"].images("noisy"), ("test",)),
+    _value("pair_fit", _pair_fit, ("estimator", "features", "test", "config")),
     Stage(
         "gauge",
-        ("noisy", "recovery", "config"),
+        ("noisy", "recovery", "config", "progress"),
         lambda ctx: choose_gauge(ctx["noisy"], ctx["recovery"]["quaternions"], ctx["config"], progress=ctx["progress"]),
         key=lambda ctx: (
             "gauge",
@@ -317,14 +319,6 @@ STAGES = [
     *[_volume_stage(name, images, q) for name, (images, q) in VOLUME_SETS.items()],
     _value("placed", _place_volumes, ("truth", "frame", *[f"volume:{name}" for name in VOLUME_SETS]), log=_fsc_log),
 ]
-
-
-def stages_until(name: str) -> list[Stage]:
-    """The stages of :data:`STAGES` up to and including ``name`` (e.g. ``"alignment"``)."""
-    names = [stage.name for stage in STAGES]
-    if name not in names:
-        raise InputError(f"no stage {name!r}; the stages are {names}")
-    return STAGES[: names.index(name) + 1]
 
 
 def _summary(ctx) -> dict:
@@ -370,7 +364,7 @@ def run_case(dataset, config, *, cache_dir, progress=True, log=print) -> dict:
     progress : bool
         Progress bars for the long stages.
     log : callable
-        Receives one line per finished stage.
+        Receives what each stage says when it has run (a line, or one per volume for the FSC).
 
     Returns
     -------

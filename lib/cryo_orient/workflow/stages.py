@@ -44,6 +44,12 @@ def digest(*parts) -> str:
     return h.hexdigest()[:20]
 
 
+def _given_key(name: str, value) -> str:
+    if isinstance(value, Mapping):
+        return digest("given", name, *[part for k in sorted(value) for part in (k, np.asarray(value[k]))])
+    return digest("given", name, np.asarray(value))
+
+
 class StageCache:
     """A folder of cached stage results, one ``.npz`` per result."""
 
@@ -104,7 +110,11 @@ def run_stages(stages, context: Mapping, cache: StageCache, *, log=print) -> dic
     ctx.setdefault("keys", {})
     for stage in stages:
         if stage.name in context:
-            continue  # given by the caller
+            # Given by the caller; a keyed stage's key then digests the given value, so that the
+            # stages keyed after it still have one.
+            if stage.key is not None and stage.name not in ctx["keys"]:
+                ctx["keys"][stage.name] = _given_key(stage.name, context[stage.name])
+            continue
         missing = [name for name in stage.inputs if name not in ctx]
         if missing:
             raise RuntimeError(f"stage {stage.name!r} needs {missing}, which no earlier stage or input provides")
