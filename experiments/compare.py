@@ -314,11 +314,8 @@ lines += [
 artifacts.save_text("\n".join(lines), out / "compare.md")
 print("\n".join(lines))
 
+results = {"rows": rows, "true_orientations": reference, "n_test": n_test, "nyquist_angstrom": nyquist}
+recorded = dict(pipeline=config.to_dict(), aspire=aspire_settings | {"python": aspire_python, "resolved": params})
 records.publish(
-    "compare",
-    globals(),
-    figure=fig,
-    outputs=["compare.png", "compare.md"],
-    parameters=dict(pipeline=config.to_dict(), aspire=aspire_settings | {"python": aspire_python, "resolved": params}),
-    results={"rows": rows, "true_orientations": reference, "n_test": n_test, "nyquist_angstrom": nyquist},
+    "compare", globals(), figure=fig, outputs=["compare.png", "compare.md"], parameters=recorded, results=results
 )

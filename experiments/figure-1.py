@@ -209,17 +209,13 @@ ax.set_title(
 )
 fig.tight_layout()
 
-records.publish(
-    "figure-1",
-    globals(),
-    figure=fig,
-    results={
-        "checks": checks,
-        "quaternion_xyzw": q[0],
-        "ray": ray,
-        "detector_y1": y1,
-        "detector_y2": y2,
-        "detector_size": size,
-        "n_triangles": len(faces),
-    },
-)
+results = {
+    "checks": checks,
+    "quaternion_xyzw": q[0],
+    "ray": ray,
+    "detector_y1": y1,
+    "detector_y2": y2,
+    "detector_size": size,
+    "n_triangles": len(faces),
+}
+records.publish("figure-1", globals(), figure=fig, results=results)

@@ -103,11 +103,6 @@ for ax in axes.flat[n:]:
     ax.set_visible(False)
 fig.suptitle(f"Orientation recovery from estimated distances ({s['n_test']} test projections per case)")
 fig.tight_layout()
-records.publish(
-    "figure-10",
-    globals(),
-    figure=fig,
-    parameters=dict(pipeline=config.to_dict()),
-    results={name: {k: v for k, v in case["summary"].items() if k != "fsc"} for name, case in cases.items()}
-    | {"fixed_noise_copy": fixed},
-)
+results = {name: {k: v for k, v in case["summary"].items() if k != "fsc"} for name, case in cases.items()}
+results["fixed_noise_copy"] = fixed
+records.publish("figure-10", globals(), figure=fig, parameters=dict(pipeline=config.to_dict()), results=results)

@@ -170,19 +170,20 @@ with artifacts.atomic_output(out / "figure-11.csv") as tmp:
     write_csv(tmp)
 for row in rows:
     print(row)
+results = {
+    name: {
+        "fsc": case["summary"]["fsc"],
+        "gauge": case["summary"]["gauge"],
+        "E_OR_median": case["summary"]["E_OR_median"],
+        "E_OR_mean": case["summary"]["E_OR_mean"],
+    }
+    for name, case in cases.items()
+}
 records.publish(
     "figure-11",
     globals(),
     figure=fig,
     outputs=["figure-11.png", "figure-11.csv"],
     parameters=dict(pipeline=config.to_dict()),
-    results={
-        name: {
-            "fsc": case["summary"]["fsc"],
-            "gauge": case["summary"]["gauge"],
-            "E_OR_median": case["summary"]["E_OR_median"],
-            "E_OR_mean": case["summary"]["E_OR_mean"],
-        }
-        for name, case in cases.items()
-    },
+    results=results,
 )

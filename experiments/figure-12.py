@@ -96,9 +96,5 @@ for k, name in enumerate(["x", "y", "z", "w"]):
 fig.suptitle(f"Orientation samplings, {n_orientations:,} each (seed {seed})")
 fig.tight_layout(rect=(0, 0, 1, 0.97))
 
-records.publish(
-    "figure-12",
-    globals(),
-    figure=fig,
-    results=stats,
-)
+results = stats
+records.publish("figure-12", globals(), figure=fig, results=results)

@@ -67,10 +67,5 @@ plots.fsc_curves(
     legend_kw=dict(fontsize=8, title="resolution at 0.5 / 0.143", title_fontsize=8, loc="lower left"),
 )
 fig.tight_layout()
-records.publish(
-    "figure-13",
-    globals(),
-    figure=fig,
-    parameters=dict(pipeline=config.to_dict()),
-    results=s,
-)
+results = s
+records.publish("figure-13", globals(), figure=fig, parameters=dict(pipeline=config.to_dict()), results=results)

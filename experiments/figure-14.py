@@ -92,10 +92,5 @@ ax.set(
 )
 ax.legend(fontsize=8)
 fig.tight_layout()
-records.publish(
-    "figure-14",
-    globals(),
-    figure=fig,
-    outputs=["figure-14.png", "figure-14.npz"],
-    results={mode: {k: v for k, v in run.items() if k != "losses"} for mode, run in runs.items()},
-)
+results = {mode: {k: v for k, v in run.items() if k != "losses"} for mode, run in runs.items()}
+records.publish("figure-14", globals(), figure=fig, outputs=["figure-14.png", "figure-14.npz"], results=results)

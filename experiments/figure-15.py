@@ -64,9 +64,5 @@ fig.suptitle(
     f"{'reflected (det T = -1)' if result.reflected else 'det T = +1'}"
 )
 fig.tight_layout()
-records.publish(
-    "figure-15",
-    globals(),
-    figure=fig,
-    results=alignment.summary(result),
-)
+results = alignment.summary(result)
+records.publish("figure-15", globals(), figure=fig, results=results)

@@ -220,11 +220,6 @@ fig.suptitle(
 fig.tight_layout(rect=(0, 0.06, 1, 0.95))
 
 out = Path(out_dir)
-records.publish(
-    "figure-16",
-    globals(),
-    figure=fig,
-    parameters=dict(small_dq=SMALL_DQ, far_dq=FAR_DQ, n_bins=len(BINS) - 1),
-    results=results,
-)
+recorded = dict(small_dq=SMALL_DQ, far_dq=FAR_DQ, n_bins=len(BINS) - 1)
+records.publish("figure-16", globals(), figure=fig, parameters=recorded, results=results)
 {name: (r["spearman"], r[f"euclidean_near_dq_below_{SMALL_DQ}"]) for name, r in results.items()}

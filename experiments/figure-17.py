@@ -154,12 +154,8 @@ fig.suptitle(
     f"panels: median training / validation L_DE over epochs; bottom: {len(d_q)} test pairs)"
 )
 fig.tight_layout()
-records.publish(
-    "figure-17",
-    globals(),
-    figure=fig,
-    results={
-        "feature_distance": {k: r["summary"] for k, r in head_runs.items()},
-        "n_features": {str(nf): r["summary"] for nf, r in nf_runs.items()},
-    },
-)
+results = {
+    "feature_distance": {k: r["summary"] for k, r in head_runs.items()},
+    "n_features": {str(nf): r["summary"] for nf, r in nf_runs.items()},
+}
+records.publish("figure-17", globals(), figure=fig, results=results)

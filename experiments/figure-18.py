@@ -263,16 +263,11 @@ print(markdown)
 
 out = Path(out_dir)
 artifacts.save_text(markdown, out / "figure-18.md")
-records.publish(
-    "figure-18",
-    globals(),
-    figure=fig,
-    outputs=["figure-18.png", "figure-18.md"],
-    results={
-        "total_parameters": total,
-        "paper_parameters": siamese.PAPER_PARAMETER_COUNT,
-        "matches_paper": total == siamese.PAPER_PARAMETER_COUNT,
-        "head": head,
-        "layers": table,
-    },
-)
+results = {
+    "total_parameters": total,
+    "paper_parameters": siamese.PAPER_PARAMETER_COUNT,
+    "matches_paper": total == siamese.PAPER_PARAMETER_COUNT,
+    "head": head,
+    "layers": table,
+}
+records.publish("figure-18", globals(), figure=fig, outputs=["figure-18.png", "figure-18.md"], results=results)

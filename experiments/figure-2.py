@@ -171,16 +171,12 @@ for (a, b), text in (
         color="tab:blue",
     )
 
-records.publish(
-    "figure-2",
-    globals(),
-    figure=fig,
-    results={
-        "shown_d_q_rad": d_q[:n_shown, :n_shown],
-        "shown_euler_rad": data.euler[:n_shown],
-        "recovery_steps": result.steps,
-        "recovery_stop_reason": result.stop_reason,
-        "distance_fit_rms_rad": fit_rms,
-        "alignment": alignment.summary(aligned),
-    },
-)
+results = {
+    "shown_d_q_rad": d_q[:n_shown, :n_shown],
+    "shown_euler_rad": data.euler[:n_shown],
+    "recovery_steps": result.steps,
+    "recovery_stop_reason": result.stop_reason,
+    "distance_fit_rms_rad": fit_rms,
+    "alignment": alignment.summary(aligned),
+}
+records.publish("figure-2", globals(), figure=fig, results=results)

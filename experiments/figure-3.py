@@ -167,17 +167,13 @@ ax.set(xlim=(-0.7, 18.1), ylim=(0, 7.4), aspect="equal")
 ax.axis("off")
 fig.tight_layout()
 
-records.publish(
-    "figure-3",
-    globals(),
-    figure=fig,
-    results={
-        "siamese_weights": n_weights,
-        "d_q_shown_rad": d_q[:n_matrix, :n_matrix],
-        "recovery_steps": result.steps,
-        "recovery_final_loss": float(result.losses[-1]),
-        "alignment": alignment.summary(aligned),
-        "map_correlation": corr,
-        "n_projections_in_dataset": P,
-    },
-)
+results = {
+    "siamese_weights": n_weights,
+    "d_q_shown_rad": d_q[:n_matrix, :n_matrix],
+    "recovery_steps": result.steps,
+    "recovery_final_loss": float(result.losses[-1]),
+    "alignment": alignment.summary(aligned),
+    "map_correlation": corr,
+    "n_projections_in_dataset": P,
+}
+records.publish("figure-3", globals(), figure=fig, results=results)

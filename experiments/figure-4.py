@@ -183,18 +183,14 @@ ax.set(xlim=(-0.2, lx + 4.6), ylim=(-0.5, 6.4), aspect="equal")
 ax.axis("off")
 fig.tight_layout()
 
-records.publish(
-    "figure-4",
-    globals(),
-    figure=fig,
-    results={
-        "d_p_untrained": d_p,
-        "d_q": d_q,
-        "abs_error": loss,
-        "head": siamese.head_kind(model),
-        "parameters": int(model.count_params()),
-        "conv_output_shapes": [row["output_shape"] for row in convs],
-        "euler_pair_rad": ds.euler[[i, j]],
-        "feature_norms": np.linalg.norm(features, axis=1),
-    },
-)
+results = {
+    "d_p_untrained": d_p,
+    "d_q": d_q,
+    "abs_error": loss,
+    "head": siamese.head_kind(model),
+    "parameters": int(model.count_params()),
+    "conv_output_shapes": [row["output_shape"] for row in convs],
+    "euler_pair_rad": ds.euler[[i, j]],
+    "feature_norms": np.linalg.norm(features, axis=1),
+}
+records.publish("figure-4", globals(), figure=fig, results=results)

@@ -82,9 +82,4 @@ for row, (name, label) in enumerate(zip(volumes, labels)):
         ax.set_xticks([]), ax.set_yticks([])
 fig.tight_layout()
 
-records.publish(
-    "figure-5",
-    globals(),
-    figure=fig,
-    results=results,
-)
+records.publish("figure-5", globals(), figure=fig, results=results)

@@ -80,9 +80,4 @@ theta = np.degrees(results[datasets[0]]["euler"])
 fig.suptitle(f"5j0n projection {index}: (θ3, θ2, θ1) = ({theta[0]:.0f}°, {theta[1]:.0f}°, {theta[2]:.0f}°)")
 fig.tight_layout()
 
-records.publish(
-    "figure-6",
-    globals(),
-    figure=fig,
-    results=results,
-)
+records.publish("figure-6", globals(), figure=fig, results=results)

@@ -175,10 +175,5 @@ fig.suptitle(
     fontsize=10,
 )
 fig.tight_layout()
-records.publish(
-    "figure-7",
-    globals(),
-    figure=fig,
-    outputs=["figure-7.png", "figure-7.csv"],
-    results={"runs": rows, "runs_with_E_OR_above_0.5_rad": stuck},
-)
+results = {"runs": rows, "runs_with_E_OR_above_0.5_rad": stuck}
+records.publish("figure-7", globals(), figure=fig, outputs=["figure-7.png", "figure-7.csv"], results=results)

@@ -145,10 +145,5 @@ for col, (name, label) in enumerate(zip(datasets, labels)):
     )
 fig.suptitle(f"Distance learning ({regime} regime, {input_size}×{input_size} px, {config.epochs} epochs max)")
 fig.tight_layout()
-records.publish(
-    "figure-8",
-    globals(),
-    figure=fig,
-    parameters=dict(training=config.to_dict()),
-    results={name: run["results"] | {"history": run["history"]} for name, run in runs.items()},
-)
+results = {name: run["results"] | {"history": run["history"]} for name, run in runs.items()}
+records.publish("figure-8", globals(), figure=fig, parameters=dict(training=config.to_dict()), results=results)

@@ -208,11 +208,12 @@ writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
 writer.writeheader()
 writer.writerows(rows)
 artifacts.save_text(buf.getvalue(), out / "figure-9.csv")
+results = {"rows": rows}
 records.publish(
     "figure-9",
     globals(),
     figure=fig,
     outputs=["figure-9.png", "figure-9.csv"],
     parameters=dict(training=config.to_dict()),
-    results={"rows": rows},
+    results=results,
 )

@@ -56,11 +56,5 @@ csv = "set,projections,fraction,all_pairs,used_pairs\n" + "".join(
 out = Path(out_dir)
 artifacts.save_text(table + "\n", out / "table-1.md")
 artifacts.save_text(csv, out / "table-1.csv")
-records.publish(
-    "table-1",
-    globals(),
-    outputs=["table-1.md", "table-1.csv"],
-    results={
-        name.lower(): {"projections": size, "all_pairs": size**2, "used_pairs": used} for name, size, used in rows
-    },
-)
+results = {name.lower(): {"projections": size, "all_pairs": size**2, "used_pairs": used} for name, size, used in rows}
+records.publish("table-1", globals(), outputs=["table-1.md", "table-1.csv"], results=results)
