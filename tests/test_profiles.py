@@ -217,7 +217,7 @@ def test_shipped_profiles_give_one_pipeline(name):
     configs = {target: PipelineConfig.from_dict(params[target]["pipeline"]).to_dict() for target in PIPELINE_TARGETS}
     assert all(config == configs["figure-10"] for config in configs.values())
     training = configs["figure-10"]["training"]
-    expected = {"tiny": (16, 32, True, 5), "cpu": (29, 512, True, 100), "paper": (116, 32, False, 100)}[name]
+    expected = {"tiny": (16, 32, True, 5), "cpu": (29, 512, True, 100), "paper": (116, 512, False, 100)}[name]
     assert (
         training["input_size"],
         training["n_features"],
