@@ -179,11 +179,5 @@ results = {
     }
     for name, case in cases.items()
 }
-records.publish(
-    "figure-11",
-    globals(),
-    figure=fig,
-    outputs=["figure-11.png", "figure-11.csv"],
-    parameters=dict(pipeline=config.to_dict()),
-    results=results,
-)
+outputs, recorded = ["figure-11.png", "figure-11.csv"], dict(pipeline=config.to_dict())
+records.publish("figure-11", globals(), figure=fig, outputs=outputs, parameters=recorded, results=results)

@@ -209,11 +209,5 @@ writer.writeheader()
 writer.writerows(rows)
 artifacts.save_text(buf.getvalue(), out / "figure-9.csv")
 results = {"rows": rows}
-records.publish(
-    "figure-9",
-    globals(),
-    figure=fig,
-    outputs=["figure-9.png", "figure-9.csv"],
-    parameters=dict(training=config.to_dict()),
-    results=results,
-)
+outputs, recorded = ["figure-9.png", "figure-9.csv"], dict(training=config.to_dict())
+records.publish("figure-9", globals(), figure=fig, outputs=outputs, parameters=recorded, results=results)

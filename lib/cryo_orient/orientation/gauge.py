@@ -69,14 +69,9 @@ class GaugeChoice:
 
     def as_arrays(self) -> dict:
         """What a cache keeps of it: the orientations, the left factor, the branch and the scores."""
-        return {
-            "quaternions": self.quaternions,
-            "left": self.left,
-            "conjugated": np.array(self.conjugated),
-            "score": np.array(self.score),
-            "score_q": np.array(self.branch_scores["q"]),
-            "score_conjugate": np.array(self.branch_scores["conjugate"]),
-        }
+        kept = {"quaternions": self.quaternions, "left": self.left, "conjugated": np.array(self.conjugated)}
+        kept["score"] = np.array(self.score)
+        return kept | {f"score_{branch}": np.array(s) for branch, s in self.branch_scores.items()}
 
 
 def _check_images(images):
