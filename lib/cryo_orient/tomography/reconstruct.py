@@ -96,9 +96,10 @@ def _check_inputs(projections, quaternions, shape):
     return p, q, shape
 
 
-def _normal_equations_cg(backend, p, q, shape, iterations, tol, regularization, x0, eps, nthreads, progress, callback):
+def _normal_equations_cg(
+    backend, p, matrices, shape, iterations, tol, regularization, x0, eps, nthreads, progress, callback
+):
     """CG on ``(AᵀA + λI) v = Aᵀb`` with the backend's normal operator."""
-    matrices = rotation_matrices(q)
     normal = backend.normal_operator(matrices, p.shape[-1], shape, eps=eps, nthreads=nthreads)
     rhs = backend.normal_rhs(p, matrices, shape, eps=eps, nthreads=nthreads)
 
@@ -228,12 +229,24 @@ def reconstruct(
             f"the {chosen.name} backend supports no {', '.join(unsupported)}; use backend='nufft' for those"
         )
     start = time.perf_counter()
-    volume = chosen.least_squares(p, rotation_matrices(q), shape, int(iterations))
+    matrices = rotation_matrices(q)
+    volume = chosen.least_squares(p, matrices, shape, int(iterations))
     if volume is not None:
         return Reconstruction(
             volume, chosen.name, int(iterations), np.empty(0), "iterations", time.perf_counter() - start, 0.0
         )
     volume, residuals, stop, k = _normal_equations_cg(
-        chosen, p, q, shape, int(iterations), float(tol), float(regularization), x0, eps, nthreads, progress, callback
+        chosen,
+        p,
+        matrices,
+        shape,
+        int(iterations),
+        float(tol),
+        float(regularization),
+        x0,
+        eps,
+        nthreads,
+        progress,
+        callback,
     )
     return Reconstruction(volume, chosen.name, k, residuals, stop, time.perf_counter() - start, float(regularization))
