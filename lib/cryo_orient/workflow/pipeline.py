@@ -238,27 +238,23 @@ def _fsc_log(ctx, placed) -> str:
     return "\n".join(lines)
 
 
-def _value(name, compute, inputs, log=None) -> Stage:
-    return Stage(name, inputs, compute, log=log)
-
-
 #: The method after simulation, in order. Context inputs: ``dataset``, ``config``, ``cache_dir``,
 #: ``progress``; each stage adds the entry of its name.
 STAGES = [
-    _value("test", lambda ctx: ctx["dataset"].split("test"), ("dataset",)),
+    Stage("test", ("dataset",), lambda ctx: ctx["dataset"].split("test")),
     # The images first: a dataset they cannot be read from fails before any training.
-    _value("noisy", lambda ctx: ctx["test"].images("noisy"), ("test",)),
-    _value("clean", lambda ctx: ctx["test"].images("clean"), ("test",)),
-    _value(
+    Stage("noisy", ("test",), lambda ctx: ctx["test"].images("noisy")),
+    Stage("clean", ("test",), lambda ctx: ctx["test"].images("clean")),
+    Stage(
         "estimator",
+        ("dataset", "config", "cache_dir", "progress"),
         lambda ctx: make_pipeline_estimator(ctx["config"], ctx["dataset"]).fit(
             ctx["dataset"], cache_dir=Path(ctx["cache_dir"]) / "siamese", progress=ctx["progress"]
         ),
-        ("dataset", "config", "cache_dir", "progress"),
         log=lambda ctx, est: est.log_line(),
     ),
-    _value("q_true", lambda ctx: ctx["test"].quaternions, ("test",)),
-    _value("features", lambda ctx: ctx["estimator"].embed(ctx["test"]), ("estimator", "test")),
+    Stage("q_true", ("test",), lambda ctx: ctx["test"].quaternions),
+    Stage("features", ("estimator", "test"), lambda ctx: ctx["estimator"].embed(ctx["test"])),
     Stage(
         "recovery",
         ("estimator", "features", "test", "dataset", "config", "progress"),
@@ -277,17 +273,17 @@ STAGES = [
             ctx["config"].seed,
         ),
     ),
-    _value(
+    Stage(
         "alignment",
-        lambda ctx: alignment.align(ctx["q_true"], ctx["recovery"]["quaternions"]),
         ("q_true", "recovery"),
+        lambda ctx: alignment.align(ctx["q_true"], ctx["recovery"]["quaternions"]),
         log=lambda ctx, a: (
             f"recovery: L_OR {float(ctx['recovery']['final_loss']):.4f}, E_OR mean "
             f"{a.mean_error:.3f} / median {a.median_error:.3f} rad"
         ),
     ),
-    _value("q_aligned", lambda ctx: ctx["alignment"].aligned, ("alignment",)),
-    _value("pair_fit", _pair_fit, ("estimator", "features", "test", "config")),
+    Stage("q_aligned", ("alignment",), lambda ctx: ctx["alignment"].aligned),
+    Stage("pair_fit", ("estimator", "features", "test", "config"), _pair_fit),
     Stage(
         "gauge",
         ("noisy", "recovery", "config", "progress"),
@@ -302,22 +298,22 @@ STAGES = [
             ctx["noisy"],
         ),
     ),
-    _value("q_gauge", lambda ctx: ctx["gauge"]["quaternions"], ("gauge",)),
-    _value(
+    Stage("q_gauge", ("gauge",), lambda ctx: ctx["gauge"]["quaternions"]),
+    Stage(
         "frame",
-        lambda ctx: gauge.volume_frame(alignment.align(ctx["q_true"], ctx["q_gauge"])),
         ("q_true", "q_gauge"),
+        lambda ctx: gauge.volume_frame(alignment.align(ctx["q_true"], ctx["q_gauge"])),
         log=lambda ctx, f: (
             f"gauge from common lines: conjugate branch {bool(ctx['gauge']['conjugated'])}, "
             f"distance of the chosen left factor from a consistent one {f['gauge_error']:.3f} "
             f"rad, mirrored volume {f['mirrored']}"
         ),
     ),
-    _value("truth", lambda ctx: _truth(ctx["dataset"]), ("dataset",)),
-    _value("q_random", _random_orientations, ("dataset", "test", "config")),
-    _value("backend", lambda ctx: projection.resolve_backend(ctx["config"].reconstruction_backend), ("config",)),
+    Stage("truth", ("dataset",), lambda ctx: _truth(ctx["dataset"])),
+    Stage("q_random", ("dataset", "test", "config"), _random_orientations),
+    Stage("backend", ("config",), lambda ctx: projection.resolve_backend(ctx["config"].reconstruction_backend)),
     *[_volume_stage(name, images, q) for name, (images, q) in VOLUME_SETS.items()],
-    _value("placed", _place_volumes, ("truth", "frame", *[f"volume:{name}" for name in VOLUME_SETS]), log=_fsc_log),
+    Stage("placed", ("truth", "frame", *[f"volume:{name}" for name in VOLUME_SETS]), _place_volumes, log=_fsc_log),
 ]
 
 
