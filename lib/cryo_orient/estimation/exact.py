@@ -128,15 +128,6 @@ def perturbed_distances(q, sigma, *, redrawn=True, rng=None, clip=None):
     return perturbed
 
 
-def _true_orientations(dataset: Dataset) -> np.ndarray:
-    if dataset.quaternions is None:
-        raise InputError(
-            f"{dataset.path.name} has no known orientations, which exact and perturbed distances need; "
-            "use a trained estimator (estimator = 'siamese')"
-        )
-    return dataset.quaternions
-
-
 @register
 class ExactDistances(DistanceEstimator):
     """The true distances ``d_q(q_i, q_j)``: what a perfect estimator would return."""
@@ -147,8 +138,13 @@ class ExactDistances(DistanceEstimator):
         return self
 
     def embed(self, dataset: Dataset, *, progress: bool = False) -> np.ndarray:
-        """The true orientations themselves (the features an exact estimator needs)."""
-        return np.array(_true_orientations(dataset), dtype=np.float64)
+        """The true orientations themselves (the features distances from the truth need)."""
+        if dataset.quaternions is None:
+            raise InputError(
+                f"{dataset.path.name} has no known orientations, which exact and perturbed distances need; "
+                "use a trained estimator (estimator = 'siamese')"
+            )
+        return np.array(dataset.quaternions, dtype=np.float64)
 
     def distance_function(self, features):
         return exact_distances(features)
@@ -159,21 +155,15 @@ class ExactDistances(DistanceEstimator):
 
 
 @register
-class PerturbedDistances(DistanceEstimator):
-    """True distances plus Gaussian errors of standard deviation ``sigma`` (see :func:`perturbed_distances`)."""
+class PerturbedDistances(ExactDistances):
+    """True distances plus Gaussian errors of standard deviation ``sigma`` (see :func:`perturbed_distances`);
+    fitted and embedded as :class:`ExactDistances`, the errors added when distances are queried."""
 
     name = "perturbed"
 
     def __init__(self, sigma: float = 0.1, *, redrawn: bool = False, clip=None, seed: int = 0):
         self.sigma = validation.real(sigma, "sigma", minimum=0.0)
         self.redrawn, self.clip, self.seed = bool(redrawn), clip, validation.integer(seed, "seed", 0)
-
-    def fit(self, dataset: Dataset, *, cache_dir=None, progress: bool = True) -> PerturbedDistances:
-        return self
-
-    def embed(self, dataset: Dataset, *, progress: bool = False) -> np.ndarray:
-        """The true orientations (the errors are added when distances are queried)."""
-        return np.array(_true_orientations(dataset), dtype=np.float64)
 
     def distance_function(self, features):
         return perturbed_distances(features, self.sigma, redrawn=self.redrawn, clip=self.clip, rng=self.seed)
