@@ -140,10 +140,7 @@ class Dataset:
         return bool(np.any(self.shifts))
 
     def _rows(self, index) -> np.ndarray:
-        if index is None:
-            return self.index
-        rows = self.index[np.asarray(index)]
-        return rows
+        return self.index if index is None else self.index[np.asarray(index)]
 
     def images(self, kind: str = "standardized", index=None) -> np.ndarray:
         """The images of one kind (see the module docstring), read from the file now.
