@@ -283,12 +283,12 @@ def test_read_errors(tmp_path, quats):
     last = lines[-1].split()
     last[1] = "nan"
     nan.write_text("\n".join(lines[:-1] + [" ".join(last)]) + "\n")
-    with pytest.raises(ValueError, match=r"NaN or infinite angles \(rows \[2\]"):
+    with pytest.raises(ValueError, match=r"non-numeric or infinite rlnAngleTilt \(angles\); the first is row 2"):
         read_star(nan)
 
     no_block = tmp_path / "old.star"
-    no_block.write_text("data_\nloop_\n_rlnAngleRot #1\n1.0\n")
-    with pytest.raises(ValueError, match="no data_particles"):
+    no_block.write_text("data_optics\nloop_\n_rlnOpticsGroup #1\n1\n")
+    with pytest.raises(ValueError, match="no data_particles table"):
         read_star(no_block)
 
     garbage = tmp_path / "garbage.star"

@@ -27,33 +27,44 @@ Shifts
     -(dx, dy) * pixel_size`` (x first, in Å) and read them back the same way.
 
 Files
-    A STAR file holds a ``data_optics`` table (one optics group) and a ``data_particles`` table,
-    in the layout RELION 3.1 writes (``# version 30001``, ``loop_``, ``_rlnName #k``). Image
-    names are ``000001@stack.mrcs`` with the stack's path relative to the STAR file's folder;
-    RELION resolves them from its working directory, so run it there. Numbers are written with
-    6 decimals (1e-6° in angles, 1e-6 Å in origins). Files are written atomically.
+    STAR files are read and written with the ``starfile`` package (teamtomo). We read RELION 3.0
+    files (one table, CTF and pixel size per particle, origins ``rlnOriginX/Y`` in pixels) and
+    RELION 3.1, 4 and 5 files (a ``data_optics`` table and a ``data_particles`` table whose rows
+    name their ``rlnOpticsGroup``; origins ``rlnOriginX/YAngst`` in Å). We always write the 3.1
+    layout (``# version 30001`` before each table), which RELION 3.1 to 5 read. Image names are
+    ``000001@stack.mrcs`` with the stack's path relative to the STAR file's folder; RELION
+    resolves them from its working directory, so run it there. Numbers we compute are written
+    with 6 decimals (1e-6° in angles, 1e-6 Å in origins); the columns of a file we were given are
+    written back as the text they were read as. Files are written atomically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import mrcfile
 import numpy as np
-from gemmi import cif
+import pandas as pd
+import starfile
 
 from cryo_orient import validation
 from cryo_orient.artifacts import atomic_output
 from cryo_orient.geometry import rotations
+from cryo_orient.validation import InputError
 
 __all__ = [
+    "ParticleTable",
     "quaternions_to_relion",
+    "read_particle_table",
     "read_star",
     "relion_to_quaternions",
     "write_particle_stack",
+    "write_particles",
     "write_star",
 ]
 
@@ -76,7 +87,21 @@ ORIGIN_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
 # to within 4e-12 rad, and we report it with RELION's rot = 0.
 GIMBAL_EPS = 1e-12
 
-_INTEGER = re.compile(r"[+-]?\d+")
+#: CTF columns by RELION name; in 3.1+ files the first three are per particle and the others come
+#: from the particle's optics group (a particle column wins where both exist, as in RELION).
+CTF_COLUMNS = (
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnDefocusAngle",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnPhaseShift",
+    "rlnCtfBfactor",
+    "rlnCtfScalefactor",
+)
+#: Without these there is no CTF to model (the others have defaults: V = U, angle 0, ...).
+CTF_REQUIRED = ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,11 +302,26 @@ def _existing_stack(stack, n, image_size, pixel_size) -> None:
         )
 
 
-def _loop(block, columns, rows) -> list[str]:
-    lines = ["", f"# version {STAR_VERSION}", "", f"data_{block}", "", "loop_"]
-    lines += [f"_{c} #{k}" for k, c in enumerate(columns, 1)]
-    lines += [" ".join(row) for row in rows]
-    return lines + [""]
+def _decimals(values) -> list[str]:
+    """Numbers as RELION writes them: 6 decimals, no -0.000000."""
+    return [f"{v:.6f}" for v in np.asarray(values, dtype=np.float64) + 0.0]
+
+
+def _write_tables(path: Path, tables: dict) -> Path:
+    """Write tables (name -> DataFrame) as a RELION 3.1 STAR file, atomically.
+
+    starfile writes the loops; we put RELION's ``# version 30001`` line before each table in place
+    of starfile's banner, so the file reads like one RELION wrote.
+    """
+    with atomic_output(path) as tmp:
+        with warnings.catch_warnings():  # starfile warns about pandas internals on some versions
+            warnings.simplefilter("ignore")
+            starfile.write(tables, tmp, overwrite=True)
+        lines = [line for line in tmp.read_text().splitlines() if not line.startswith("# Created by the starfile")]
+        text = "\n".join(lines).strip("\n")
+        text = re.sub(r"(^|\n)data_", rf"\1# version {STAR_VERSION}\n\ndata_", text)
+        tmp.write_text(text + "\n")
+    return path
 
 
 def write_star(
@@ -385,28 +425,30 @@ def write_star(
     angles = quaternions_to_relion(q)
     # the particle was moved by +(dy, dx); RELION's origin is the opposite, x first, in Å
     origins = -shifts[:, ::-1] * pixel_size + 0.0
-    optics_row = [
-        "1",
-        optics_group_name,
-        f"{amplitude_contrast:.6f}",
-        f"{spherical_aberration:.6f}",
-        f"{voltage:.6f}",
-        f"{pixel_size:.6f}",
-        str(image_size),
-        "2",
-    ]
-    columns = (["rlnImageName"] if stack is not None else []) + [*ANGLE_COLUMNS, *ORIGIN_COLUMNS, "rlnOpticsGroup"]
-    rows = []
-    for i in range(n):
-        row = [f"{i + 1:06d}@{stack_name}"] if stack is not None else []
-        row += [f"{v:12.6f}" for v in angles[i]] + [f"{v:12.6f}" for v in origins[i]] + ["1"]
-        rows.append(row)
-    text = "\n".join(_loop("optics", OPTICS_COLUMNS, [optics_row]) + _loop("particles", columns, rows)) + "\n"
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1],
+            "rlnOpticsGroupName": [optics_group_name],
+            "rlnAmplitudeContrast": [amplitude_contrast],
+            "rlnSphericalAberration": [spherical_aberration],
+            "rlnVoltage": [voltage],
+            "rlnImagePixelSize": [pixel_size],
+            "rlnImageSize": [image_size],
+            "rlnImageDimensionality": [2],
+        }
+    )
+    particles = pd.DataFrame(
+        {"rlnImageName": [f"{i + 1:06d}@{stack_name}" for i in range(n)]} if stack is not None else {}
+    )
+    for k, column in enumerate(ANGLE_COLUMNS):
+        particles[column] = _decimals(angles[:, k])
+    for k, column in enumerate(ORIGIN_COLUMNS):
+        particles[column] = _decimals(origins[:, k])
+    particles["rlnOpticsGroup"] = 1
 
     if stack_images is not None:
         write_particle_stack(stack, stack_images, pixel_size)
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
+    _write_tables(path, {"optics": optics, "particles": particles})
     return path
 
 
@@ -415,55 +457,253 @@ def write_star(
 # --------------------------------------------------------------------------------------------
 
 
-def _columns(block) -> dict[str, list[str]]:
-    """Every item of a block, looped or not, as ``{"rlnName": [values]}``."""
+def _read_tables(path: Path, *, as_text=False) -> dict[str, pd.DataFrame]:
+    if not path.is_file():
+        raise FileNotFoundError(f"STAR file {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tables = starfile.read(path, always_dict=True)
+            if as_text:  # every value as the text it was written as, to write it back unchanged
+                columns = sorted({c for t in tables.values() if isinstance(t, pd.DataFrame) for c in t.columns})
+                tables = starfile.read(path, always_dict=True, parse_as_string=columns)
+    except Exception as exc:  # starfile raises whatever pandas does on malformed text
+        raise InputError(
+            f"{path} is not a readable STAR file ({type(exc).__name__}: {exc}); check its syntax"
+        ) from None
     out = {}
-    for item in block:
-        if item.loop is not None:
-            loop = item.loop
-            for j, tag in enumerate(loop.tags):
-                out[tag.lstrip("_")] = [cif.as_string(loop[i, j]) for i in range(loop.length())]
-        elif item.pair is not None:
-            tag, value = item.pair
-            out[tag.lstrip("_")] = [cif.as_string(value)]
+    for name, table in tables.items():
+        if isinstance(table, dict):  # a block of name-value pairs
+            table = pd.DataFrame({k: [v] for k, v in table.items()})
+        out[name] = table.reset_index(drop=True)
     return out
 
 
-def _numbers(path, columns, names, what) -> np.ndarray:
-    try:
-        values = np.array([[float(v) for v in columns[c]] for c in names], dtype=np.float64).T
-    except ValueError as exc:
-        raise ValueError(f"{path}: {what} columns {names} hold a value that is not a number ({exc})") from None
-    bad = ~np.all(np.isfinite(values), axis=1)
-    if bad.any():
-        rows = (np.flatnonzero(bad)[:5] + 1).tolist()
-        raise ValueError(
-            f"{path}: {int(bad.sum())} row(s) have NaN or infinite {what} (rows {rows}, counting from 1); "
-            "fix or remove them"
-        )
+@dataclasses.dataclass(frozen=True, eq=False)
+class ParticleTable:
+    """The particle and optics tables of a RELION STAR file, with RELION's conventions applied.
+
+    Attributes
+    ----------
+    path : Path
+        The STAR file; image names are relative to its folder.
+    particles : pandas.DataFrame
+        One row per particle, every column of the file (names without the leading ``_``). In a
+        RELION 3.0 file, the one table.
+    optics : pandas.DataFrame or None
+        The ``data_optics`` table of a 3.1+ file (None for 3.0).
+    version : {"3.0", "3.1"}
+        The layout: ``"3.1"`` stands for 3.1, 4 and 5 (optics groups).
+    pixel_size : ndarray, shape (n,)
+        Each particle's pixel size in Å (``rlnImagePixelSize`` of its optics group; in 3.0 files
+        ``rlnDetectorPixelSize · 1e4 / rlnMagnification``; or the ``angpix`` given to the reader).
+    """
+
+    path: Path
+    particles: pd.DataFrame
+    optics: pd.DataFrame | None
+    version: str
+    pixel_size: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.particles)
+
+    def _numbers(self, columns, what) -> np.ndarray:
+        return _numbers(self.path, self.particles, columns, what)
+
+    def _optics_column(self, column) -> np.ndarray | None:
+        """A column of the optics table, one value per particle (through its group); None if absent."""
+        if column in self.particles.columns:
+            return self._numbers([column], column)[:, 0]
+        if self.optics is None or column not in self.optics.columns:
+            return None
+        values = _numbers(self.path, self.optics, [column], f"data_optics {column}")[:, 0]
+        return values[self._groups()]
+
+    def _groups(self) -> np.ndarray:
+        """Each particle's row in the optics table."""
+        groups = _numbers(self.path, self.optics, ["rlnOpticsGroup"], "data_optics rlnOpticsGroup")[:, 0].astype(int)
+        if "rlnOpticsGroup" not in self.particles.columns:
+            if len(groups) != 1:
+                raise InputError(
+                    f"{self.path}: data_particles has no rlnOpticsGroup column but there are {len(groups)} optics "
+                    "groups; add the column"
+                )
+            return np.zeros(len(self), dtype=int)
+        wanted = self._numbers(["rlnOpticsGroup"], "optics groups")[:, 0].astype(int)
+        row = {g: k for k, g in enumerate(groups)}
+        unknown = sorted(set(wanted.tolist()) - set(row))
+        if unknown:
+            first = int(np.flatnonzero(~np.isin(wanted, groups))[0]) + 1
+            raise InputError(
+                f"{self.path}: particles refer to optics group(s) {unknown} missing from data_optics "
+                f"(first at particle row {first}); add the group or fix rlnOpticsGroup"
+            )
+        return np.array([row[g] for g in wanted])
+
+    @property
+    def has_angles(self) -> bool:
+        return all(c in self.particles.columns for c in ANGLE_COLUMNS)
+
+    def angles(self) -> np.ndarray | None:
+        """``(rot, tilt, psi)`` in degrees, shape (n, 3), or None without angle columns."""
+        return self._numbers(ANGLE_COLUMNS, "angles") if self.has_angles else None
+
+    def quaternions(self) -> np.ndarray | None:
+        """Orientations (see :func:`relion_to_quaternions`), or None without angle columns."""
+        angles = self.angles()
+        if angles is None:
+            return None
+        return relion_to_quaternions(angles) if len(angles) else np.empty((0, 4))
+
+    def origins_angstrom(self) -> np.ndarray | None:
+        """``(rlnOriginXAngst, rlnOriginYAngst)`` per particle (3.0 files: pixels times the pixel size)."""
+        if all(c in self.particles.columns for c in ORIGIN_COLUMNS):
+            return self._numbers(ORIGIN_COLUMNS, "origins")
+        if all(c in self.particles.columns for c in ("rlnOriginX", "rlnOriginY")):
+            return self._numbers(("rlnOriginX", "rlnOriginY"), "origins") * self.pixel_size[:, None]
+        return None
+
+    def shifts(self) -> np.ndarray:
+        """``(dy, dx)`` in pixels by which each particle is off centre (zeros without origins):
+        ``-origin / pixel size``, x and y swapped (see the module docstring)."""
+        origins = self.origins_angstrom()
+        if origins is None:
+            return np.zeros((len(self), 2))
+        return -origins[:, ::-1] / self.pixel_size[:, None] + 0.0
+
+    def ctf_columns(self) -> dict[str, np.ndarray]:
+        """The CTF parameters of each particle by RELION column (:data:`CTF_COLUMNS`), or an empty
+        dict when the file has no CTF (no ``rlnDefocusU``)."""
+        if "rlnDefocusU" not in self.particles.columns:
+            return {}
+        out = {}
+        for column in CTF_COLUMNS:
+            values = self._optics_column(column)
+            if values is not None:
+                out[column] = values
+        missing = [c for c in CTF_REQUIRED if c not in out]
+        if missing:
+            raise InputError(
+                f"{self.path} has defocus values but no {missing}: a CTF needs them; add them to data_optics "
+                "(RELION 3.1+) or to the particle rows (3.0)"
+            )
+        return out
+
+    def image_names(self) -> list[tuple[int, Path]]:
+        """``(index from 0, stack path)`` of each particle's image, the path resolved against the
+        STAR file's folder."""
+        if "rlnImageName" not in self.particles.columns:
+            raise InputError(
+                f"{self.path} has no rlnImageName column, so it names no particle images; "
+                "give the STAR file of a particle stack (e.g. from relion_preprocess or Extract)"
+            )
+        out = []
+        for row, name in enumerate(self.particles["rlnImageName"].astype(str), 1):
+            index, at, stack = name.partition("@")
+            if not at or not index.strip().isdigit() or int(index) < 1 or not stack:
+                raise InputError(
+                    f"{self.path}: particle row {row} has rlnImageName {name!r}; RELION names an image "
+                    "N@stack.mrcs with N counting from 1"
+                )
+            out.append((int(index) - 1, (self.path.parent / stack).resolve()))
+        return out
+
+
+def _numbers(path, table, columns, what) -> np.ndarray:
+    """Columns of a table as a float (n, k) array, each value checked to be a finite number."""
+    columns = list(columns)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise InputError(f"{path} lacks the column(s) {missing}")
+    values = np.empty((len(table), len(columns)))
+    for k, column in enumerate(columns):
+        numbers = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~np.isfinite(numbers)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"{path}: {int(bad.sum())} row(s) have a missing, non-numeric or infinite {column} ({what}); "
+                f"the first is row {first + 1} ({str(table[column].iloc[first])!r}); fix or remove them"
+            )
+        values[:, k] = numbers
     return values
 
 
-def _value(tag, token):
-    # RELION's name labels (rlnOpticsGroupName, rlnMtfFileName, ...) are strings even when numeric
-    if tag.endswith("Name"):
-        return token
-    if _INTEGER.fullmatch(token):
-        return int(token)
-    try:
-        return float(token)
-    except ValueError:
-        return token
+def _pixel_size(path, particles, optics, angpix, n) -> np.ndarray:
+    if angpix is not None:
+        return np.full(n, validation.positive(angpix, "angpix"))
+    if optics is not None and "rlnImagePixelSize" in optics.columns:
+        table = ParticleTable(path, particles, optics, "3.1", np.ones(n))
+        sizes = table._optics_column("rlnImagePixelSize")
+    elif "rlnImagePixelSize" in particles.columns:
+        sizes = _numbers(path, particles, ["rlnImagePixelSize"], "pixel sizes")[:, 0]
+    elif all(c in particles.columns for c in ("rlnDetectorPixelSize", "rlnMagnification")):
+        detector, magnification = _numbers(path, particles, ("rlnDetectorPixelSize", "rlnMagnification"), "pixel").T
+        if np.any(magnification <= 0):
+            raise InputError(f"{path}: rlnMagnification must be positive; fix it or give the pixel size (--angpix)")
+        sizes = detector * 1e4 / magnification
+    else:
+        raise InputError(
+            f"{path} gives no pixel size (no rlnImagePixelSize in data_optics, no rlnDetectorPixelSize and "
+            "rlnMagnification); give it as --angpix (angpix=) in Å"
+        )
+    if np.any(sizes <= 0):
+        raise InputError(f"{path}: the pixel size must be positive, got {sizes.min():g} Å; fix it or give --angpix")
+    return sizes
 
 
-def read_star(path) -> dict:
-    """Read particle orientations, origins and image names from a RELION 3.1 STAR file.
+def read_particle_table(path, *, angpix=None, require_pixel_size=True) -> ParticleTable:
+    """Read the particle (and optics) tables of a RELION 3.0, 3.1, 4 or 5 STAR file.
 
     Parameters
     ----------
     path : str or path-like
-        A STAR file with a ``data_particles`` table holding ``rlnAngleRot``, ``rlnAngleTilt`` and
-        ``rlnAnglePsi`` (other columns are ignored) and, usually, a ``data_optics`` table.
+        The STAR file.
+    angpix : float, optional
+        Pixel size in Å, in place of the file's.
+    require_pixel_size : bool
+        Refuse a file without a pixel size (default); if False, such a file gets 1 Å.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file at ``path``.
+    InputError
+        If the file is not STAR, has no particle table, or no pixel size (and none is given).
+    """
+    path = Path(path)
+    tables = _read_tables(path)
+    optics = tables.get("optics")
+    if "particles" in tables:
+        particles, version = tables["particles"], "3.1"
+    else:
+        loops = [name for name, t in tables.items() if name != "optics" and len(t.columns)]
+        if optics is not None or len(loops) != 1:
+            names = ", ".join(f"data_{name}" for name in tables) or "no tables"
+            raise InputError(f"{path} has no data_particles table (it has {names}); give a RELION particle STAR file")
+        particles, version, optics = tables[loops[0]], "3.0", None
+    n = len(particles)
+    if n == 0:
+        raise InputError(f"{path}: the particle table has no rows")
+    if require_pixel_size or angpix is not None:
+        pixel = _pixel_size(path, particles, optics, angpix, n)
+    else:
+        try:
+            pixel = _pixel_size(path, particles, optics, None, n)
+        except InputError:
+            pixel = np.ones(n)
+    return ParticleTable(path, particles, optics, version, pixel)
+
+
+def read_star(path) -> dict:
+    """Read particle orientations, origins and image names from a RELION STAR file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A RELION 3.0 - 5 particle STAR file holding ``rlnAngleRot``, ``rlnAngleTilt`` and
+        ``rlnAnglePsi``.
 
     Returns
     -------
@@ -473,10 +713,9 @@ def read_star(path) -> dict:
         ``"angles"``
             (N, 3) ``(rot, tilt, psi)`` in degrees, as in the file.
         ``"origins_angstrom"``
-            (N, 2) ``(rlnOriginXAngst, rlnOriginYAngst)``, or None without those columns.
+            (N, 2) ``(rlnOriginXAngst, rlnOriginYAngst)``, or None without origins.
         ``"shifts"``
-            (N, 2) ``(dy, dx)`` in pixels as :func:`write_star` takes them (``-origin / pixel
-            size``, with each particle's optics group's ``rlnImagePixelSize``), or None without
+            (N, 2) ``(dy, dx)`` in pixels as :func:`write_star` takes them, or None without
             origins or pixel sizes.
         ``"optics"``
             The first optics row as ``{"rlnVoltage": 300.0, ...}``, or None without optics.
@@ -487,75 +726,124 @@ def read_star(path) -> dict:
     ------
     FileNotFoundError
         If ``path`` does not exist.
-    ValueError
-        If the file is not valid STAR, has no ``data_particles`` table or no angle columns, or
-        holds angles or origins that are not finite numbers.
+    InputError
+        If the file is not valid STAR, has no particle table or no angle columns, or holds angles
+        or origins that are not finite numbers.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"STAR file {path} does not exist")
-    try:
-        doc = cif.read(str(path))
-    except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"{path} is not a readable STAR file: {exc}") from None
-    block = doc.find_block("particles")
-    if block is None:
-        names = [b.name for b in doc]
-        raise ValueError(
-            f"{path} has no data_particles table (it has data_{', data_'.join(names) or ' nothing'}); "
-            "read_star reads RELION 3.1 files - convert older ones with relion_convert_star"
+    table = read_particle_table(path, require_pixel_size=False)
+    if not table.has_angles:
+        missing = [c for c in ANGLE_COLUMNS if c not in table.particles.columns]
+        raise InputError(
+            f"{table.path} has no orientations: the particle table lacks the column(s) {missing}; "
+            "run a 3-D refinement, `cryo-orient orient`, or write the file with write_star"
         )
-    particles = _columns(block)
-    missing = [c for c in ANGLE_COLUMNS if c not in particles]
-    if missing:
-        raise ValueError(
-            f"{path} has no orientations: data_particles lacks the column(s) {missing}; "
-            "run a 3-D refinement or write the file with write_star"
-        )
-    angles = _numbers(path, particles, ANGLE_COLUMNS, "angles")
-    n = len(angles)
-
-    optics_block = doc.find_block("optics")
-    optics_columns = _columns(optics_block) if optics_block is not None else {}
+    has_pixel = "rlnImagePixelSize" in (table.optics.columns if table.optics is not None else ()) or any(
+        c in table.particles.columns for c in ("rlnImagePixelSize", "rlnDetectorPixelSize")
+    )
+    origins = table.origins_angstrom()
     optics = None
-    if optics_columns and all(len(v) for v in optics_columns.values()):
-        optics = {tag: _value(tag, values[0]) for tag, values in optics_columns.items()}
-
-    origins = shifts = None
-    if all(c in particles for c in ORIGIN_COLUMNS):
-        origins = _numbers(path, particles, ORIGIN_COLUMNS, "origins")
-        pixel = _pixel_sizes(path, particles, optics_columns, n)
-        if pixel is not None:
-            shifts = -origins[:, ::-1] / pixel[:, None] + 0.0
-
+    if table.optics is not None and len(table.optics):
+        optics = {k: (v.item() if hasattr(v, "item") else v) for k, v in table.optics.iloc[0].items()}
+        optics = {k: (str(v) if k.endswith("Name") else v) for k, v in optics.items()}
+    names = table.particles["rlnImageName"].astype(str).tolist() if "rlnImageName" in table.particles else None
     return {
-        "quaternions": relion_to_quaternions(angles) if n else np.empty((0, 4)),
-        "angles": angles.reshape(n, 3),
+        "quaternions": table.quaternions(),
+        "angles": table.angles(),
         "origins_angstrom": origins,
-        "shifts": shifts,
+        "shifts": table.shifts() if origins is not None and has_pixel else None,
         "optics": optics,
-        "image_names": list(particles["rlnImageName"]) if "rlnImageName" in particles else None,
+        "image_names": names,
     }
 
 
-def _pixel_sizes(path, particles, optics, n):
-    """Each particle's ``rlnImagePixelSize``, through its optics group; None if not given."""
-    if "rlnImagePixelSize" not in optics:
-        return None
-    sizes = _numbers(path, optics, ("rlnImagePixelSize",), "pixel sizes")[:, 0]
-    if np.any(sizes <= 0):
-        raise ValueError(f"{path}: data_optics has a non-positive rlnImagePixelSize {sizes.min():g}")
-    groups = [int(v) for v in optics.get("rlnOpticsGroup", range(1, len(sizes) + 1))]
-    by_group = dict(zip(groups, sizes))
-    if "rlnOpticsGroup" not in particles:
-        if len(sizes) != 1:
-            raise ValueError(
-                f"{path}: data_particles has no rlnOpticsGroup column but there are {len(sizes)} "
-                "optics groups; add the column"
-            )
-        return np.full(n, sizes[0])
-    wanted = [int(v) for v in particles["rlnOpticsGroup"]]
-    unknown = sorted(set(wanted) - set(by_group))
-    if unknown:
-        raise ValueError(f"{path}: particles refer to optics group(s) {unknown} missing from data_optics")
-    return np.array([by_group[g] for g in wanted])
+# --------------------------------------------------------------------------------------------
+# Writing a table we were given, with new orientations
+# --------------------------------------------------------------------------------------------
+
+
+def _optics_from_particles(particles: pd.DataFrame, text: pd.DataFrame, pixel_size: np.ndarray, size: int):
+    """A 3.1 optics table for a 3.0 file: one group per distinct (voltage, Cs, Q0, pixel size)."""
+    keys = [c for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast") if c in particles.columns]
+    combos = pd.DataFrame({c: pd.to_numeric(particles[c], errors="coerce") for c in keys})
+    combos["rlnImagePixelSize"] = pixel_size
+    groups, uniques = pd.factorize(pd.MultiIndex.from_frame(combos.round(6)))
+    rows = combos.groupby(groups, sort=True).first().reset_index(drop=True)
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": np.arange(1, len(rows) + 1),
+            "rlnOpticsGroupName": [f"opticsGroup{k}" for k in range(1, len(rows) + 1)],
+        }
+    )
+    for column in rows.columns:
+        optics[column] = _decimals(rows[column])
+    optics["rlnImageSize"] = size
+    optics["rlnImageDimensionality"] = 2
+    text = text.drop(columns=[c for c in (*keys, "rlnDetectorPixelSize", "rlnMagnification") if c in text.columns])
+    text["rlnOpticsGroup"] = groups + 1
+    return optics, text
+
+
+def write_particles(path, table: ParticleTable, *, quaternions=None, shifts=None, image_names=None, image_size=None):
+    """Write a particle table back with new orientations (and origins, and image names), RELION 3.1.
+
+    Every row and column of ``table``'s file is written as the text it was read as, except the
+    columns set here: ``rlnAngleRot/Tilt/Psi`` from ``quaternions``, ``rlnOriginX/YAngst`` from
+    ``shifts`` (``-(dx, dy) · pixel size``; a 3.0 file's ``rlnOriginX/Y`` in pixels are dropped) and
+    ``rlnImageName``. A RELION 3.0 file gains an optics table (one group per distinct voltage,
+    Cs, amplitude contrast and pixel size).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination ``.star``; written atomically.
+    table : ParticleTable
+        What :func:`read_particle_table` read.
+    quaternions : array_like, shape (n, 4), optional
+    shifts : array_like, shape (n, 2), optional
+        ``(dy, dx)`` in pixels, as :meth:`ParticleTable.shifts` gives them.
+    image_names : sequence of str, optional
+        New ``rlnImageName`` values (e.g. for a stack written beside ``path``).
+    image_size : int, optional
+        Box size, needed to build the optics table of a 3.0 file.
+    """
+    path = Path(path)
+    if path.suffix != ".star":
+        raise InputError(f"a RELION STAR file must end in .star, got {path.name!r}")
+    n = len(table)
+    tables = _read_tables(table.path, as_text=True)
+    text = (tables["particles"] if table.version == "3.1" else tables[next(k for k in tables if k != "optics")]).copy()
+    if quaternions is not None:
+        q = _quaternions(quaternions)
+        if q.shape != (n, 4):
+            raise InputError(f"quaternions must have shape ({n}, 4), one per particle, got {q.shape}")
+        angles = quaternions_to_relion(q)
+        for k, column in enumerate(ANGLE_COLUMNS):
+            text[column] = _decimals(angles[:, k])
+    if shifts is not None:
+        shifts = _real_array(shifts, "shifts", 2, "(dy, dx) in pixels")
+        if shifts.shape != (n, 2):
+            raise InputError(f"shifts must have shape ({n}, 2), one per particle, got {shifts.shape}")
+        origins = -shifts[:, ::-1] * table.pixel_size[:, None]
+        text = text.drop(columns=[c for c in ("rlnOriginX", "rlnOriginY") if c in text.columns])
+        for k, column in enumerate(ORIGIN_COLUMNS):
+            text[column] = _decimals(origins[:, k])
+    elif table.version == "3.0" and all(c in text.columns for c in ("rlnOriginX", "rlnOriginY")):
+        origins = table.origins_angstrom()
+        text = text.drop(columns=["rlnOriginX", "rlnOriginY"])
+        for k, column in enumerate(ORIGIN_COLUMNS):
+            text[column] = _decimals(origins[:, k])
+    if image_names is not None:
+        image_names = [_token("image name", name) for name in image_names]
+        if len(image_names) != n:
+            raise InputError(f"got {len(image_names)} image names for {n} particles")
+        text["rlnImageName"] = image_names
+    if table.version == "3.1":
+        out = {name: t for name, t in tables.items() if name != "particles"}
+        out["particles"] = text
+        out = {"optics": out.pop("optics"), **out} if "optics" in out else out
+    else:
+        if image_size is None:
+            raise InputError("image_size is needed to write a RELION 3.0 file's optics table")
+        optics, text = _optics_from_particles(table.particles, text, table.pixel_size, int(image_size))
+        out = {"optics": optics, "particles": text}
+    return _write_tables(path, out)
