@@ -92,7 +92,10 @@ def test_image_kinds_and_their_refusals(files):
         shifted.images("noisy")
     assert shifted.images("clean").shape == (N, shifted.image_size, shifted.image_size)
     with pytest.raises(InputError, match="image kind must be one of"):
-        clean.images("raw")
+        clean.images("unstandardized")
+    # "raw" is "noisy" without the refusal of shifted images
+    np.testing.assert_array_equal(clean.images("raw"), clean.images("noisy"))
+    assert shifted.images("raw").shape == (N, shifted.image_size, shifted.image_size)
 
 
 def _copy_with(files, name, edit):
@@ -145,9 +148,9 @@ def test_unreadable_files(tmp_path):
         f["x"] = 1
     with pytest.raises(InputError, match="not a cryo_orient dataset"):
         read_dataset(tmp_path / "other.h5")
-    (tmp_path / "p.star").write_text("data_\n")
-    with pytest.raises(InputError, match="no reader for '.star'"):
-        read_dataset(tmp_path / "p.star")
+    (tmp_path / "p.txt").write_text("data_\n")
+    with pytest.raises(InputError, match="no reader for '.txt'"):
+        read_dataset(tmp_path / "p.txt")
 
 
 def test_inputs_are_not_modified_and_views_are_independent(files):

@@ -1,14 +1,16 @@
 """Inputs: named public files (:mod:`.registry`), MRC maps (:mod:`.mrc`), maps from atomic models
-(:mod:`.models`), particle datasets (:mod:`.dataset`), RELION STAR files (:mod:`.relion`) and the
-paper's train / validation / test split (:mod:`.splits`).
+(:mod:`.models`), particle datasets (:mod:`.dataset`), particle stacks of other programs
+(:mod:`.particles`), RELION STAR files (:mod:`.relion`) and the paper's train / validation / test
+split (:mod:`.splits`).
 
 The names most callers need are importable from here: ``data.fetch``, ``data.load``,
-``data.load_volume``, ``data.write_volume``, ``data.REGISTRY``.
+``data.load_volume``, ``data.write_volume``, ``data.REGISTRY``, ``data.read_dataset``.
 """
 
 from cryo_orient.data.dataset import Dataset, read_dataset
 from cryo_orient.data.models import density_from_model
 from cryo_orient.data.mrc import load_volume, write_volume
+from cryo_orient.data.particles import read_particles
 from cryo_orient.data.registry import (
     CACHE_ENV,
     MIRROR_ENV,
@@ -35,5 +37,6 @@ __all__ = [
     "load_volume",
     "map_file",
     "read_dataset",
+    "read_particles",
     "write_volume",
 ]

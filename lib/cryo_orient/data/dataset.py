@@ -18,6 +18,9 @@ Image kinds
 ``"clean"``
     The noiseless raw projections, float64: the stored ``clean`` array (``store_clean = true``),
     or, for a dataset without noise and shifts, its projections themselves.
+``"raw"``
+    The projections in raw units as ``"noisy"``, also for off-centre particles (for stages that
+    centre them, or that model the shifts).
 
 Splits
 ------
@@ -50,7 +53,7 @@ from cryo_orient.validation import InputError
 
 __all__ = ["IMAGE_KINDS", "READERS", "SPLITS", "Dataset", "read_dataset"]
 
-IMAGE_KINDS = ("standardized", "noisy", "clean")
+IMAGE_KINDS = ("standardized", "noisy", "clean", "raw")
 SPLITS = ("all", "train", "val", "test")
 
 #: Attributes every simulated dataset file carries (written by ``simulate_dataset``).
@@ -159,8 +162,15 @@ class Dataset:
         if kind not in IMAGE_KINDS:
             raise InputError(f"image kind must be one of {IMAGE_KINDS}, got {kind!r}")
         rows = self._rows(index)
+        # Simulated files store standardised images; particle stacks store raw ones.
+        stored_raw = self.metadata.get("stored") == "raw"
+        mean, std = self.standardization
         if kind == "standardized":
-            return self._read("projections", rows)
+            images = self._read("projections", rows)
+            return ((images - mean) / std).astype(np.float32) if stored_raw else images
+        if kind == "raw":
+            images = self._read("projections", rows).astype(np.float64)
+            return images if stored_raw else images * std + mean
         if kind == "noisy":
             if self.shifted:
                 raise InputError(
@@ -168,11 +178,10 @@ class Dataset:
                     "shifts: reconstructing from them would blur the map; use its clean projections "
                     "(store_clean = true) or a dataset without shifts"
                 )
-            mean, std = self.standardization
-            return self._read("projections", rows).astype(np.float64) * std + mean
+            return self.images("raw", index)
         if self.has_clean:
             return self._read("clean", rows).astype(np.float64)
-        if self.noise_variance == 0 and not self.shifted:
+        if self.noise_variance == 0 and not self.shifted and not stored_raw:
             return self.images("noisy", index)
         raise InputError(
             f"{self.path.name} has no clean projections; simulate it with store_clean = true to reconstruct "

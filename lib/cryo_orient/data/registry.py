@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import math
 import os
 import re
 import secrets
@@ -42,11 +41,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from tqdm.auto import tqdm
-from cryo_orient import validation
-from cryo_orient.artifacts import atomic_output, save_text
+
+from cryo_orient.artifacts import save_text
 from cryo_orient.data.models import density_from_model
 from cryo_orient.data.mrc import load_volume, write_volume
 from cryo_orient.validation import DataError
