@@ -2,7 +2,9 @@ import json
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
+import starfile
 
 from cryo_orient.cli import main as cli_main
 from cryo_orient.data.dataset import read_dataset
@@ -16,6 +18,8 @@ from cryo_orient.simulation.simulate import (
     simulate_dataset,
     standardize,
 )
+from cryo_orient.tomography.ctf import CTFParams, apply_ctf
+from cryo_orient.tomography.projection import project
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +218,37 @@ def test_cli_simulate(volume_file, tmp_path, capsys):
     assert read_dataset(out).noise_variance == 3.0
     with pytest.raises(SystemExit, match="unknown simulation config key"):
         cli_main(["simulate", "--config", str(cfg), "--set", "noise=3", "--out", str(out)])
+
+
+def test_ctf_is_applied_per_image_and_stored(volume_file, tmp_path):
+    ctf = {"defocus_min": 8000.0, "defocus_max": 20000.0, "astigmatism": 500.0, "pixel_size": 3.0}
+    path = simulate_dataset(config(volume_file, store_clean=True, ctf=ctf), tmp_path / "ctf.h5", progress=False)
+    ds = read_dataset(path)
+    params = CTFParams.from_columns(ds.ctf, ds.n)
+    assert 8000 <= params.defocus_u.min() and params.defocus_v.max() <= 20000 + 500
+    assert np.ptp(params.defocus_u - params.defocus_v) > 0  # astigmatic, different per image
+    volume = mrcfile.read(volume_file)
+    expected = apply_ctf(project(volume, ds.quaternions, ds.image_size), params, 3.0)
+    np.testing.assert_allclose(ds.images("clean"), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    assert ds.pixel_size == 3.0
+    # The CTF has its own random stream: orientations stay those of the CTF-free dataset.
+    plain = read_dataset(simulate_dataset(config(volume_file), tmp_path / "plain.h5", progress=False))
+    np.testing.assert_array_equal(plain.quaternions, ds.quaternions)
+    assert plain.ctf == {} and plain.cache_key != ds.cache_key
+
+
+def test_ctf_copied_from_a_star_file(volume_file, tmp_path):
+    star = tmp_path / "p.star"
+    optics = pd.DataFrame(
+        {"rlnOpticsGroup": [1], "rlnImagePixelSize": [2.0], "rlnVoltage": [200.0], "rlnSphericalAberration": [2.0]}
+    )
+    optics["rlnAmplitudeContrast"] = 0.07
+    particles = pd.DataFrame({"rlnDefocusU": [11000.0, 12000.0, 13000.0], "rlnOpticsGroup": [1, 1, 1]})
+    starfile.write({"optics": optics, "particles": particles}, star)
+    path = simulate_dataset(config(volume_file, ctf={"from_star": str(star)}), tmp_path / "s.h5", progress=False)
+    ds = read_dataset(path)
+    assert set(ds.ctf["rlnDefocusU"]) <= {11000.0, 12000.0, 13000.0} and ds.pixel_size == 2.0
+    np.testing.assert_allclose(ds.ctf["rlnVoltage"], 200.0)
+    np.testing.assert_allclose(ds.ctf["rlnDefocusV"], ds.ctf["rlnDefocusU"])
+    with pytest.raises(ValueError, match="unknown ctf setting"):
+        config(volume_file, ctf={"defocus": 1.0})

@@ -2,7 +2,7 @@
 
 A :class:`Dataset` holds one stack of projections and what is known about them: orientations
 (quaternions, scalar-last, and the paper's ZYZ Euler angles) and in-plane shifts where known,
-per-image CTF parameters (none yet: simulated datasets have no CTF), the pixel size, the
+per-image CTF parameters by RELION column name (empty without a CTF), the pixel size, the
 configuration that made it and its provenance. Images are read from the file only when asked for
 (:meth:`Dataset.images`), so a dataset can be opened, checked and split without loading them.
 
@@ -275,6 +275,7 @@ def _read_hdf5(path: Path) -> Dataset:
                 f"{path}: {f['clean'].shape[0]} clean images of shape {f['clean'].shape[1:]} for {n} "
                 f"projections of {projections.shape[1:]}; simulate it again"
             )
+        ctf = {name: f["ctf"][name][()] for name in f["ctf"]} if "ctf" in f else {}
         attrs = dict(f.attrs)
     if n < 1:
         raise InputError(f"{path} holds no projections; simulate it again")
@@ -297,7 +298,7 @@ def _read_hdf5(path: Path) -> Dataset:
         quaternions=arrays["quaternions"],
         euler=arrays["euler"],
         shifts=arrays["shifts"],
-        ctf=MappingProxyType({}),
+        ctf=MappingProxyType(ctf),
         pixel_size=voxel if voxel > 0 else None,
         image_size=int(size),
         config=MappingProxyType(config),

@@ -1,6 +1,6 @@
 """Simulated cryo-EM datasets: projections, noise, shifts, standardisation, HDF5 files.
 
-The measurement model of the paper is ``p = S_t P_θ x + n`` (no CTF): the projection
+The measurement model of the paper is ``p = C_φ S_t P_θ x + n``, though its code had no CTF: the projection
 (:func:`project`, re-exported from :mod:`cryo_orient.tomography.projection`), an in-plane shift, and additive
 white Gaussian noise, followed by a global standardisation of the whole dataset.
 
@@ -12,6 +12,13 @@ Two orders are offered, because the paper's is not the physical one:
 ``shift_mode="subpixel"`` (realistic)
     the clean projection is moved by a real-valued shift (same triangular law, not truncated)
     with cubic-spline interpolation and zero fill (no wrap-around), then the noise is added.
+
+A CTF (``ctf``, a table of settings; RELION's convention, :mod:`cryo_orient.tomography.ctf`) is applied
+to each clean projection before the shift and the noise, with per-image defoci drawn uniformly
+from ``[defocus_min, defocus_max]`` Å (astigmatism ``|U − V| / 2`` uniform in ``[0, astigmatism]``
+at a uniform angle), or copied from the rows of a RELION STAR file (``from_star``: rows drawn
+with replacement). The clean projections stored are then the CTF-modulated ones, and the
+per-image parameters are stored beside them (``ctf/<rlnColumn>``).
 
 For 5j0n the clean projections have variance ≈ 1, so σ² = 16 is an SNR of 1/16 ≈ −12 dB. Noise
 can also be given as an SNR; the noise variance is then the signal variance (estimated on the
@@ -33,6 +40,7 @@ from tqdm.auto import tqdm
 
 from cryo_orient import __version__, data
 from cryo_orient.artifacts import atomic_output, git_commit
+from cryo_orient.data import relion
 from cryo_orient.geometry import rotations
 from cryo_orient.simulation.noise import (
     SHIFT_MODES,
@@ -42,8 +50,9 @@ from cryo_orient.simulation.noise import (
     shift_images,
     standardize,
 )
+from cryo_orient.tomography.ctf import CTFParams, apply_ctf
 from cryo_orient.tomography.projection import BACKENDS, default_size, project, resolve_backend
-from cryo_orient.validation import Settings
+from cryo_orient.validation import InputError, Settings
 
 __all__ = [
     "project",
@@ -96,6 +105,12 @@ class SimulationConfig(Settings):
         Also store the noiseless, unshifted projections (for reconstruction experiments).
     backend : {"auto", "nufft", "astra"}
     seed : int
+    ctf : dict or None
+        None: no CTF (the paper's). Else the settings of :func:`ctf_parameters`:
+        ``defocus_min``, ``defocus_max`` (Å), ``astigmatism`` (Å), ``voltage`` (kV),
+        ``spherical_aberration`` (mm), ``amplitude_contrast``, ``phase_shift`` (degrees),
+        ``bfactor`` (Å²), ``pixel_size`` (Å; default the map's voxel size) and ``from_star`` (a
+        STAR file whose rows' CTFs to copy, in place of the defocus range).
     """
 
     _unknown_keys = "simulation config key(s)"
@@ -115,6 +130,7 @@ class SimulationConfig(Settings):
     store_clean: bool = False
     backend: str = "nufft"
     seed: int = 0
+    ctf: dict | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "coverage", tuple(float(c) for c in self.coverage))
@@ -145,6 +161,13 @@ class SimulationConfig(Settings):
             problems.append(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             problems.append(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.ctf is not None:
+            if not isinstance(self.ctf, dict):
+                problems.append(f"ctf must be a table of settings or None, got {self.ctf!r}")
+            else:
+                unknown = sorted(set(self.ctf) - set(CTF_SETTINGS))
+                if unknown:
+                    problems.append(f"unknown ctf setting(s) {unknown}; the settings are {sorted(CTF_SETTINGS)}")
         if problems:
             raise ValueError("invalid simulation config: " + "; ".join(problems))
 
@@ -165,9 +188,73 @@ def volume_source(config: SimulationConfig):
     return volume, voxel_size, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+#: Settings of a simulated CTF and their defaults (``pixel_size`` None: the map's voxel size).
+CTF_SETTINGS = {
+    "defocus_min": 10000.0,
+    "defocus_max": 25000.0,
+    "astigmatism": 0.0,
+    "voltage": 300.0,
+    "spherical_aberration": 2.7,
+    "amplitude_contrast": 0.1,
+    "phase_shift": 0.0,
+    "bfactor": 0.0,
+    "pixel_size": None,
+    "from_star": None,
+}
+
+
+def ctf_parameters(settings: dict, n: int, voxel_size, rng) -> tuple[CTFParams, float]:
+    """Per-image CTF parameters of a simulation and the pixel size they are meant for.
+
+    ``settings`` are :data:`CTF_SETTINGS` (missing ones take the defaults). With ``from_star``,
+    ``n`` rows of that file's CTF columns are drawn with replacement (and its pixel size is used
+    unless ``pixel_size`` is given); else defoci are uniform in ``[defocus_min, defocus_max]``.
+    """
+    settings = {**CTF_SETTINGS, **settings}
+    rng = np.random.default_rng(rng)
+    if settings["from_star"] is not None:
+        table = relion.read_particle_table(settings["from_star"])
+        columns = table.ctf_columns()
+        if not columns:
+            raise InputError(f"{settings['from_star']} has no CTF columns (rlnDefocusU) to copy; give a defocus range")
+        rows = rng.integers(0, len(table), size=n)
+        params = CTFParams.from_columns({k: v[rows] for k, v in columns.items()}, n)
+        pixel = settings["pixel_size"] or float(np.median(table.pixel_size))
+        return params, float(pixel)
+    low, high = float(settings["defocus_min"]), float(settings["defocus_max"])
+    if not 0 < low <= high:
+        raise InputError(f"the ctf defocus range must have 0 < defocus_min <= defocus_max Å, got [{low}, {high}]")
+    pixel = settings["pixel_size"] or voxel_size
+    if not pixel or pixel <= 0:
+        raise InputError("the map has no voxel size, which a CTF needs; set ctf.pixel_size (Å)")
+    mean = rng.uniform(low, high, n)
+    half = rng.uniform(0.0, float(settings["astigmatism"]), n)
+    angle = rng.uniform(0.0, 180.0, n)
+    params = CTFParams.from_columns(
+        {
+            "rlnDefocusU": mean + half,
+            "rlnDefocusV": mean - half,
+            "rlnDefocusAngle": angle,
+            "rlnVoltage": settings["voltage"],
+            "rlnSphericalAberration": settings["spherical_aberration"],
+            "rlnAmplitudeContrast": settings["amplitude_contrast"],
+            "rlnPhaseShift": settings["phase_shift"],
+            "rlnCtfBfactor": settings["bfactor"],
+        },
+        n,
+    )
+    return params, float(pixel)
+
+
 def cache_key(config: SimulationConfig, volume_fingerprint: str) -> str:
     """Hash of everything that determines the dataset's content."""
-    payload = {"format": FORMAT_VERSION, "config": config.to_dict(), "volume_sha256": volume_fingerprint}
+    settings = config.to_dict()
+    if settings.get("ctf") is None:
+        settings.pop("ctf", None)  # datasets without a CTF keep the keys they had before it existed
+    elif settings["ctf"].get("from_star"):
+        star = Path(settings["ctf"]["from_star"])
+        settings["ctf"] = {**settings["ctf"], "from_star_sha256": hashlib.sha256(star.read_bytes()).hexdigest()}
+    payload = {"format": FORMAT_VERSION, "config": settings, "volume_sha256": volume_fingerprint}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -215,16 +302,18 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
 
     Notes
     -----
-    Random streams: orientations, shifts and noise each come from their own child of
+    Random streams: orientations, shifts, noise and CTF each come from their own child of
     ``numpy.random.SeedSequence(seed)``, so two datasets with the same seed share orientations
     (and shifts) whatever their noise, and the output does not depend on ``chunk_size``.
 
     Layout: ``projections`` (P, size, size) float32, ``quaternions`` (P, 4) scalar-last,
     ``euler`` (P, 3) as (theta3, theta2, theta1), ``shifts`` (P, 2) as (dy, dx) pixels, optional
-    ``clean`` (P, size, size); attributes ``config`` (JSON), ``cache_key``, ``provenance`` (JSON:
-    package version, git commit, seed, UTC time, host), ``noise_variance``, ``signal_variance``,
+    ``clean`` (P, size, size), with a CTF ``ctf/<rlnColumn>`` (P,) per parameter; attributes
+    ``config`` (JSON), ``cache_key``, ``provenance`` (JSON: package version, git commit, seed,
+    UTC time, host), ``noise_variance``, ``signal_variance``,
     ``standardization_mean``/``_std`` (the raw image is ``projection * std + mean``),
-    ``voxel_size``, ``volume_sha256``, ``volume_shape``.
+    ``voxel_size`` (with a CTF, the pixel size it was computed for), ``volume_sha256``,
+    ``volume_shape``.
     """
     if isinstance(config, dict):
         config = SimulationConfig.from_dict(config)
@@ -241,14 +330,21 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
     backend = resolve_backend(config.backend)
     size = config.size or default_size(volume.shape)
     n = config.n_projections
-    orient_ss, shift_ss, noise_ss = np.random.SeedSequence(config.seed).spawn(3)
+    # A fourth stream for the CTF leaves the first three (and so every CTF-free dataset) as they were.
+    orient_ss, shift_ss, noise_ss, ctf_ss = np.random.SeedSequence(config.seed).spawn(4)
     quaternions = _sample(config, np.random.default_rng(orient_ss))
     euler = rotations.quaternion_to_euler(quaternions)
     shifts = random_shifts(n, config.shift_limit, config.shift_mode, np.random.default_rng(shift_ss))
     noise_rng = np.random.default_rng(noise_ss)
+    ctf = None
+    if config.ctf is not None:
+        ctf, voxel_size = ctf_parameters(config.ctf, n, voxel_size, ctf_ss)
 
     def clean_chunk(sl):
-        return project(volume, quaternions[sl], size, backend).astype(np.float32)
+        images = project(volume, quaternions[sl], size, backend)
+        if ctf is not None:
+            images = apply_ctf(images, ctf.subset(sl), voxel_size)
+        return images.astype(np.float32)
 
     # The signal variance is measured on a fixed set (the first 512 projections), so it does
     # not depend on chunk_size and is recorded even when the noise is given as a variance.
@@ -308,6 +404,9 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
             f.create_dataset("quaternions", data=quaternions)
             f.create_dataset("euler", data=euler)
             f.create_dataset("shifts", data=shifts)
+            if ctf is not None:
+                for column, values in ctf.to_columns().items():
+                    f.create_dataset(f"ctf/{column}", data=values)
             f.attrs.update(
                 {
                     "config": json.dumps(config.to_dict(), sort_keys=True),
