@@ -19,7 +19,7 @@ from cryo_orient.estimation import siamese
 from cryo_orient.simulation import simulate
 from cryo_orient.tomography import fsc, projection, reconstruct
 from cryo_orient.validation import CryoOrientError
-from cryo_orient.workflow import pipeline, report
+from cryo_orient.workflow import orient, pipeline, report
 from cryo_orient.workflow.profiles import OPTIONAL_TARGETS, load_profile, merge_settings
 
 
@@ -212,6 +212,28 @@ def _cmd_run(args) -> int:
     print(
         f"{args.out}: E_OR median {summary['E_OR_median']:.3f} rad, mean {summary['E_OR_mean']:.3f} rad; "
         f"{len(written)} maps and STAR files, summary.json"
+    )
+    return 0
+
+
+def _cmd_orient(args) -> int:
+    options = {
+        "n_train": args.n_train,
+        "epochs": args.epochs,
+        "n_features": args.n_features,
+        "ctf_correction": args.ctf_correction,
+        "invert_contrast": args.invert_contrast,
+    }
+    settings = _config_values(args) | {k: v for k, v in options.items() if v is not None}
+    orient.orient(
+        args.particles,
+        args.reference,
+        args.out,
+        config=orient.OrientConfig.from_dict(settings),
+        angpix=args.angpix,
+        reference_angpix=args.reference_angpix,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
     )
     return 0
 
@@ -414,6 +436,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="where stages are cached (default OUT/cache)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
+
+    ori = sub.add_parser(
+        "orient",
+        help="orientations and a map for a RELION particle stack (STAR + MRCS, with CTF), given a reference map",
+    )
+    ori.add_argument("particles", help="a RELION 3.0-5 particle STAR file")
+    ori.add_argument("--reference", required=True, help="an MRC map of the particle (resampled to the stack)")
+    ori.add_argument("--out", required=True, help="folder for particles.star, map.mrc and orient.json")
+    ori.add_argument("--angpix", type=float, help="the stack's pixel size in Å (default: the STAR file's)")
+    ori.add_argument("--reference-angpix", type=float, help="the reference's voxel size in Å (default: its header's)")
+    ori.add_argument("--n-train", type=int, help="simulated training images (default 5000)")
+    ori.add_argument("--epochs", type=int, help="training epochs (default 30)")
+    ori.add_argument("--n-features", type=int, help="the estimator's feature vector length (default 256)")
+    ori.add_argument("--ctf-correction", choices=orient.CORRECTIONS, help="of the estimator's input (phase_flip)")
+    ori.add_argument(
+        "--invert-contrast", choices=("auto", "yes", "no"), help="negate the images (auto: decided from the stack)"
+    )
+    _settings_options(ori, "OrientConfig (a table of its settings)", "--set n_anchors=300")
+    ori.add_argument("--cache-dir", help="where stages are cached (default OUT/cache)")
+    ori.add_argument("--quiet", action="store_true", help="no progress bars")
+    ori.set_defaults(func=_cmd_orient)
     return parser
 
 

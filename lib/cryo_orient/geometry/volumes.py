@@ -1,4 +1,5 @@
-"""Moving volumes rigidly: resampling under a rotation or reflection, and rigid alignment.
+"""Moving volumes rigidly (resampling under a rotation or reflection, rigid alignment), and
+resampling a map to another voxel size and box.
 
 Coordinates are ``(x, y, z)`` vectors about the voxel ``n // 2`` of each axis, as in
 :mod:`cryo_orient.tomography.projection`; arrays are indexed ``[z, y, x]``.
@@ -12,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from cryo_orient.geometry import rotations
 
-__all__ = ["transform_volume", "refine_alignment", "correlation"]
+__all__ = ["transform_volume", "refine_alignment", "correlation", "resample_volume"]
 
 
 def _check_matrix(matrix):
@@ -84,3 +85,53 @@ def refine_alignment(volume, reference, matrix, *, max_iter=200):
     if -res.fun <= start:
         return M0, start
     return moved(res.x), -float(res.fun)
+
+
+def resample_volume(volume, voxel_size, new_voxel_size, box) -> np.ndarray:
+    """A cubic map resampled to another voxel size, on a ``box``³ grid with the same centre.
+
+    Parameters
+    ----------
+    volume : array_like, shape (n, n, n)
+        The map, indexed ``[z, y, x]``, centre at voxel ``n // 2``. Not modified.
+    voxel_size, new_voxel_size : float
+        Å per voxel of the map and of the result.
+    box : int
+        Side of the result; the map is cropped or zero-padded about its centre.
+
+    Returns
+    -------
+    ndarray, shape (box, box, box), float64
+
+    Notes
+    -----
+    A coarser grid is first low-passed in Fourier space at its Nyquist frequency (a sharp
+    spherical cut), so that it does not alias; the values are then cubic-spline interpolated
+    at the new voxel centres. Equal voxel sizes only crop or pad.
+    """
+    v = np.asarray(volume, dtype=np.float64)
+    if v.ndim != 3 or len(set(v.shape)) != 1:
+        raise ValueError(f"the map must be a cubic 3-D array, got shape {v.shape}; pad it to a cube first")
+    if not (np.isfinite(voxel_size) and voxel_size > 0 and np.isfinite(new_voxel_size) and new_voxel_size > 0):
+        raise ValueError(f"voxel sizes must be positive, got {voxel_size!r} and {new_voxel_size!r} Å")
+    box = int(box)
+    if box < 1:
+        raise ValueError(f"box must be a positive integer, got {box!r}")
+    n = v.shape[0]
+    scale = new_voxel_size / voxel_size  # old voxels per new voxel
+    if np.isclose(scale, 1.0, rtol=1e-6, atol=0):
+        out = np.zeros((box,) * 3)
+        lo_in, lo_out = max(n // 2 - box // 2, 0), max(box // 2 - n // 2, 0)
+        m = min(n, box)
+        out[lo_out : lo_out + m, lo_out : lo_out + m, lo_out : lo_out + m] = v[
+            lo_in : lo_in + m, lo_in : lo_in + m, lo_in : lo_in + m
+        ]
+        return out
+    if scale > 1:  # coarser: remove what the new grid cannot hold
+        k = np.fft.fftfreq(n)
+        kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
+        keep = np.sqrt(kz**2 + ky**2 + kx**2) <= 0.5 / scale
+        v = np.fft.ifftn(np.fft.fftn(v) * keep).real
+    r = (np.arange(box) - box // 2) * scale + n // 2
+    z, y, x = np.meshgrid(r, r, r, indexing="ij")
+    return ndimage.map_coordinates(v, [z, y, x], order=3, mode="constant", cval=0.0)

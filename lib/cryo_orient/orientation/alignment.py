@@ -115,7 +115,9 @@ from cryo_orient.geometry import rotations
 
 __all__ = [
     "Alignment",
+    "RigidAlignment",
     "align",
+    "align_rigid",
     "apply_transform",
     "factors_of_transform",
     "orientation_errors",
@@ -701,3 +703,77 @@ def summary(alignment):
         "mean_error_proper_branch_rad": float(a.branch_mean_errors[0]),
         "mean_error_reflected_branch_rad": float(a.branch_mean_errors[1]),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# The physical alignment: a rotation of the particle and its handedness only
+# --------------------------------------------------------------------------------------------
+
+# q -> k q k with k = (0, 0, 1, 0): R -> J R J, the orientations of the mirrored particle.
+_MIRROR_K = np.array([0.0, 0.0, 1.0, 0.0])
+
+
+@dataclass(frozen=True, eq=False)
+class RigidAlignment:
+    """Result of :func:`align_rigid`; angles in radians unless ``_deg``.
+
+    Attributes
+    ----------
+    aligned : ndarray, shape (n, 4)
+        ``mirror(q_est) · right`` (canonical): the estimate in the frame of ``q_true``.
+    right : ndarray, shape (4,)
+        The rotation of the particle (the right factor), canonical.
+    mirrored : bool
+        Whether the estimate is of the mirrored particle (``q -> k q k``).
+    errors : ndarray, shape (n,)
+        ``d_q(q_true_i, aligned_i)``.
+    """
+
+    aligned: np.ndarray
+    right: np.ndarray
+    mirrored: bool
+    errors: np.ndarray
+
+    median_error = _statistic(np.median, "errors")
+    mean_error = _statistic(np.mean, "errors")
+    median_error_deg = _statistic(np.median, "errors", degrees=True)
+    mean_error_deg = _statistic(np.mean, "errors", degrees=True)
+
+
+def align_rigid(q_true, q_est, *, max_iter=50) -> RigidAlignment:
+    """Align orientations by what a reconstruction cannot tell: a rotation of the particle and its hand.
+
+    Unlike :func:`align` (all of O(4), the paper's E_OR), this allows only ``R_i -> R_i G`` (the
+    map rotated by ``G``) and the mirror ``R_i -> J R_i J`` (the map's handedness), the two
+    ambiguities of orientations estimated from images alone (see the module notes). So a wrong
+    Euler convention or a transposed rotation is not forgiven here.
+
+    ``G`` starts from the orthogonal Procrustes solution of ``Σ R_estᵀ R_true`` and is polished by
+    re-weighting away outliers (pairs more than 3 median errors off); the mirror is the one
+    with the lower median error.
+    """
+    q, q_hat = _as_pair(q_true, q_est)
+    R_true = rotations.quaternion_to_matrix(q)
+    best = None
+    for mirrored in (False, True):
+        est = rotations.multiply(rotations.multiply(_MIRROR_K, q_hat), _MIRROR_K) if mirrored else q_hat
+        R_est = rotations.quaternion_to_matrix(est)
+        weights = np.ones(len(q))
+        for _ in range(max_iter):
+            M = np.einsum("n,nji,njk->ik", weights, R_est, R_true)  # Σ w R_estᵀ R_true
+            U, _, Vt = np.linalg.svd(M)
+            G = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+            aligned = rotations.canonical(rotations.multiply(est, rotations.matrix_to_quaternion(G)))
+            errors = rotations.distance(q, aligned)
+            new = (errors <= 3 * np.median(errors) + 1e-12).astype(float)
+            if np.array_equal(new, weights):
+                break
+            weights = new
+        if best is None or np.median(errors) < np.median(best.errors):
+            best = RigidAlignment(
+                aligned=_read_only(aligned),
+                right=_read_only(rotations.canonical(rotations.matrix_to_quaternion(G))),
+                mirrored=mirrored,
+                errors=_read_only(errors),
+            )
+    return best

@@ -1,0 +1,89 @@
+"""Orientations for a foreign particle stack: matching it, shifts, CTF-corrected views, `cryo-orient orient`."""
+
+import numpy as np
+import pytest
+
+from cryo_orient.data import read_particles
+from cryo_orient.geometry import rotations
+from cryo_orient.orientation.alignment import align_rigid
+from cryo_orient.orientation.shifts import center_images, estimate_shifts
+from cryo_orient.simulation.matching import match_stack
+from cryo_orient.tomography.ctf import phase_flip
+from cryo_orient.tomography.projection import project
+from cryo_orient.validation import InputError
+from cryo_orient.workflow.orient import OrientConfig, corrected
+from stacks import make_stack, small_map
+
+
+@pytest.fixture(scope="module")
+def reference(data_mirror):
+    if not (data_mirror / "aspire-70s-ctf" / "map48.mrc").is_file():
+        pytest.skip("no aspire-70s-ctf/map48.mrc in the data mirror")
+    return small_map(data_mirror, 32)
+
+
+def test_shifts_found_by_cross_correlation(reference):
+    volume, pixel = reference
+    rng = np.random.default_rng(0)
+    refs = project(volume, rotations.uniform_so3(20, rng=1), 32, "nufft")
+    truth = rng.uniform(-4, 4, (20, 2))
+    images = center_images(refs, -truth) + rng.normal(0, 0.2 * refs.std(), refs.shape)
+    found, scores = estimate_shifts(images, refs, max_shift=6)
+    assert np.abs(found - truth).max() < 0.3 and scores.min() > 0.5
+    # Moving back and forth is exact but for the Nyquist row and column of even sizes (their phase
+    # ramp is not Hermitian, so the real part drops half of it).
+    back = center_images(center_images(refs, truth), -truth)
+    assert np.abs(back - refs).max() < 0.02 * np.abs(refs).max()
+    # a search radius below the true offset cannot find it
+    small, _ = estimate_shifts(images, refs, max_shift=1)
+    assert np.hypot(*small.T).max() <= 1.0 + 1e-9
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_match_stack_measures_contrast_noise_and_offsets(tmp_path, reference, invert):
+    volume, pixel = reference
+    truth = make_stack(tmp_path, volume, pixel, n=400, snr=0.3, shift_sigma=2.0, invert=invert)
+    stack = read_particles(truth["star"])
+    model = match_stack(stack, volume, rng=0, n_images=400)
+    assert model.invert is invert
+    assert abs(model.contrast_correlation) > 0.5
+    assert model.noise_variance == pytest.approx(truth["noise_variance"], rel=0.1)
+    assert model.signal_scale == pytest.approx(1.0, rel=0.25)
+    assert model.shift_sigma == pytest.approx(2.0, abs=0.5)
+    forced = match_stack(stack, volume, rng=0, n_images=100, invert="no")
+    assert forced.invert is False and forced.invert_choice == "no"
+    with pytest.raises(InputError, match="reference must be a 32³ map"):
+        match_stack(stack, volume[:-1], rng=0)
+
+
+def test_corrected_view_flips_and_inverts(tmp_path, reference):
+    volume, pixel = reference
+    truth = make_stack(tmp_path, volume, pixel, n=20, invert=True)
+    stack = read_particles(truth["star"])
+    view = corrected(stack, "phase_flip", invert=True)
+    raw = stack.images("raw", index=[3, 7])
+    np.testing.assert_allclose(
+        view.images("raw", index=[3, 7]), phase_flip(-raw, truth["params"].subset([3, 7]), pixel), rtol=1e-4, atol=1e-5
+    )
+    assert view.cache_key != stack.cache_key and view.standardization[0] == -stack.standardization[0]
+    assert corrected(stack, "none") is stack
+
+
+def test_orient_config_checks():
+    with pytest.raises(InputError, match="ctf_correction must be one of"):
+        OrientConfig(ctf_correction="flip")
+    with pytest.raises(InputError, match="n_train must be a positive integer"):
+        OrientConfig(n_train=True)
+    with pytest.raises(InputError, match="unknown orient setting"):
+        OrientConfig.from_dict({"epoch": 3})
+
+
+def test_rigid_alignment_forgives_rotation_and_hand_only():
+    q = rotations.uniform_so3(200, rng=0)
+    g = rotations.uniform_so3(1, rng=1)[0]
+    k = np.array([0.0, 0.0, 1.0, 0.0])
+    mirrored = rotations.multiply(rotations.multiply(k, rotations.multiply(q, g)), k)
+    fit = align_rigid(q, mirrored)
+    assert fit.mirrored and fit.median_error_deg < 1e-6
+    assert align_rigid(q, rotations.conjugate(q)).median_error_deg > 30  # R -> Rᵀ: a wrong convention
+    assert align_rigid(q, rotations.multiply(g, q)).median_error_deg > 30  # a left factor is not physical
