@@ -49,11 +49,13 @@ LABEL org.opencontainers.image.title="cryo-orient" \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # make runs everything; git is how the library records the commit in provenance (where a .git exists).
-# Versions are not pinned: bookworm's security updates replace old versions in the archive, so
+# RELION 3.1.3 (bookworm's package, with OpenMPI's mpirun) is the field's reference that tests of
+# the STAR and CTF code and `cryo-orient orient` are checked against; the same packages as the
+# native install (README, .ci/run). Versions are not pinned: bookworm's security updates replace old versions in the archive, so
 # pinned versions break the build within months; the base image tag fixes the Debian release.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git make \
+ && apt-get install -y --no-install-recommends git make relion openmpi-bin \
  && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --gid "${CRYO_GID}" cryo \
