@@ -35,7 +35,7 @@ IMPLEMENTED := figure-1 figure-2 figure-3 figure-4 figure-5 figure-6 figure-7 fi
 
 # Read the profile only for goals that need it: write build/<profile>/params/*.json (rewritten
 # only when their content changes) and build/<profile>/profile.mk (targets and dependencies).
-PROFILE_GOALS := $(filter-out help install lock clean clean-all lint test test-unit smoke bench,$(or $(MAKECMDGOALS),help))
+PROFILE_GOALS := $(filter-out help install lock clean clean-all lint test test-unit smoke bench foreign-stack,$(or $(MAKECMDGOALS),help))
 ifneq ($(PROFILE_GOALS),)
   $(shell $(PYTHON) lib/cryo_orient/workflow/profiles.py sync $(PROFILE) >&2)
   ifneq ($(.SHELLSTATUS),0)
@@ -44,7 +44,8 @@ ifneq ($(PROFILE_GOALS),)
   include $(BUILD)/profile.mk
 endif
 
-.PHONY: help install lock reproduce report simulate test test-unit smoke lint bench compare clean clean-all \
+.PHONY: help install lock reproduce report simulate test test-unit smoke lint bench compare foreign foreign-stack \
+        clean clean-all \
         $(IMPLEMENTED)
 
 help: ## List the targets
@@ -163,6 +164,16 @@ compare: $(BUILD)/notebooks/compare.ipynb ## Optional: vs common lines (ASPIRE s
 
 $(BUILD)/notebooks/compare.ipynb: $(COMPARE_VENV)/.installed experiments/compare/aspire_orientations.py \
                                   experiments/compare/aspire_convention.py experiments/compare/aspire_runner.py
+
+# Optional, beyond the paper: `cryo-orient orient` on a particle stack another program wrote (the
+# ASPIRE 70S stack of the data mirror by default; `make foreign-stack` writes one of the same kind
+# with RELION's own projector into data/foreign/ for machines without the mirror).
+foreign: $(BUILD)/notebooks/foreign.ipynb ## Optional: orient on a RELION-format stack with CTF (errors, FSC, sections, time)
+	$(BIN)/cryo-orient report --profile $(PROFILE)
+	@echo "foreign -> $(FIG_DIR)/foreign.png, foreign.json, REPORT.md"
+
+foreign-stack: $(STAMP) ## Write a 70S stack like the mirror's ASPIRE one with relion_project into data/foreign/
+	$(BIN)/python experiments/foreign/make_stack.py --out data/foreign/aspire-70s-ctf
 
 clean: ## Remove build/ and the tiny profile's outputs (keeps downloads and venv)
 	rm -rf build figures/tiny data/simulated/tiny

@@ -508,6 +508,11 @@ class ParticleTable:
     def __len__(self) -> int:
         return len(self.particles)
 
+    def subset(self, rows) -> ParticleTable:
+        """The table of the particles at positions ``rows`` (written back, only their rows are)."""
+        rows = np.asarray(rows, dtype=int)
+        return dataclasses.replace(self, particles=self.particles.iloc[rows], pixel_size=self.pixel_size[rows])
+
     def _numbers(self, columns, what) -> np.ndarray:
         return _numbers(self.path, self.particles, columns, what)
 
@@ -811,7 +816,8 @@ def write_particles(path, table: ParticleTable, *, quaternions=None, shifts=None
         raise InputError(f"a RELION STAR file must end in .star, got {path.name!r}")
     n = len(table)
     tables = _read_tables(table.path, as_text=True)
-    text = (tables["particles"] if table.version == "3.1" else tables[next(k for k in tables if k != "optics")]).copy()
+    text = tables["particles"] if table.version == "3.1" else tables[next(k for k in tables if k != "optics")]
+    text = text.loc[table.particles.index].reset_index(drop=True)  # the rows of a subset only
     if quaternions is not None:
         q = _quaternions(quaternions)
         if q.shape != (n, 4):
