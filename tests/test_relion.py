@@ -262,8 +262,8 @@ def test_star_pointing_at_an_existing_stack(tmp_path):
         write_star(tmp_path / "x.star", q, pixel_size=2.0, image_size=8, image_stack=tmp_path / "none.mrcs")
 
 
-def test_reads_a_real_relion31_file():
-    got = read_star("/work/shared/data/relion31.star")
+def test_reads_a_real_relion31_file(data_mirror):
+    got = read_star(data_mirror / "relion31.star")
     assert len(got["quaternions"]) == len(got["angles"]) == 5
     np.testing.assert_allclose(got["angles"][0], [-102.30296, 82.318041, 124.706463])
     np.testing.assert_allclose(got["origins_angstrom"][0], [0.019324, -0.64686])
