@@ -39,9 +39,11 @@ import json
 import os
 import platform
 import time
+import warnings
 from pathlib import Path
 from types import MappingProxyType
 
+import mrcfile
 import numpy as np
 
 from cryo_orient import __version__
@@ -362,7 +364,11 @@ STAGES = [
 
 
 def _reference(path, stack: Dataset, reference_angpix=None) -> tuple[np.ndarray, float]:
-    volume, voxel = load_volume(path)
+    with warnings.catch_warnings():  # a header without a voxel size is an error here, below
+        warnings.simplefilter("ignore", UserWarning)
+        volume, _ = load_volume(path)
+    with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+        voxel = float(mrc.voxel_size.x)
     if reference_angpix is not None:
         voxel = float(reference_angpix)
     if len(set(volume.shape)) != 1:
