@@ -196,6 +196,16 @@ def _timed(name, compute):
     return run
 
 
+def _said(name):
+    """The line a stage says when done: its time, or that it came from the cache."""
+
+    def line(ctx, result):
+        seconds = ctx["seconds"].get(name)
+        return f"  {name}: {'cached' if seconds is None else f'{seconds:.0f} s'}"
+
+    return line
+
+
 def _model(ctx) -> dict:
     model = match_stack(
         ctx["stack"],
@@ -341,22 +351,35 @@ def _key(*names):
 
 
 STAGES = [
-    Stage("model", ("stack", "reference", "config"), _timed("match", _model), key=_key("stack", "reference")),
+    Stage(
+        "model",
+        ("stack", "reference", "config"),
+        _timed("match", _model),
+        key=_key("stack", "reference"),
+        log=_said("match"),
+    ),
     Stage("stack_model", ("model",), _stack_model),
-    Stage("training_set", ("stack_model", "config"), _timed("simulate", _training_set)),
+    Stage("training_set", ("stack_model", "config"), _timed("simulate", _training_set), log=_said("simulate")),
     Stage("views", ("training_set", "stack"), _views),
-    Stage("estimator", ("views",), _timed("train", _estimator)),
+    Stage("estimator", ("views",), _timed("train", _estimator), log=_said("train")),
     Stage("anchor_index", ("views",), _anchor_index),
     Stage(
         "features",
         ("estimator", "views"),
         _timed("embed", _features),
         key=lambda ctx: (ctx["estimator"].key, ctx["views"]["stack"].cache_key, ctx["anchor_index"]),
+        log=_said("embed"),
     ),
-    Stage("recovery", ("features",), _timed("recover", _recovery), key=_key("features")),
-    Stage("gauge", ("recovery", "training_set"), _timed("gauge", _gauge)),
-    Stage("shifts", ("gauge",), _timed("shifts", _shifts), key=_key("recovery", "stack", "reference")),
-    Stage("volume", ("shifts",), _timed("reconstruct", _volume), key=_key("shifts")),
+    Stage("recovery", ("features",), _timed("recover", _recovery), key=_key("features"), log=_said("recover")),
+    Stage("gauge", ("recovery", "training_set"), _timed("gauge", _gauge), log=_said("gauge")),
+    Stage(
+        "shifts",
+        ("gauge",),
+        _timed("shifts", _shifts),
+        key=_key("recovery", "stack", "reference"),
+        log=_said("shifts"),
+    ),
+    Stage("volume", ("shifts",), _timed("reconstruct", _volume), key=_key("shifts"), log=_said("reconstruct")),
 ]
 
 
@@ -452,7 +475,7 @@ def orient(
         "seconds": {},
         "keys": {"stack": stack.cache_key, "reference": digest(volume)},
     }
-    ctx = run_stages(STAGES, ctx, StageCache(cache_dir / "stages"), log=None)
+    ctx = run_stages(STAGES, ctx, StageCache(cache_dir / "stages"), log=log)
     model = ctx["stack_model"]
     log(
         f"  stack: contrast {'inverted' if model.invert else 'as RELION'} ({model.invert_choice}, correlation "
