@@ -48,7 +48,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import time
 from pathlib import Path
 
@@ -57,7 +56,7 @@ from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from cryo_orient import validation
-from cryo_orient.artifacts import jsonable, save_text
+from cryo_orient.artifacts import atomic_output, jsonable, save_text
 from cryo_orient.data.dataset import Dataset
 from cryo_orient.estimation.base import DistanceEstimator, register
 from cryo_orient.geometry import rotations
@@ -610,11 +609,9 @@ def _read_history(path):
 
 
 def _save_model(model, path):
-    # Keras insists on the ".keras" suffix, so the temporary name keeps it.
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    # Keras insists on the ".keras" suffix, so the (unique) temporary name keeps it.
+    with atomic_output(path, suffix=".keras") as tmp:
+        model.save(tmp)
 
 
 def _validation_metrics(encoder, images, q, pairs, kind, batch_size):
