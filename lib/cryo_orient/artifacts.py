@@ -129,8 +129,25 @@ def atomic_output(path, *, suffix: str = "", directory: bool = False):
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as err:
+        if _disk_full(err):
+            # Libraries (HDF5, zip) report a full disk without naming the file: name it here.
+            raise OSError(errno.ENOSPC, "no space left on the device while writing it", str(path)) from err
+        raise
     finally:
         _remove(tmp)
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it chains) says the disk or the quota is full."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(err)
+        if "No space left" in text or "errno = 28" in text or "Disk quota exceeded" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def ensure_folder(folder) -> Path:
