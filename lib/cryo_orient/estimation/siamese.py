@@ -48,7 +48,11 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
+import re
+import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +60,12 @@ from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from cryo_orient import validation
-from cryo_orient.artifacts import atomic_output, jsonable, save_text
+from cryo_orient.artifacts import atomic_output, ensure_folder, file_lock, jsonable, save_text, sweep_stale_temporaries
 from cryo_orient.data.dataset import Dataset
 from cryo_orient.estimation.base import DistanceEstimator, register
 from cryo_orient.geometry import rotations
 from cryo_orient.simulation.noise import Perturbation
-from cryo_orient.validation import InputError, Settings, as_rng
+from cryo_orient.validation import DataError, InputError, RunError, Settings, as_rng
 
 __all__ = [
     "FILTERS",
@@ -584,27 +588,143 @@ def _seed_everything(seed):
 HISTORY_FIELDS = ("epoch", "loss", "val_mae", "val_mse", "val_rms", "seconds", "pairs_seen", "images_seen")
 
 
-def _checkpoint_name(config):
-    """What is fitted is the Siamese model itself, except in the batch regime (its encoder)."""
-    return "encoder.keras" if config.regime == "batch" else "model.keras"
+#: A checkpoint is a folder ``checkpoint-<epoch>`` of a run folder, written whole under a
+#: temporary name and renamed once: ``fit.keras`` (what is fitted, with its optimizer state: the
+#: Siamese model, or its encoder in the batch regime), ``history.csv`` and ``state.json`` (epoch,
+#: stop reason, the global RNG states). Only the newest is kept.
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_FIT_NAME = "fit.keras"
 
 
-def _write_history(history, path):
+def _latest_checkpoint(out_dir: Path) -> Path | None:
+    found = []
+    for entry in os.scandir(out_dir):
+        match = _CHECKPOINT_RE.match(entry.name)
+        if match and entry.is_dir():
+            found.append((int(match[1]), Path(entry.path)))
+    return max(found)[1] if found else None
+
+
+def _rng_state() -> dict:
+    import random  # noqa: PLC0415
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
+
+
+def _restore_rng_state(state: dict) -> None:
+    import random  # noqa: PLC0415
+
+    kind, keys, pos, has_gauss, cached = state["rng"]["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["rng"]["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _write_checkpoint(out_dir: Path, epoch: int, fit_model, history, stop_reason, finished) -> Path:
+    target = out_dir / f"checkpoint-{epoch:06d}"
+    older = [p for p in out_dir.glob("checkpoint-*") if _CHECKPOINT_RE.match(p.name) and p != target]
+    with atomic_output(target, directory=True) as tmp:
+        fit_model.save(tmp / _FIT_NAME)
+        _write_history(history, tmp / "history.csv")
+        state = {"epoch": epoch, "stop_reason": stop_reason, "finished": bool(finished), "rng": _rng_state()}
+        (tmp / "state.json").write_text(json.dumps(state) + "\n")
+    for path in older:
+        shutil.rmtree(path, ignore_errors=True)
+    return target
+
+
+def _read_checkpoint_state(checkpoint: Path):
+    try:
+        state = json.loads((checkpoint / "state.json").read_text())
+        history = _read_history(checkpoint / "history.csv")
+        if state["epoch"] != len(history["epoch"]):
+            raise ValueError(f"state.json says epoch {state['epoch']}, history.csv has {len(history['epoch'])}")
+        state["stop_reason"], state["finished"], state["rng"]  # noqa: B018 (all present)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(
+            f"checkpoint {checkpoint} is damaged ({type(err).__name__}: {err}); delete that folder to resume "
+            "from scratch"
+        ) from None
+    return history, state
+
+
+def _export(out_dir: Path, model, history) -> None:
+    """The user's copies of the newest checkpoint: ``model.keras`` (the Siamese model) and
+    ``history.csv``, written in that order, so a history that matches means a model that does."""
+    buf = _history_text(history)
+    current = out_dir / "history.csv"
+    if (out_dir / "model.keras").is_file() and current.is_file() and current.read_text() == buf:
+        return
+    _save_model(model, out_dir / "model.keras")
+    save_text(buf, current)
+
+
+def _read_run_json(path: Path) -> dict:
+    try:
+        run = json.loads(path.read_text())
+        run["identity"]["config"]  # noqa: B018
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(
+            f"{path} is not valid JSON ({err}); delete the run folder {path.parent} to train anew"
+        ) from None
+    except (KeyError, TypeError) as err:
+        raise DataError(
+            f"{path} lacks the key {err} of a training run; delete the run folder {path.parent} to train anew"
+        ) from None
+    return run
+
+
+def _load_keras(path: Path):
+    """A saved Keras model; a missing, truncated or foreign file is a :class:`DataError` naming it."""
+    keras = _keras()
+    _custom("FeatureDistance")  # registers the custom classes for loading
+    if not path.is_file():
+        raise DataError(f"{path} is missing; train into {path.parent} again (or delete it)")
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            f"{path} is not a Keras model file (truncated or corrupt: no zip directory); "
+            f"train into {path.parent} again (or delete it)"
+        )
+    try:
+        return keras.saving.load_model(path)
+    except Exception as err:  # Keras raises many kinds for a damaged archive
+        text = " ".join(str(err).split())[:200]
+        raise DataError(
+            f"{path} cannot be loaded as a Keras model ({type(err).__name__}: {text}); "
+            f"train into {path.parent} again (or delete it)"
+        ) from None
+
+
+def _history_text(history) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(HISTORY_FIELDS)
     for row in zip(*(history[k] for k in HISTORY_FIELDS)):
         writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
-    save_text(buf.getvalue(), path)
+    return buf.getvalue()
+
+
+def _write_history(history, path):
+    save_text(_history_text(history), path)
 
 
 def _read_history(path):
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    history = {k: [] for k in HISTORY_FIELDS}
-    for row in rows:
-        for k in HISTORY_FIELDS:
-            history[k].append(int(row[k]) if k in ("epoch", "pairs_seen", "images_seen") else float(row[k]))
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        history = {k: [] for k in HISTORY_FIELDS}
+        for row in rows:
+            for k in HISTORY_FIELDS:
+                history[k].append(int(row[k]) if k in ("epoch", "pairs_seen", "images_seen") else float(row[k]))
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(
+            f"{path} is not a training history ({type(err).__name__}: {err}); train into {Path(path).parent} again"
+        ) from None
     return history
 
 
@@ -696,28 +816,70 @@ def train(
         "val_data": _fingerprint(np.asarray(val_images, np.float32), val_q),
         "keras_backend": keras.backend.backend(),
     }
+    loop = dict(
+        train_images=train_images,
+        train_q=train_q,
+        val_images=val_images,
+        val_q=val_q,
+        fixed_train=fixed_train,
+        train_pairs=train_pairs,
+        train_labels=train_labels,
+        val_pairs=val_pairs,
+        perturbation=perturbation,
+        progress=progress,
+    )
     history = {k: [] for k in HISTORY_FIELDS}
-    fit_model, done_reason = None, None
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:
+        return _train_loop(config, identity, history, None, None, None, **loop)
+    out_dir = Path(out_dir)
+    ensure_folder(out_dir)
+    # Two trainings into one folder run one after the other; the second finds the first's
+    # finished run and loads it.
+    with file_lock(out_dir):
+        sweep_stale_temporaries(out_dir)
         run_file = out_dir / "run.json"
+        fit_model, done_reason, state = None, None, None
         if run_file.is_file():
-            previous = json.loads(run_file.read_text())
+            previous = _read_run_json(run_file)
             if previous["identity"] != jsonable(identity):
-                raise ValueError(
+                raise InputError(
                     f"{out_dir} holds a different training run (other config or data); "
                     "choose another out_dir or delete that one"
                 )
-            if (out_dir / _checkpoint_name(config)).is_file() and (out_dir / "history.csv").is_file():
-                history = _read_history(out_dir / "history.csv")
-                _custom("FeatureDistance")  # registers the custom classes for loading
-                fit_model = keras.saving.load_model(out_dir / _checkpoint_name(config))
-                done_reason = previous.get("stop_reason")
+            checkpoint = _latest_checkpoint(out_dir)
+            if checkpoint is not None:
+                history, state = _read_checkpoint_state(checkpoint)
+                fit_model = _load_keras(checkpoint / _FIT_NAME)
+                done_reason = state["stop_reason"] if state["finished"] else None
         else:
             save_text(json.dumps({"identity": jsonable(identity), "stop_reason": None}, indent=2) + "\n", run_file)
+        return _train_loop(config, identity, history, fit_model, done_reason, out_dir, state=state, **loop)
 
+
+def _train_loop(
+    config,
+    identity,
+    history,
+    fit_model,
+    done_reason,
+    out_dir,
+    *,
+    state=None,
+    train_images,
+    train_q,
+    val_images,
+    val_q,
+    fixed_train,
+    train_pairs,
+    train_labels,
+    val_pairs,
+    perturbation,
+    progress,
+):
+    n_train = len(train_q)
     _seed_everything(config.seed)
+    if state is not None:
+        _restore_rng_state(state)
     encoder_only = config.regime == "batch"
     if fit_model is None:
         with _distribution_scope(), _precision(config.mixed_precision):
@@ -768,7 +930,7 @@ def train(
                 "images_seen": int(images_seen),
             }
             if not np.isfinite(row["loss"]):
-                raise FloatingPointError(
+                raise RunError(
                     f"training loss became {row['loss']} at epoch {epoch}; lower learning_rate or check the inputs"
                 )
             for k in HISTORY_FIELDS:
@@ -779,18 +941,18 @@ def train(
             if config.target_val_mae is not None and row["val_mae"] <= config.target_val_mae:
                 stop_reason = "target_val_mae"
             if out_dir is not None:
-                # The checkpoint holds what was fitted, with its optimizer state, so a resumed run
-                # continues exactly; model.keras is the Siamese model for users.
-                _save_model(fit_model, out_dir / _checkpoint_name(config))
-                if encoder_only:
-                    _save_model(model, out_dir / "model.keras")
-                _write_history(history, out_dir / "history.csv")
+                # One atomic unit: what was fitted (with its optimizer state), the history and the
+                # RNG state, renamed into place at once, so a resumed run continues exactly.
+                finished = stop_reason != "epochs" or epoch == config.epochs
+                _write_checkpoint(out_dir, epoch, fit_model, history, stop_reason, finished)
+                _export(out_dir, model, history)
             if stop_reason != "epochs":
                 break
     finally:
         if bar is not None:
             bar.close()
     if out_dir is not None:
+        _export(out_dir, model, history)  # after a kill between the checkpoint and its copies
         save_text(
             json.dumps({"identity": jsonable(identity), "stop_reason": stop_reason}, indent=2) + "\n",
             out_dir / "run.json",
@@ -802,23 +964,42 @@ def train(
 
 
 def load_run(out_dir) -> TrainingResult:
-    """A finished or interrupted run from its folder (model, history, config)."""
-    keras = _keras()
+    """A finished or interrupted run from its folder (model, history, config): its newest
+    checkpoint (model and history of the same epoch), else ``model.keras`` and ``history.csv``."""
     out_dir = Path(out_dir)
-    for name in ("run.json", "model.keras", "history.csv"):
-        if not (out_dir / name).is_file():
-            raise FileNotFoundError(
-                f"{out_dir / name} is missing; train with cryo_orient.estimation.siamese.train "
-                f"(or `cryo-orient train`) into {out_dir} first"
-            )
-    run = json.loads((out_dir / "run.json").read_text())
-    history = _read_history(out_dir / "history.csv")
-    _custom("FeatureDistance")  # registers the custom classes for loading
-    model = keras.saving.load_model(out_dir / "model.keras")
+    if not (out_dir / "run.json").is_file():
+        what = "is not a folder" if out_dir.exists() and not out_dir.is_dir() else "is not a training run"
+        raise FileNotFoundError(
+            f"{out_dir} {what} ({out_dir / 'run.json'} is missing); train with cryo_orient.estimation.siamese.train "
+            f"(or `cryo-orient train`) into {out_dir} first"
+        )
+    run = _read_run_json(out_dir / "run.json")
+    try:
+        config = TrainingConfig.from_dict(run["identity"]["config"])
+    except (InputError, TypeError, ValueError) as err:
+        raise DataError(f"{out_dir / 'run.json'} holds an invalid training config ({err}); train anew") from None
+    checkpoint = _latest_checkpoint(out_dir) if out_dir.is_dir() else None
+    if checkpoint is not None:
+        history, _ = _read_checkpoint_state(checkpoint)
+        fitted = _load_keras(checkpoint / _FIT_NAME)
+        model = (
+            build_model(feature_distance=config.feature_distance, encoder=fitted)
+            if config.regime == "batch"
+            else fitted
+        )
+    else:
+        for name in ("model.keras", "history.csv"):
+            if not (out_dir / name).is_file():
+                raise FileNotFoundError(
+                    f"{out_dir / name} is missing; train with cryo_orient.estimation.siamese.train "
+                    f"(or `cryo-orient train`) into {out_dir} first"
+                )
+        history = _read_history(out_dir / "history.csv")
+        model = _load_keras(out_dir / "model.keras")
     return TrainingResult(
         model=model,
         history=history,
-        config=TrainingConfig.from_dict(run["identity"]["config"]),
+        config=config,
         seconds=history["seconds"][-1] if history["seconds"] else 0.0,
         stop_reason=run.get("stop_reason") or "interrupted",
         out_dir=out_dir,
