@@ -627,15 +627,19 @@ def _restore_rng_state(state: dict) -> None:
 
 def _write_checkpoint(out_dir: Path, epoch: int, fit_model, history, stop_reason, finished) -> Path:
     target = out_dir / f"checkpoint-{epoch:06d}"
-    older = [p for p in out_dir.glob("checkpoint-*") if _CHECKPOINT_RE.match(p.name) and p != target]
     with atomic_output(target, directory=True) as tmp:
         fit_model.save(tmp / _FIT_NAME)
         _write_history(history, tmp / "history.csv")
         state = {"epoch": epoch, "stop_reason": stop_reason, "finished": bool(finished), "rng": _rng_state()}
         (tmp / "state.json").write_text(json.dumps(state) + "\n")
-    for path in older:
-        shutil.rmtree(path, ignore_errors=True)
+    _remove_older_checkpoints(out_dir, target)
     return target
+
+
+def _remove_older_checkpoints(out_dir: Path, keep: Path) -> None:
+    for path in out_dir.glob("checkpoint-*"):
+        if _CHECKPOINT_RE.match(path.name) and path != keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _read_checkpoint_state(checkpoint: Path):
@@ -848,6 +852,7 @@ def train(
                 )
             checkpoint = _latest_checkpoint(out_dir)
             if checkpoint is not None:
+                _remove_older_checkpoints(out_dir, checkpoint)  # left by a kill just after a checkpoint
                 history, state = _read_checkpoint_state(checkpoint)
                 fit_model = _load_keras(checkpoint / _FIT_NAME)
                 done_reason = state["stop_reason"] if state["finished"] else None
