@@ -65,7 +65,7 @@ from cryo_orient.data.dataset import Dataset
 from cryo_orient.estimation.base import DistanceEstimator, register
 from cryo_orient.geometry import rotations
 from cryo_orient.simulation.noise import Perturbation
-from cryo_orient.validation import DataError, InputError, RunError, Settings, as_rng
+from cryo_orient.validation import DataError, InputError, InputTypeError, RunError, Settings, as_rng
 
 __all__ = [
     "FILTERS",
@@ -104,6 +104,8 @@ LOSSES = ("mae", "mse")
 COSINE_EPS = 1e-7
 _NORM_FLOOR = 1e-8
 UNIFORM_BINS = 32
+#: The largest learning rate accepted: RMSprop steps of more than 1 in the weights diverge.
+MAX_LEARNING_RATE = 1.0
 
 
 def _keras():
@@ -163,33 +165,80 @@ def feature_distances(features_a, features_b, kind="cosine") -> np.ndarray:
     return np.sqrt(np.maximum(np.einsum("ij,ij->i", a - b, a - b), _NORM_FLOOR))
 
 
+def _check_features(features, kind) -> np.ndarray:
+    """``features`` as a finite (n, n_f) float64 array; for the cosine distance no row may be all
+    zero (its direction, hence its distance to anything, is undefined)."""
+    validation.choice(kind, "kind", FEATURE_DISTANCES)
+    features = validation.float_array(features, "features", "an (n, n_f) array of feature vectors")
+    if features.ndim != 2 or features.shape[0] < 1 or features.shape[1] < 1:
+        raise InputError(f"features must be an (n, n_f) array of feature vectors, got shape {features.shape}")
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise InputError(
+            f"features hold NaN or infinite values in {len(rows)} of {len(features)} rows (first: row {rows[0]}); "
+            "embed those images again (a model that diverged gives NaN)"
+        )
+    if kind == "cosine":
+        zero = ~features.any(axis=1)
+        if zero.any():
+            rows = np.flatnonzero(zero)
+            raise InputError(
+                f"{len(rows)} of {len(features)} feature vectors are all zero (first: row {rows[0]}), so their cosine "
+                "distance is undefined; train the model longer or with more features (n_features)"
+            )
+    return features
+
+
 def distance_function(features, kind="cosine"):
     """A callable ``f(i, j) -> d_p`` on index arrays, for :func:`cryo_orient.orientation.recovery.recover`.
 
     The CNN ran once per projection (in :func:`embed`); every pair distance the recovery asks for
     is then a few flops on the stored features, instead of a CNN pass per pair and step.
     """
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or not np.all(np.isfinite(features)):
-        raise ValueError(f"features must be a finite (n, n_f) array, got shape {features.shape}")
+    features = _check_features(features, kind)
 
     def d_p(i, j):
-        return feature_distances(features[np.asarray(i)], features[np.asarray(j)], kind)
+        i, j = validation.index_pairs(i, j, len(features))
+        return feature_distances(features[i], features[j], kind)
 
     return d_p
 
 
-def distance_matrix(features, kind="cosine", block=2048) -> np.ndarray:
-    """The full (n, n) matrix of estimated distances from (n, n_f) features (float32)."""
-    features = np.asarray(features, dtype=np.float64)
+#: Bytes of working memory :func:`distance_matrix` allows itself per block of rows.
+DISTANCE_BLOCK_BYTES = 64 * 2**20
+
+
+def distance_matrix(features, kind="cosine", block=None) -> np.ndarray:
+    """The full (n, n) matrix of estimated distances from (n, n_f) features (float32).
+
+    Computed by matrix products, ``block`` rows at a time (default: as many as fit in
+    :data:`DISTANCE_BLOCK_BYTES` of float64 work space), so the memory beyond the (n, n) float32
+    result stays bounded whatever n; the same numbers as :func:`feature_distances` of every pair
+    to float rounding (the cosine is computed from unit vectors, the Euclidean distance from
+    ``|a|² + |b|² − 2 a·b``).
+    """
+    features = _check_features(features, kind)
     n = len(features)
+    validation.check_memory(
+        4 * n * n + 3 * DISTANCE_BLOCK_BYTES, f"the {n:,} × {n:,} distance matrix", "embed fewer images"
+    )
+    if block is None:
+        block = max(1, DISTANCE_BLOCK_BYTES // (8 * 2 * max(n, 1)))
+    block = validation.positive_int(block, "block")
     out = np.empty((n, n), dtype=np.float32)
-    cols = np.arange(n)
+    sq = np.einsum("ij,ij->i", features, features)
+    if kind == "cosine":
+        unit = features / np.sqrt(np.maximum(sq, _NORM_FLOOR))[:, None]
     for start in range(0, n, block):
-        rows = np.arange(start, min(n, start + block))
-        i = np.repeat(rows, n)
-        j = np.tile(cols, len(rows))
-        out[rows] = feature_distances(features[i], features[j], kind).reshape(len(rows), n)
+        rows = slice(start, min(n, start + block))
+        if kind == "cosine":
+            cos = unit[rows] @ unit.T
+            np.clip(cos, COSINE_EPS, 1.0 - COSINE_EPS, out=cos)
+            out[rows] = 2.0 * np.arccos(cos)
+        else:
+            d2 = sq[rows, None] + sq[None, :] - 2.0 * (features[rows] @ features.T)
+            out[rows] = np.sqrt(np.maximum(d2, _NORM_FLOOR))
     return out
 
 
@@ -258,10 +307,8 @@ def _custom(name):
 
 
 def _check_size(input_size, n_features):
-    if not isinstance(input_size, (int, np.integer)) or input_size < 8:
-        raise ValueError(f"input_size must be an integer ≥ 8 (pixels per side), got {input_size!r}")
-    if not isinstance(n_features, (int, np.integer)) or n_features < 1:
-        raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
+    validation.integer(input_size, "input_size (pixels per side)", 8)
+    validation.positive_int(n_features, "n_features")
 
 
 def build_encoder(input_size=116, n_features=512, *, name="encoder"):
@@ -450,16 +497,22 @@ class TrainingConfig(Settings):
         validation.choice(self.feature_distance, "feature_distance", FEATURE_DISTANCES)
         validation.choice(self.loss, "loss", LOSSES)
         validation.choice(self.regime, "regime", REGIMES)
-        if not 0 < self.pair_fraction <= 1:
-            raise ValueError(f"pair_fraction must be in (0, 1], got {self.pair_fraction!r}")
-        for name in ("batch_size", "epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < (2 if name == "batch_size" else 1):
-                raise ValueError(f"{name} must be an integer ≥ {2 if name == 'batch_size' else 1}, got {value!r}")
-        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate!r}")
-        if self.target_val_mae is not None and not self.target_val_mae > 0:
-            raise ValueError(f"target_val_mae must be > 0 or None, got {self.target_val_mae!r}")
+        pair_fraction = validation.real(self.pair_fraction, "pair_fraction", minimum=0.0, strict=True)
+        if pair_fraction > 1:
+            raise InputError(f"pair_fraction must be in (0, 1], got {self.pair_fraction!r}")
+        validation.integer(self.batch_size, "batch_size", 2)
+        validation.integer(self.epochs, "epochs", 1)
+        validation.integer(self.seed, "seed", 0)
+        learning_rate = validation.positive(self.learning_rate, "learning_rate")
+        if learning_rate > MAX_LEARNING_RATE:
+            raise InputError(
+                f"learning_rate {learning_rate:g} is beyond {MAX_LEARNING_RATE:g}, where RMSprop diverges "
+                "(the paper's is 1e-3)"
+            )
+        if self.target_val_mae is not None:
+            validation.positive(self.target_val_mae, "target_val_mae")
+        if not isinstance(self.mixed_precision, (bool, np.bool_)):
+            raise InputTypeError(f"mixed_precision must be true or false, got {self.mixed_precision!r}")
 
 
 @dataclasses.dataclass
