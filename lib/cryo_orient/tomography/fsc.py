@@ -15,6 +15,8 @@ import dataclasses
 
 import numpy as np
 
+from cryo_orient.validation import InputError, positive
+
 __all__ = ["FSCResult", "fsc", "soft_sphere_mask", "THRESHOLDS"]
 
 #: The two conventional thresholds: 0.5 (the paper's headline numbers) and 0.143 (gold standard).
@@ -74,7 +76,11 @@ def _check_volumes(a, b):
         )
     for name, v in (("volume_a", a), ("volume_b", b)):
         if not np.all(np.isfinite(v)):
-            raise ValueError(f"{name} contains NaN or infinite values")
+            raise InputError(f"{name} contains NaN or infinite values; fix or recompute that map")
+        if not np.any(v):
+            raise InputError(f"{name} is all zeros, so its FSC is undefined; give a map with content")
+        if min(v.shape) < 4:
+            raise InputError(f"{name} is {'×'.join(map(str, v.shape))} voxels; an FSC needs at least 4 per side")
     return a, b
 
 
@@ -97,8 +103,7 @@ def fsc(volume_a, volume_b, voxel_size, *, mask=None) -> FSCResult:
         The curve per shell (shell 0 is the mean) and ``resolution(threshold)``.
     """
     a, b = _check_volumes(volume_a, volume_b)
-    if not (np.isfinite(voxel_size) and voxel_size > 0):
-        raise ValueError(f"voxel_size must be a positive number of Å, got {voxel_size!r}")
+    voxel_size = positive(voxel_size, "voxel_size (Å per voxel)")
     if mask is not None:
         m = soft_sphere_mask(a.shape) if isinstance(mask, str) and mask == "soft_sphere" else np.asarray(mask, float)
         if m.shape != a.shape:

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from cryo_orient.tomography import backends
 from cryo_orient.tomography.backends import check_size, remove_detector_nyquist, rotation_matrices
+from cryo_orient.validation import InputError, check_memory, integer
 
 __all__ = ["Reconstruction", "conjugate_gradients", "normal_operator", "reconstruct", "remove_detector_nyquist"]
 
@@ -205,8 +206,15 @@ def reconstruct(
         ``.volume`` (float64, ``shape``) and the residual history.
     """
     p, q, shape = _check_inputs(projections, quaternions, shape)
-    if int(iterations) != iterations or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    iterations = integer(iterations, "iterations", 0)
+    if iterations == 0 and x0 is None:
+        raise InputError("iterations=0 without x0 would return the all-zero start; give iterations >= 1")
+    side = max(max(shape), p.shape[-1])
+    check_memory(
+        16 * (2 * side) ** 3 + 12 * 8 * int(np.prod(shape)) + 3 * p.nbytes,
+        f"reconstructing a {'×'.join(map(str, shape))} map from {len(p):,} images",
+        "reconstruct a smaller box (--box detector) or bin the images",
+    )
     if not (np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
     if not (np.isfinite(regularization) and regularization >= 0):
