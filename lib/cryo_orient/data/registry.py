@@ -37,6 +37,7 @@ import os
 import re
 import secrets
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -73,6 +74,10 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MAP_SUFFIXES = (".mrc", ".map", ".ccp4")
 _MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
 _LFS_POINTER_PREFIX = b"version https://git-lfs"
+
+
+#: The URL schemes a registry entry may download from.
+_URL_SCHEMES = ("https", "http")
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,16 @@ class DataFile:
             )
         # frozen dataclass: object.__setattr__ is the sanctioned way to normalise in __post_init__
         object.__setattr__(self, "urls", tuple(str(u) for u in self.urls))
+        for url in self.urls:
+            # urllib would also open file://, ftp:// and data: addresses: a registry entry (possibly a
+            # user's) must not turn a fetch into a read of local files
+            scheme = urllib.parse.urlsplit(url).scheme.lower()
+            if scheme not in _URL_SCHEMES:
+                raise validation.InputError(
+                    f"DataFile {self.name!r}: URL {url!r} has the scheme {scheme or '(none)'!r}; only "
+                    f"{'/'.join(_URL_SCHEMES)} downloads are allowed (for a local file, use a mirror directory: "
+                    "DATA_MIRROR)"
+                )
         if self.sha256 is not None:
             sha = str(self.sha256).strip().lower()
             if not _SHA256_RE.match(sha):
