@@ -125,7 +125,10 @@ def atomic_output(path, *, suffix: str = "", directory: bool = False):
     if path.is_dir() and not directory:
         raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
     sweep_stale_temporaries(path.parent)
-    tmp = temporary_path(path, suffix=suffix, directory=directory)
+    try:
+        tmp = temporary_path(path, suffix=suffix, directory=directory)
+    except OSError as err:
+        raise _in_folder(err, path.parent) from None
     try:
         yield tmp
         os.replace(tmp, path)
@@ -148,6 +151,11 @@ def _disk_full(err: BaseException) -> bool:
             return True
         err = err.__cause__ or err.__context__
     return False
+
+
+def _in_folder(err: OSError, folder: Path) -> OSError:
+    """``err`` of creating a file of ours in ``folder``, naming the folder (not our file's name)."""
+    return type(err)(err.errno, err.strerror, str(folder))
 
 
 def ensure_folder(folder) -> Path:
@@ -195,7 +203,10 @@ def file_lock(path):
     ensure_folder(path.parent)
     lock = path.with_name(f".{path.name}.lock")
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as err:
+            raise _in_folder(err, path.parent) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:

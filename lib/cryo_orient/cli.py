@@ -285,14 +285,14 @@ def _cmd_fsc(args) -> int:
     b, _ = data.load_volume(args.volume_b)
     voxel = voxel if args.voxel_size is None else args.voxel_size
     curve = fsc.fsc(a, b, voxel, mask="soft_sphere" if args.mask else None)
-    for threshold in fsc.THRESHOLDS:
-        res, crossed = curve.resolution(threshold)
-        print(f"FSC {threshold}: {res:.2f} Å" + ("" if crossed else " (not crossed before Nyquist)"))
-    if args.out:
+    if args.out:  # written first, so a bad --out fails before anything is printed
         rows = ["frequency_per_angstrom,fsc,voxels"] + [
             f"{f:.6g},{c:.6g},{n}" for f, c, n in zip(curve.frequency, curve.correlation, curve.counts)
         ]
         save_text("\n".join(rows) + "\n", args.out)
+    for threshold in fsc.THRESHOLDS:
+        res, crossed = curve.resolution(threshold)
+        print(f"FSC {threshold}: {res:.2f} Å" + ("" if crossed else " (not crossed before Nyquist)"))
     return 0
 
 

@@ -167,6 +167,13 @@ class Settings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(f"unknown {cls._unknown_keys} {unknown}; known {cls._known_keys} are {sorted(known)}")
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in values
+        ]
+        if required:
+            raise InputError(f"{cls.__name__} needs the setting(s) {required}; add them (e.g. --set {required[0]}=...)")
         return cls(**values)
 
     def to_dict(self) -> dict:

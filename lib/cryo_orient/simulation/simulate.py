@@ -157,7 +157,10 @@ class SimulationConfig(Settings):
         if len(self.coverage) != 3 or len(self.offset) != 3:
             problems.append("coverage and offset need 3 values each (theta3, theta2, theta1)")
         elif not all(np.isfinite(self.coverage + self.offset)) or min(self.coverage) <= 0:
-            problems.append(f"coverage must be 3 finite values > 0 and offset 3 finite values, got {self.coverage}")
+            problems.append(
+                f"coverage must be 3 finite values > 0 and offset 3 finite values, got coverage {self.coverage} "
+                f"and offset {self.offset}"
+            )
         if self.size is not None and (not is_int(self.size) or self.size < MIN_SIZE):
             problems.append(f"size must be an integer >= {MIN_SIZE} (pixels per side) or None, got {self.size!r}")
         if self.noise_variance is not None and self.snr_db is not None:
@@ -179,7 +182,9 @@ class SimulationConfig(Settings):
             problems.append(f"shift_mode must be one of {SHIFT_MODES}, got {self.shift_mode!r}")
         if not (is_real(self.shift_limit) and np.isfinite(self.shift_limit) and self.shift_limit >= 0):
             problems.append(f"shift_limit must be >= 0 pixels, got {self.shift_limit!r}")
-        elif self.size is not None and is_int(self.size) and self.shift_limit >= self.size / 2:
+        elif (
+            self.size is not None and is_int(self.size) and self.size >= MIN_SIZE and self.shift_limit >= self.size / 2
+        ):
             problems.append(
                 f"shift_limit {self.shift_limit:g} px moves the particle out of the {self.size} px detector; "
                 f"use less than {self.size / 2:g}"
