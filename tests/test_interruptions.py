@@ -380,3 +380,49 @@ def test_a_disk_that_fills_while_writing_gives_one_line_and_leaves_nothing(blob,
         artifacts.save_text("x" * 200_000, small_disk / "big.txt")
     assert err.value.filename == str(small_disk / "big.txt")
     assert _files(small_disk) == ["filler"]
+
+
+def test_concurrent_cached_computations_run_once(tmp_path):
+    from cryo_orient.workflow.stages import StageCache
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        time.sleep(0.3)
+        return {"x": np.arange(3)}
+
+    def slow_json():
+        calls.append(1)
+        time.sleep(0.3)
+        return {"v": 1}
+
+    for run in (
+        lambda: StageCache(tmp_path / "stages").arrays("recover", "k1", compute),
+        lambda: artifacts.cached_json(tmp_path / "json", {"a": 1}, slow_json),
+    ):
+        calls.clear()
+        tmp_path.joinpath("stages").mkdir(exist_ok=True)
+        tmp_path.joinpath("json").mkdir(exist_ok=True)
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(calls) == 1
+    assert sorted(p.name for p in (tmp_path / "stages").iterdir()) == ["recover-k1.npz"]
+    assert len(list((tmp_path / "json").iterdir())) == 1
+
+
+def test_same_seed_gives_bit_identical_datasets_through_the_cli(blob, tmp_path):
+    args = ["--set", f"volume={blob}", "--set", "n_projections=40", "--set", "size=24", "--set", "noise_variance=2"]
+    for name in ("a.h5", "b.h5"):
+        done = _cli(
+            ["simulate", *args, "--set", "shift_mode=subpixel", "--set", "shift_limit=2", "--set", "seed=7"]
+            + ["--out", str(tmp_path / name), "--quiet"]
+        )
+        assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
+        for name in ("projections", "quaternions", "shifts", "euler"):
+            assert a[name][()].tobytes() == b[name][()].tobytes(), name
+        assert a.attrs["cache_key"] == b.attrs["cache_key"]

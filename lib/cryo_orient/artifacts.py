@@ -315,11 +315,22 @@ def cached_json(directory, key: dict, compute, *, version: int = 1) -> dict:
     text = json.dumps(jsonable({"key": key, "version": version}), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(text.encode()).hexdigest()[:24]
     path = Path(directory) / f"{digest}.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())["value"]
-        except (json.JSONDecodeError, KeyError):
-            pass  # a corrupt cache entry is recomputed, never trusted
-    value = jsonable(compute())
-    save_text(json.dumps({"key": json.loads(text), "value": value}, allow_nan=True) + "\n", path)
+
+    def load():
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())["value"], True
+            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+                pass  # a corrupt cache entry is recomputed, never trusted
+        return None, False
+
+    value, found = load()
+    if found:
+        return value
+    with file_lock(path):  # a concurrent run computing the same entry: wait, then reuse it
+        value, found = load()
+        if found:
+            return value
+        value = jsonable(compute())
+        save_text(json.dumps({"key": json.loads(text), "value": value}, allow_nan=True) + "\n", path)
     return value

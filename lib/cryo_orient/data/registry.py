@@ -47,7 +47,7 @@ import numpy as np
 
 from tqdm.auto import tqdm
 from cryo_orient import validation
-from cryo_orient.artifacts import atomic_output, save_text
+from cryo_orient.artifacts import atomic_output, save_text, sweep_stale_temporaries
 from cryo_orient.data.models import density_from_model
 from cryo_orient.data.mrc import load_volume, write_volume
 from cryo_orient.validation import DataError
@@ -292,13 +292,16 @@ def _read_sidecar(sidecar: Path) -> str | None:
 
 def _temp_path(path: Path) -> Path:
     """A fresh hidden name next to ``path``, so that os.replace onto ``path`` is atomic."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.part")
+    # named like artifacts.temporary_path (.<name>.<pid>.<random>.tmp), so the next run sweeps
+    # the partial download of a killed process
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
 
 
 def _open_temp(path: Path, mode: str = "xb"):
     # used for downloads, whose temp file is renamed only once its checksum verifies
     # "x" never clobbers a concurrent writer's temp file; unlike tempfile.mkstemp (mode 0600)
     # the result gets the permissions the user's umask gives any other file
+    sweep_stale_temporaries(path.parent)  # the partial downloads of killed processes
     while True:
         tmp = _temp_path(path)
         try:
