@@ -1575,3 +1575,27 @@ def test_the_table_lists_every_case_and_at_least_200():
     assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
     if not UPDATE:
         assert list(_doc_rows()) == [c.id for c in CASES], f"{DOC} is out of date; regenerate it"
+
+
+def test_debug_shows_the_traceback_and_a_failure_at_run_time_exits_1(ctx, monkeypatch, capsys):
+    argv = ["fsc", str(ctx.zero_a), str(ctx.zero_b)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--debug", *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "Traceback (most recent call last)" in err and "InputError" in err
+    assert err.strip().splitlines()[-1].startswith("error: volume_a is all zeros")
+
+    def boom(args):
+        raise RuntimeError("the projector crashed")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["fsc"].set_defaults(func=boom)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: internal error (RuntimeError: the projector crashed); rerun with --debug for the traceback and "
+        "report it\n"
+    )

@@ -828,10 +828,14 @@ def train(
     config : TrainingConfig or dict, optional
         The settings (defaults: the paper's).
     out_dir : path, optional
-        Where to keep ``model.keras`` (saved every epoch, with the optimizer state; in the batch
-        regime also ``encoder.keras``, which is what is fitted), ``history.csv`` and ``run.json``. If it
-        holds an unfinished run of the same config and data, training resumes from its last epoch;
-        a finished one is loaded without training. A different run there is an error.
+        The run folder: ``run.json`` (what the run is), one checkpoint ``checkpoint-<epoch>/``
+        written whole every epoch and renamed once (``fit.keras``, what is fitted with its optimizer
+        state: the Siamese model, or its encoder in the batch regime; ``history.csv``; ``state.json``
+        with the RNG state), and its copies for users, ``model.keras`` (the Siamese model) and
+        ``history.csv``. If it holds an unfinished run of the same config and data, training resumes
+        from its checkpoint, bit-identically, wherever a kill stopped it; a finished one is loaded
+        without training. A different run there is an error. Two trainings into one folder take
+        turns (a file lock): the second loads the first's finished run.
     perturbation : Perturbation, optional
         Fresh noise/shifts per batch (see above).
     progress : bool
