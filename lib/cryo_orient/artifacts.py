@@ -175,6 +175,8 @@ def check_free_space(folder, needed: int, what: str = "the output") -> None:
     ``folder`` has less than ``needed`` bytes free (plus 1 % and 1 MiB of headroom)."""
     folder = Path(folder)
     probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if probe.is_dir() and os.statvfs(probe).f_flag & os.ST_RDONLY:
+        raise OSError(errno.EROFS, "read-only file system", str(folder))
     free = shutil.disk_usage(probe).free
     if free < needed * 1.01 + 2**20:
         raise OSError(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cryo_orient import data
-from cryo_orient.artifacts import atomic_output, jsonable, save_text
+from cryo_orient.artifacts import atomic_output, check_free_space, jsonable, save_text
 from cryo_orient.data import relion
 from cryo_orient.data.dataset import SPLITS, read_dataset
 from cryo_orient.estimation import siamese
@@ -248,6 +248,8 @@ def _cmd_reconstruct(args) -> int:
     images = part.images(args.images)
     size = images.shape[-1]
     shape = tuple(int(n) for n in dataset.metadata["volume_shape"]) if args.box == "map" else (size,) * 3
+    # refused now rather than after the reconstruction
+    check_free_space(Path(args.out).parent, 4 * int(np.prod(shape)) + 4096, "the map")
     result = reconstruct.reconstruct(
         images, q, shape, args.backend, iterations=args.iterations, progress=not args.quiet
     )

@@ -244,7 +244,7 @@ def needs(config: SimulationConfig, volume_shape) -> dict:
     n = config.n_projections
     rows = min(n, max(256, _SNR_PILOT))
     image = 4 * size * size
-    grid = 16 * (2 * max(max(volume_shape), size)) ** 3  # the NUFFT's oversampled grid (complex128)
+    grid = 8 * int(np.prod([2 * n for n in volume_shape]))  # finufft's oversampled grid (complex64)
     memory = 8 * 24 * n + rows * image * 6 + rows * size * size * 3 * 8 + grid + 4 * int(np.prod(volume_shape))
     disk = n * image * (2 if config.store_clean else 1) + 9 * 8 * n + 2**16
     return {"memory": memory, "disk": disk, "size": size}
@@ -327,16 +327,16 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
     key = cache_key(config, fingerprint)
     if path.exists() and not overwrite and _read_key(path) == key:
         return path
+    size = _check_needs(config, volume.shape, path)  # before anything is created
     # Two runs asked for the same file compute it once: the second waits, then reuses it.
     with file_lock(path):
         if path.exists() and not overwrite and _read_key(path) == key:
             return path
-        _simulate(config, path, volume, voxel_size, fingerprint, key, chunk_size, progress)
+        _simulate(config, path, volume, voxel_size, fingerprint, key, size, chunk_size, progress)
     return path
 
 
-def _simulate(config, path, volume, voxel_size, fingerprint, key, chunk_size, progress) -> None:
-    size = _check_needs(config, volume.shape, path)
+def _simulate(config, path, volume, voxel_size, fingerprint, key, size, chunk_size, progress) -> None:
     backend = resolve_backend(config.backend)
     n = config.n_projections
     orient_ss, shift_ss, noise_ss = np.random.SeedSequence(config.seed).spawn(3)
