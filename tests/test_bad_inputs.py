@@ -1494,7 +1494,8 @@ def doc(ctx):
 
 
 def _shown(case: Case) -> str:
-    text = case.input if case.kind == "api" else "cryo-orient " + case.input.replace("{", "<").replace("}", ">")
+    text = case.input if case.kind == "api" else "cryo-orient " + case.input.replace("{w}", "<tmp>")
+    text = text.replace("{", "<").replace("}", ">")
     return text.replace("|", "\\|").replace("`", "'")
 
 
@@ -1508,7 +1509,9 @@ def _write_doc(previous) -> None:
         "of the package's error types (the API; the exit status is what `cryo-orient` gives that error),",
         "no traceback, and left no file behind. Exit status 2 is a bad input, 1 a failure at run time",
         "(not enough memory or disk). `<tmp>` is the folder holding the test's files, `<d>` a simulated",
-        "dataset, `<blob>` a 24³ map; memory figures are with `CRYO_ORIENT_MEMORY_LIMIT=8GiB`.",
+        "dataset (`<dn>` one without clean projections), `<blob>` a 24³ map, `<ro>` a read-only tmpfs; the",
+        "other `<name>`s are the good and bad files of the fixture `ctx` (e.g. `<fake_run>`: a run folder whose",
+        "model.keras is truncated). Memory figures are with `CRYO_ORIENT_MEMORY_LIMIT=8GiB`.",
         "",
         f"{sum(c.kind == 'cli' for c in CASES)} command-line cases and {sum(c.kind == 'api' for c in CASES)} API "
         f"cases, {len(CASES)} in all.",
@@ -1553,6 +1556,8 @@ def test_bad_input(case, ctx, read_only, doc, monkeypatch, capsys):
         with pytest.raises((validation.CryoOrientError, ValueError, TypeError, OSError)) as err_info:
             case.call(ctx)
         err = err_info.value
+        # the package's own error types (OS errors of paths keep theirs: the CLI names them as such)
+        assert isinstance(err, (validation.CryoOrientError, OSError)), type(err)
         text = str(err)
         assert "\n" not in text.strip(), text
         code, line = cli._error_line(err, None)

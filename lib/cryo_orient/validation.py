@@ -47,6 +47,7 @@ __all__ = [
     "InputError",
     "InputIndexError",
     "InputTypeError",
+    "MissingInputError",
     "ResourceError",
     "RunError",
     "Settings",
@@ -76,6 +77,10 @@ class InputError(CryoOrientError, ValueError):
 
 class InputTypeError(InputError, TypeError):
     """An argument of the wrong type."""
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """An input file (or folder) that is not there."""
 
 
 class InputIndexError(InputError, IndexError):

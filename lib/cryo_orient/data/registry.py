@@ -51,6 +51,7 @@ from cryo_orient.artifacts import atomic_output, save_text, sweep_stale_temporar
 from cryo_orient.data.models import density_from_model
 from cryo_orient.data.mrc import load_volume, write_volume
 from cryo_orient.validation import DataError
+from cryo_orient.validation import InputError, InputTypeError
 
 __all__ = [
     "CACHE_ENV",
@@ -116,7 +117,7 @@ class DataFile:
     def __post_init__(self):
         # tuple("https://...") would silently split a single URL into characters
         if isinstance(self.urls, (str, bytes)):
-            raise ValueError(
+            raise InputError(
                 f"DataFile {self.name!r}: urls must be a sequence of URLs, got the single string "
                 f"{self.urls!r}; wrap it as ({self.urls!r},)"
             )
@@ -135,14 +136,14 @@ class DataFile:
         if self.sha256 is not None:
             sha = str(self.sha256).strip().lower()
             if not _SHA256_RE.match(sha):
-                raise ValueError(
+                raise InputError(
                     f"DataFile {self.name!r}: sha256 must be 64 hexadecimal digits or None "
                     f"(not pinned), got {self.sha256!r}"
                 )
             object.__setattr__(self, "sha256", sha)
         # the file name is joined to the cache and mirror directories: a path could escape them
         if self.filename in ("", ".", "..") or Path(self.filename).name != self.filename:
-            raise ValueError(
+            raise InputError(
                 f"DataFile {self.name!r}: filename must be a bare file name without directories, got {self.filename!r}"
             )
 
@@ -254,10 +255,10 @@ def _resolve(name_or_datafile) -> DataFile:
         try:
             return REGISTRY[name_or_datafile]
         except KeyError:
-            raise ValueError(
+            raise InputError(
                 f"unknown data name {name_or_datafile!r}; known names: {', '.join(REGISTRY)} (or pass a DataFile)"
             ) from None
-    raise TypeError(f"expected a registry name (str) or a DataFile, got {type(name_or_datafile).__name__}")
+    raise InputTypeError(f"expected a registry name (str) or a DataFile, got {type(name_or_datafile).__name__}")
 
 
 def _cache_dir(cache_dir) -> Path:
@@ -551,12 +552,12 @@ def load(name_or_datafile, cache_dir=None, mirror=None, progress=True):
     if datafile.kind == "map":
         return load_volume(fetch(datafile, cache_dir, mirror, progress))
     if datafile.kind != "model":
-        raise ValueError(
+        raise InputError(
             f"{datafile.name!r} ({datafile.filename}) is neither a density map nor an atomic "
             f"model; use fetch({datafile.name!r}) to get its path"
         )
     if datafile.voxel_size is None or datafile.resolution is None:
-        raise ValueError(
+        raise InputError(
             f"atomic-model entry {datafile.name!r} needs voxel_size and resolution to build its "
             "map; set them in its DataFile, or call density_from_model(fetch(...), ...) yourself"
         )

@@ -65,7 +65,7 @@ from cryo_orient.data.dataset import Dataset
 from cryo_orient.estimation.base import DistanceEstimator, register
 from cryo_orient.geometry import rotations
 from cryo_orient.simulation.noise import Perturbation
-from cryo_orient.validation import DataError, InputError, InputTypeError, RunError, Settings, as_rng
+from cryo_orient.validation import DataError, InputError, InputTypeError, MissingInputError, RunError, Settings, as_rng
 
 __all__ = [
     "FILTERS",
@@ -156,7 +156,7 @@ def feature_distances(features_a, features_b, kind="cosine") -> np.ndarray:
     a = np.asarray(features_a, dtype=np.float64)
     b = np.asarray(features_b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"features must be two (m, n_f) arrays of the same shape, got {a.shape} and {b.shape}")
+        raise InputError(f"features must be two (m, n_f) arrays of the same shape, got {a.shape} and {b.shape}")
     if kind == "cosine":
         na = np.sqrt(np.maximum(np.einsum("ij,ij->i", a, a), _NORM_FLOOR))
         nb = np.sqrt(np.maximum(np.einsum("ij,ij->i", b, b), _NORM_FLOOR))
@@ -371,7 +371,7 @@ def encoder_of(model):
     except ValueError:
         if len(model.inputs) == 1:
             return model
-        raise ValueError(
+        raise InputError(
             "this model has neither an 'encoder' layer nor a single input; "
             "pass a model built by cryo_orient.estimation.siamese.build_model"
         ) from None
@@ -415,9 +415,9 @@ def resize_images(images, size) -> np.ndarray:
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
-        raise ValueError(f"images must be an (n, s, s) stack of square images, got shape {images.shape}")
+        raise InputError(f"images must be an (n, s, s) stack of square images, got shape {images.shape}")
     if not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+        raise InputError(f"size must be a positive integer, got {size!r}")
     n, s = images.shape[:2]
     if size == s:
         return images.copy()
@@ -436,7 +436,7 @@ def sample_pairs(n, n_pairs, rng=None) -> np.ndarray:
     """
     rng = as_rng(rng)
     if n < 2 or n_pairs < 1:
-        raise ValueError(f"need n ≥ 2 images and n_pairs ≥ 1, got n={n}, n_pairs={n_pairs}")
+        raise InputError(f"need n ≥ 2 images and n_pairs ≥ 1, got n={n}, n_pairs={n_pairs}")
     k = rng.integers(0, n * n, size=int(n_pairs))
     return np.stack([k // n, k % n], axis=1)
 
@@ -540,16 +540,16 @@ def _check_split(images, q, name):
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
-        raise ValueError(f"{name} images must be an (n, s, s) stack of square projections, got shape {images.shape}")
+        raise InputError(f"{name} images must be an (n, s, s) stack of square projections, got shape {images.shape}")
     q = np.asarray(q, dtype=np.float64)
     if q.shape != (len(images), 4):
-        raise ValueError(f"{name} quaternions must have shape ({len(images)}, 4), got {q.shape}")
+        raise InputError(f"{name} quaternions must have shape ({len(images)}, 4), got {q.shape}")
     if not np.all(np.isfinite(images)):
-        raise ValueError(f"{name} images contain NaN or infinite values; simulate the dataset again")
+        raise InputError(f"{name} images contain NaN or infinite values; simulate the dataset again")
     if not np.all(np.isfinite(q)):
-        raise ValueError(f"{name} quaternions contain NaN or infinite values")
+        raise InputError(f"{name} quaternions contain NaN or infinite values")
     if len(images) < 2:
-        raise ValueError(f"{name} split needs at least 2 projections, got {len(images)}")
+        raise InputError(f"{name} split needs at least 2 projections, got {len(images)}")
     return images, q
 
 
@@ -700,7 +700,7 @@ def _read_checkpoint_state(checkpoint: Path):
         state = json.loads((checkpoint / "state.json").read_text())
         history = _read_history(checkpoint / "history.csv")
         if state["epoch"] != len(history["epoch"]):
-            raise ValueError(f"state.json says epoch {state['epoch']}, history.csv has {len(history['epoch'])}")
+            raise InputError(f"state.json says epoch {state['epoch']}, history.csv has {len(history['epoch'])}")
         state["stop_reason"], state["finished"], state["rng"]  # noqa: B018 (all present)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(
@@ -850,7 +850,7 @@ def train(
     train_images, train_q = _check_split(train_images, train_quaternions, "training")
     val_images, val_q = _check_split(val_images, val_quaternions, "validation")
     if perturbation is not None and not isinstance(perturbation, Perturbation):
-        raise TypeError(f"perturbation must be a Perturbation or None, got {type(perturbation).__name__}")
+        raise InputTypeError(f"perturbation must be a Perturbation or None, got {type(perturbation).__name__}")
 
     seeds = np.random.SeedSequence(config.seed).spawn(3)  # pairs, validation perturbation, epochs
     pair_rng = np.random.default_rng(seeds[0])
@@ -1031,7 +1031,7 @@ def load_run(out_dir) -> TrainingResult:
     out_dir = Path(out_dir)
     if not (out_dir / "run.json").is_file():
         what = "is not a folder" if out_dir.exists() and not out_dir.is_dir() else "is not a training run"
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{out_dir} {what} ({out_dir / 'run.json'} is missing); train with cryo_orient.estimation.siamese.train "
             f"(or `cryo-orient train`) into {out_dir} first"
         )
@@ -1052,7 +1052,7 @@ def load_run(out_dir) -> TrainingResult:
     else:
         for name in ("model.keras", "history.csv"):
             if not (out_dir / name).is_file():
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"{out_dir / name} is missing; train with cryo_orient.estimation.siamese.train "
                     f"(or `cryo-orient train`) into {out_dir} first"
                 )
@@ -1199,14 +1199,14 @@ def _as_batch(images, input_size):
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] != 1:
-        raise ValueError(f"images must be an (n, s, s) or (n, s, s, 1) array, got shape {images.shape}")
+        raise InputError(f"images must be an (n, s, s) or (n, s, s, 1) array, got shape {images.shape}")
     if images.shape[1:3] != (input_size, input_size):
-        raise ValueError(
+        raise InputError(
             f"the model takes {input_size}×{input_size} images, got {images.shape[1]}×{images.shape[2]}; "
             f"resize them with cryo_orient.estimation.siamese.resize_images(images, {input_size})"
         )
     if not np.all(np.isfinite(images)):
-        raise ValueError("images contain NaN or infinite values")
+        raise InputError("images contain NaN or infinite values")
     return images
 
 
@@ -1240,7 +1240,7 @@ def predict_pairs(model, images_a, images_b, *, batch_size=256) -> np.ndarray:
     size = encoder_of(model).input_shape[1]
     a, b = _as_batch(images_a, size), _as_batch(images_b, size)
     if len(a) != len(b):
-        raise ValueError(f"need as many images on both sides, got {len(a)} and {len(b)}")
+        raise InputError(f"need as many images on both sides, got {len(a)} and {len(b)}")
     return np.concatenate(
         [
             np.asarray(model([a[k : k + batch_size], b[k : k + batch_size]], training=False))

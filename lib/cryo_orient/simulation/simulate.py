@@ -43,7 +43,7 @@ from cryo_orient.simulation.noise import (
     standardize,
 )
 from cryo_orient.tomography.projection import BACKENDS, default_size, project, resolve_backend
-from cryo_orient.validation import InputError, Settings, check_memory
+from cryo_orient.validation import InputError, MissingInputError, Settings, check_memory
 
 __all__ = [
     "project",
@@ -209,7 +209,7 @@ def volume_source(config: SimulationConfig):
         return volume, voxel_size, fingerprint
     path = Path(config.volume)
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"volume {config.volume!r} is neither a registered name ({sorted(data.REGISTRY)}) nor an existing MRC file"
         )
     volume, voxel_size = data.load_volume(path)
