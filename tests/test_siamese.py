@@ -185,7 +185,9 @@ def test_an_interrupted_run_resumes_exactly(small_data, tmp_path, monkeypatch, r
     assert len(siamese.load_run(tmp_path / "cut").history["epoch"]) == 2
     resumed = _train(small_data, config=config, out_dir=tmp_path / "cut")
     assert resumed.history["epoch"] == [1, 2, 3]
-    np.testing.assert_allclose(resumed.history["val_mae"], full.history["val_mae"], rtol=1e-6)
+    # bit-identical, not merely close
+    assert resumed.history["val_mae"] == full.history["val_mae"]
+    assert resumed.history["loss"] == full.history["loss"]
     # A finished run is loaded, not retrained.
     again = _train(small_data, config=config, out_dir=tmp_path / "cut")
     assert again.history == resumed.history
@@ -316,3 +318,35 @@ def test_cli_train_and_embed(tmp_path, data_mirror, monkeypatch):
     with np.load(out) as f:
         assert f["features"].shape == (len(f["index"]), 8)
         assert len(f["index"]) == 20  # the test split of 60 (33 %)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "euclidean"])
+def test_distance_matrix_is_every_pairs_distance_in_bounded_memory(kind, monkeypatch):
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    small = np.abs(rng.normal(size=(60, 12)))
+    i, j = np.divmod(np.arange(60 * 60), 60)
+    expected = siamese.feature_distances(small[i], small[j], kind).reshape(60, 60)
+    np.testing.assert_allclose(siamese.distance_matrix(small, kind), expected, rtol=2e-6, atol=2e-6)
+    # 1,500 images: the result is 9 MB; the former pair-index version held ~1 GB of pair arrays.
+    monkeypatch.setattr(siamese, "DISTANCE_BLOCK_BYTES", 2**20)
+    features = np.abs(rng.normal(size=(1500, 32)))
+    tracemalloc.start()
+    d = siamese.distance_matrix(features, kind)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert d.shape == (1500, 1500) and d.dtype == np.float32
+    assert peak < d.nbytes + features.nbytes + 4 * 2**20, peak
+
+
+def test_feature_checks_name_nan_and_zero_rows():
+    f = np.ones((5, 3))
+    f[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 1 of 5 rows \(first: row 2\)"):
+        siamese.distance_function(f)
+    f[2, 1] = 0.0
+    f[3] = 0.0
+    with pytest.raises(ValueError, match=r"all zero \(first: row 3\)"):
+        siamese.distance_matrix(f, "cosine")
+    assert np.isfinite(siamese.distance_matrix(f, "euclidean")).all()  # a zero vector has a Euclidean distance

@@ -3,24 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import json
+import signal
 import sys
 import tomllib
+import traceback
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from cryo_orient import data
-from cryo_orient.artifacts import atomic_output, jsonable, save_text
+from cryo_orient.artifacts import atomic_output, check_free_space, jsonable, save_text
 from cryo_orient.data import relion
 from cryo_orient.data.dataset import SPLITS, read_dataset
 from cryo_orient.estimation import siamese
 from cryo_orient.simulation import simulate
 from cryo_orient.tomography import fsc, projection, reconstruct
-from cryo_orient.validation import CryoOrientError
+from cryo_orient.validation import CryoOrientError, DataError, InputError, ResourceError
 from cryo_orient.workflow import orient, pipeline, report
 from cryo_orient.workflow.profiles import OPTIONAL_TARGETS, load_profile, merge_settings
+
+
+class CommandError(InputError):
+    """A bad command line (options that do not go together, a file that is not what it should be)."""
 
 
 def _parse_value(text: str):
@@ -37,10 +46,25 @@ def _config_file(path) -> dict:
         return {}
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"error: config file {path} does not exist")
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    return tomllib.loads(path.read_text())
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise CommandError(f"config file {path} {what}; give a TOML or JSON file of settings to --config")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise CommandError(f"config file {path} is not text; give a TOML or JSON file to --config") from None
+    try:
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except json.JSONDecodeError as err:
+        raise CommandError(f"config file {path} is not valid JSON ({err}); fix that line") from None
+    except tomllib.TOMLDecodeError as err:
+        hint = " (a .json file is read as JSON only when it ends in .json)" if text.lstrip()[:1] in "[{" else ""
+        raise CommandError(f"config file {path} is not valid TOML ({err}){hint}; fix that line") from None
+    if not isinstance(values, dict):
+        raise CommandError(
+            f"config file {path} holds a JSON {type(values).__name__}, not a table of settings; "
+            'write an object such as {"epochs": 3}'
+        )
+    return values
 
 
 def _set_values(items) -> dict:
@@ -49,7 +73,9 @@ def _set_values(items) -> dict:
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise SystemExit(f"error: --set expects key=value, got {item!r}")
+            raise CommandError(f"--set expects KEY=VALUE, got {item!r}; write e.g. --set epochs=3")
+        if not key.strip():
+            raise CommandError(f"--set {item!r} names no setting; write e.g. --set epochs=3")
         values[key.strip().replace("-", "_")] = _parse_value(raw)
     return values
 
@@ -65,8 +91,8 @@ def _simulation_values(args) -> dict:
     if args.profile:
         datasets = load_profile(args.profile)["datasets"]
         if args.dataset not in datasets:
-            raise SystemExit(
-                f"error: profile {args.profile!r} has no dataset {args.dataset!r}; it defines {sorted(datasets)}"
+            raise CommandError(
+                f"profile {args.profile!r} has no dataset {args.dataset!r}; choose one of {sorted(datasets)}"
             )
         values.update(datasets[args.dataset])
     return values | _set_values(args.set)
@@ -74,13 +100,11 @@ def _simulation_values(args) -> dict:
 
 def _cmd_simulate(args) -> int:
     if bool(args.profile) != bool(args.dataset):
-        raise SystemExit("error: --profile and --dataset go together")
+        raise CommandError("--profile and --dataset go together; give both or neither")
     values = _simulation_values(args)
     if not values:
         fields = ", ".join(f.name for f in dataclasses.fields(simulate.SimulationConfig))
-        raise SystemExit(
-            f"error: nothing to simulate; give --config, --profile/--dataset or --set key=value ({fields})"
-        )
+        raise CommandError(f"nothing to simulate; give --config, --profile/--dataset or --set key=value ({fields})")
     config = simulate.SimulationConfig.from_dict(values)
     path = simulate.simulate_dataset(
         config, args.out, chunk_size=args.chunk_size, progress=not args.quiet, overwrite=args.overwrite
@@ -117,37 +141,77 @@ def _cmd_embed(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _npz(path, what: str):
+    """``np.load`` of an .npz (no pickles) whose failures say which file is not ``what``."""
+    path = Path(path)
+    if not path.is_file():
+        state = "is a folder" if path.is_dir() else "does not exist"
+        raise CommandError(f"{path} {state}; give {what}")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PK\x03\x04":
+        raise CommandError(f"{path} is not an .npz file (no zip header); give {what}")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise CommandError(f"{path} is not a readable .npz file ({err}); give {what}") from None
+    try:
+        yield f
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
+        if isinstance(err, CryoOrientError):
+            raise
+        raise CommandError(f"{path} is truncated or corrupt ({err}); write it again") from None
+    finally:
+        f.close()
+
+
 def _read_orientations(path, index):
     """Quaternions from a STAR file (RELION angles) or an .npz of `cryo-orient recover`."""
     path, n = Path(path), len(index)
     if not path.is_file():
-        raise SystemExit(f"error: no orientation file at {path}")
+        raise CommandError(f"no orientation file at {path}; give a STAR file or an .npz of `cryo-orient recover`")
     if path.suffix == ".star":
         q = relion.read_star(path)["quaternions"]
     else:
-        with np.load(path) as f:
+        with _npz(path, "an .npz of `cryo-orient recover` or a STAR file") as f:
             if "quaternions" not in f or "losses" not in f:
-                raise SystemExit(
-                    f"error: {path} is not an output of `cryo-orient recover` (quaternions, losses, "
+                raise CommandError(
+                    f"{path} is not an output of `cryo-orient recover` (quaternions, losses, "
                     "index); an `embed` file holds the true orientations, not recovered ones"
                 )
             q = f["quaternions"]
             if "index" in f and not np.array_equal(np.sort(f["index"]), np.sort(index)):
-                raise SystemExit(
-                    f"error: {path} was recovered for other images than the chosen split's; "
+                raise CommandError(
+                    f"{path} was recovered for other images than the chosen split's; "
                     "use the same --split (and dataset) as for `cryo-orient embed`"
                 )
+    q = np.asarray(q)
+    if q.ndim != 2 or q.shape[1] != 4 or not np.issubdtype(q.dtype, np.number):
+        raise CommandError(f"{path} holds quaternions of shape {q.shape}, not (N, 4); give an output of `recover`")
+    if not np.all(np.isfinite(q)):
+        raise CommandError(f"{path} holds NaN or infinite quaternions; recover the orientations again")
     if len(q) != n:
-        raise SystemExit(
-            f"error: {path} holds {len(q)} orientations but the chosen split has {n} images; "
+        raise CommandError(
+            f"{path} holds {len(q)} orientations but the chosen split has {n} images; "
             "use the same --split as when they were made"
         )
     return q
 
 
 def _cmd_recover(args) -> int:
-    with np.load(args.embeddings) as f:
+    with _npz(args.embeddings, "an .npz of `cryo-orient embed`") as f:
+        missing = [k for k in ("features", "index", "feature_distance") if k not in f]
+        if missing:
+            raise CommandError(
+                f"{args.embeddings} lacks {missing}: it is not an output of `cryo-orient embed`; embed the images first"
+            )
         features, index, kind = f["features"], f["index"], str(f["feature_distance"])
+    if kind not in siamese.FEATURE_DISTANCES:
+        raise CommandError(
+            f"{args.embeddings} names the feature distance {kind!r}, not one of {siamese.FEATURE_DISTANCES}; "
+            "embed the images again"
+        )
     config = pipeline.PipelineConfig(recovery_restarts=args.restarts, recovery_max_steps=args.max_steps, seed=args.seed)
     result = pipeline.recover_orientations(
         siamese.distance_function(features, kind), len(features), config, progress=not args.quiet
@@ -184,6 +248,8 @@ def _cmd_reconstruct(args) -> int:
     images = part.images(args.images)
     size = images.shape[-1]
     shape = tuple(int(n) for n in dataset.metadata["volume_shape"]) if args.box == "map" else (size,) * 3
+    # refused now rather than after the reconstruction
+    check_free_space(Path(args.out).parent, 4 * int(np.prod(shape)) + 4096, "the map")
     result = reconstruct.reconstruct(
         images, q, shape, args.backend, iterations=args.iterations, progress=not args.quiet
     )
@@ -241,19 +307,16 @@ def _cmd_orient(args) -> int:
 def _cmd_fsc(args) -> int:
     a, voxel = data.load_volume(args.volume_a)
     b, _ = data.load_volume(args.volume_b)
-    voxel = args.voxel_size or voxel
-    try:
-        curve = fsc.fsc(a, b, voxel, mask="soft_sphere" if args.mask else None)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from err
-    for threshold in fsc.THRESHOLDS:
-        res, crossed = curve.resolution(threshold)
-        print(f"FSC {threshold}: {res:.2f} Å" + ("" if crossed else " (not crossed before Nyquist)"))
-    if args.out:
+    voxel = voxel if args.voxel_size is None else args.voxel_size
+    curve = fsc.fsc(a, b, voxel, mask="soft_sphere" if args.mask else None)
+    if args.out:  # written first, so a bad --out fails before anything is printed
         rows = ["frequency_per_angstrom,fsc,voxels"] + [
             f"{f:.6g},{c:.6g},{n}" for f, c, n in zip(curve.frequency, curve.correlation, curve.counts)
         ]
         save_text("\n".join(rows) + "\n", args.out)
+    for threshold in fsc.THRESHOLDS:
+        res, crossed = curve.resolution(threshold)
+        print(f"FSC {threshold}: {res:.2f} Å" + ("" if crossed else " (not crossed before Nyquist)"))
     return 0
 
 
@@ -273,10 +336,7 @@ def _report_targets(profile_name: str) -> list[str]:
 
 def _cmd_report(args) -> int:
     """Write figures/<profile>/REPORT.md and REPORT.html."""
-    try:
-        paths = report.write_report(args.profile, reference_path=args.reference, targets=_report_targets(args.profile))
-    except report.ReportError as err:
-        raise SystemExit(f"error: {err}") from err
+    paths = report.write_report(args.profile, reference_path=args.reference, targets=_report_targets(args.profile))
     print("wrote " + ", ".join(str(p) for p in paths))
     if args.readme:
         changed = report.update_readme(args.readme, report.headline_for(args.profile, reference_path=args.reference))
@@ -321,8 +381,42 @@ def _settings_options(parser, settings: str, example: str) -> None:
     )
 
 
+def _count(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are the CLI's one line (``error: ...; ...``, exit 2), not the usage."""
+
+    def error(self, message):
+        raise CommandError(f"{message}; see `{self.prog} --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cryo-orient", description=__doc__)
+    parser = _Parser(prog="cryo-orient", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="simulate a dataset of projections into an HDF5 file")
@@ -336,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="set or override one setting, e.g. --set noise_variance=16 (repeatable)",
     )
     sim.add_argument("--out", required=True, help="the .h5 file to write")
-    sim.add_argument("--chunk-size", type=int, default=256)
+    sim.add_argument("--chunk-size", type=_count(1), default=256)
     sim.add_argument("--overwrite", action="store_true", help="recompute even if the file is up to date")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=_cmd_simulate)
@@ -369,9 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recover", help="recover orientations from feature vectors (Eq. 4)")
     rec.add_argument("--embeddings", required=True, help="an .npz written by `cryo-orient embed`")
     rec.add_argument("--out", required=True, help="the .npz to write (quaternions, losses, index)")
-    rec.add_argument("--restarts", type=int, default=3, help="independent runs; the lowest final loss wins")
-    rec.add_argument("--max-steps", type=int, default=20000)
-    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--restarts", type=_count(1), default=3, help="independent runs; the lowest final loss wins")
+    rec.add_argument("--max-steps", type=_count(1), default=20000)
+    rec.add_argument("--seed", type=_count(0), default=0)
     rec.add_argument("--quiet", action="store_true")
     rec.set_defaults(func=_cmd_recover)
 
@@ -380,8 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     gau.add_argument("--orientations", required=True, help="an .npz from `cryo-orient recover` or a STAR file")
     gau.add_argument("--split", choices=SPLITS, default="test")
     gau.add_argument("--out", required=True, help="the RELION STAR file to write")
-    gau.add_argument("--candidates", type=int, default=3000, help="grid size over SO(3) per branch")
-    gau.add_argument("--seed", type=int, default=0)
+    gau.add_argument("--candidates", type=_count(1), default=3000, help="grid size over SO(3) per branch")
+    gau.add_argument("--seed", type=_count(0), default=0)
     gau.add_argument("--quiet", action="store_true")
     gau.set_defaults(func=_cmd_gauge)
 
@@ -400,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="detector",
         help="the detector's cube (default) or the true map's grid",
     )
-    recon.add_argument("--iterations", type=int, default=100)
+    recon.add_argument("--iterations", type=_count(1), default=100)
     recon.add_argument("--backend", choices=projection.BACKENDS, default="auto")
     recon.add_argument("--out", required=True, help="the MRC file to write")
     recon.add_argument("--quiet", action="store_true")
@@ -409,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     fs = sub.add_parser("fsc", help="Fourier shell correlation of two maps and the resolution at 0.5 / 0.143")
     fs.add_argument("volume_a")
     fs.add_argument("volume_b")
-    fs.add_argument("--voxel-size", type=float, help="Å per voxel (default: volume_a's header)")
+    fs.add_argument("--voxel-size", type=_positive_float, help="Å per voxel (default: volume_a's header)")
     fs.add_argument("--mask", action="store_true", help="apply a soft spherical mask first")
     fs.add_argument("--out", help="write the curve as CSV")
     fs.set_defaults(func=_cmd_fsc)
@@ -460,14 +554,120 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_FAILURE = 1
+EXIT_INPUT = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so that every ``finally`` (temporary files) runs."""
+
+
+class Exit(SystemExit):
+    """The CLI's exit after an error: ``code`` is the exit status, ``str()`` the line printed."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+#: Errno values that mean the command line named an unusable path (exit 2), with the fix.
+_PATH_ERRORS = {
+    errno.EACCES: ("permission denied", "choose a folder you can write to (or read, for an input)"),
+    errno.EPERM: ("operation not permitted", "choose a folder you can write to"),
+    errno.EROFS: ("read-only file system", "choose a writable folder for the output"),
+    errno.EISDIR: ("is a folder, not a file", "give a file name, not a folder"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "give a path whose folders are folders"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.ENAMETOOLONG: ("file name too long", "choose a shorter path"),
+    errno.EEXIST: ("already exists", "remove it or choose another path"),
+}
+
+
+def _os_error(err: OSError) -> tuple[int, str]:
+    where = err.filename or ""
+    if err.errno == errno.ENOSPC:
+        detail = err.strerror if err.strerror and "needs" in err.strerror else "no space left on the device"
+        return EXIT_FAILURE, f"{where}: {detail}; free some space or write the output elsewhere"
+    if err.errno == errno.EDQUOT:
+        return EXIT_FAILURE, f"{where}: disk quota exceeded; free some space or write the output elsewhere"
+    if err.errno in _PATH_ERRORS:
+        what, fix = _PATH_ERRORS[err.errno]
+        if err.strerror and err.errno in (errno.EISDIR, errno.ENOTDIR) and "folder" in err.strerror:
+            what = err.strerror
+        return EXIT_INPUT, f"{where}: {what}; {fix}" if where else f"{what}; {fix}"
+    return EXIT_FAILURE, f"{where + ': ' if where else ''}{err.strerror or err}; check the path and the device"
+
+
+def _error_line(err: BaseException, command: str | None) -> tuple[int, str]:
+    """The exit status and the one line (without ``error: ``) for an exception of a command."""
+    helper = f"`cryo-orient {command} --help`" if command else "`cryo-orient --help`"
+    if isinstance(err, OSError) and not isinstance(err, CryoOrientError) and err.errno is not None:
+        return _os_error(err)
+    if isinstance(err, ResourceError):
+        code, text, fix = EXIT_FAILURE, str(err), "ask for less"
+    elif isinstance(err, (InputError, DataError)):
+        code, text, fix = EXIT_INPUT, str(err), f"see {helper}"
+    elif isinstance(err, CryoOrientError):
+        code, text, fix = EXIT_FAILURE, str(err), "rerun with --debug for the details"
+    elif isinstance(err, (ValueError, TypeError, FileNotFoundError, KeyError, IndexError)):
+        # The standard errors the package raises for bad arguments (older checks).
+        code, text, fix = EXIT_INPUT, str(err) if not isinstance(err, KeyError) else f"missing {err}", f"see {helper}"
+    elif isinstance(err, MemoryError):
+        code, text, fix = EXIT_FAILURE, "out of memory", "ask for less (fewer or smaller images)"
+    else:
+        code = EXIT_FAILURE
+        text = f"internal error ({type(err).__name__}: {err})"
+        fix = "rerun with --debug for the traceback and report it"
+    text = " ".join(text.split())  # one line
+    if "; " not in text:
+        text = f"{text}; {fix}"
+    return code, text
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; an error is one line on stderr, ``error: <what went wrong>; <how to fix it>``,
+    and the exit status 2 (bad input) or 1 (failure at run time); SIGINT exits 130 and SIGTERM 143,
+    both after removing the temporary files. ``--debug`` (anywhere) shows the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate) if _main_thread() else None
+    command = next((a for a in argv if not a.startswith("-")), None)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (CryoOrientError, ValueError, TypeError, FileNotFoundError) as err:
-        # The package's errors (and the standard ones it raises for bad arguments) name the problem
-        # and the fix: one line, no traceback.
-        raise SystemExit(f"error: {err}") from err
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT); temporary files removed, run the command again", file=sys.stderr)
+        raise Exit(EXIT_SIGINT, "interrupted") from None
+    except Terminated:
+        print("error: terminated (SIGTERM); temporary files removed, run the command again", file=sys.stderr)
+        raise Exit(EXIT_SIGTERM, "terminated") from None
+    except SystemExit:
+        raise  # --help, --version
+    except Exception as err:
+        if debug:
+            traceback.print_exc()
+        code, line = _error_line(err, command)
+        print(f"error: {line}", file=sys.stderr)
+        raise Exit(code, f"error: {line}") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading  # noqa: PLC0415
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ Error types
 :class:`DataError`
     A data file that cannot be obtained or used as it is (wrong checksum, unreadable content); a
     :class:`RuntimeError`.
+:class:`ResourceError`
+    Not enough memory (or another resource of this machine) for what was asked, found before
+    starting (:func:`check_memory`); a :class:`MemoryError`.
+:class:`RunError`
+    A failure while running (a training that diverged, ...); a :class:`RuntimeError`.
 
 Checks
 ------
@@ -31,6 +36,7 @@ import dataclasses
 import math
 import numbers
 import operator
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,9 +47,14 @@ __all__ = [
     "InputError",
     "InputIndexError",
     "InputTypeError",
+    "MissingInputError",
+    "ResourceError",
+    "RunError",
     "Settings",
     "UnavailableError",
     "as_rng",
+    "check_memory",
+    "memory_limit",
     "choice",
     "finite",
     "float_array",
@@ -68,6 +79,10 @@ class InputTypeError(InputError, TypeError):
     """An argument of the wrong type."""
 
 
+class MissingInputError(InputError, FileNotFoundError):
+    """An input file (or folder) that is not there."""
+
+
 class InputIndexError(InputError, IndexError):
     """An index outside the range it indexes."""
 
@@ -78,6 +93,65 @@ class UnavailableError(CryoOrientError, RuntimeError):
 
 class DataError(CryoOrientError, RuntimeError):
     """A data file that cannot be obtained or used (unobtainable, wrong checksum, unusable content)."""
+
+
+class ResourceError(CryoOrientError, MemoryError):
+    """Not enough memory (or another resource) for the operation asked, found before it starts."""
+
+
+class RunError(CryoOrientError, RuntimeError):
+    """A failure at run time that no input check could foresee (e.g. a training that diverged)."""
+
+
+#: Environment variable that caps the memory an operation may plan to use, in bytes (or with a
+#: unit: ``"2GiB"``); without it the cap is the memory the system says is available.
+MEMORY_LIMIT_ENV = "CRYO_ORIENT_MEMORY_LIMIT"
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KIB": 2**10, "M": 2**20, "MIB": 2**20, "G": 2**30, "GIB": 2**30, "T": 2**40}
+
+
+def memory_limit() -> int:
+    """The bytes an operation may plan to allocate: ``$CRYO_ORIENT_MEMORY_LIMIT`` if set, else
+    ``MemAvailable`` of /proc/meminfo (else physical memory, else 8 GiB)."""
+    text = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if text:
+        number = text.rstrip("kKmMgGtTiIbB")
+        unit = text[len(number) :].strip().upper()
+        try:
+            return int(float(number) * _UNITS[unit])
+        except (ValueError, KeyError):
+            raise InputError(
+                f"${MEMORY_LIMIT_ENV} must be a number of bytes, optionally with a unit (e.g. 4GiB); got {text!r}"
+            ) from None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if abs(n) < 1024 or unit == "EiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} EiB"  # pragma: no cover
+
+
+def check_memory(needed: float, what: str, fix: str) -> None:
+    """Refuse with :class:`ResourceError` if ``needed`` bytes exceed :func:`memory_limit`: the
+    message gives both figures, what needed them and ``fix`` (how to ask for less)."""
+    limit = memory_limit()
+    if needed > limit:
+        raise ResourceError(
+            f"{what} needs about {_format_bytes(needed)} of memory but {_format_bytes(limit)} is available "
+            f"(limit: ${MEMORY_LIMIT_ENV} or the system's available memory); {fix}"
+        )
 
 
 class Settings:
@@ -98,6 +172,13 @@ class Settings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(f"unknown {cls._unknown_keys} {unknown}; known {cls._known_keys} are {sorted(known)}")
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in values
+        ]
+        if required:
+            raise InputError(f"{cls.__name__} needs the setting(s) {required}; add them (e.g. --set {required[0]}=...)")
         return cls(**values)
 
     def to_dict(self) -> dict:

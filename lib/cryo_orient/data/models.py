@@ -10,7 +10,7 @@ import gemmi
 import numpy as np
 
 from cryo_orient import validation
-from cryo_orient.validation import DataError
+from cryo_orient.validation import DataError, InputError, MissingInputError
 
 __all__ = ["density_from_model"]
 
@@ -74,7 +74,7 @@ def density_from_model(path, voxel_size, resolution, margin=None, *, return_orig
     if margin is not None:
         margin = float(margin)
         if not (math.isfinite(margin) and margin >= 0):
-            raise ValueError(f"margin must be a finite number >= 0 (in A), got {margin}")
+            raise InputError(f"margin must be a finite number >= 0 (in A), got {margin}")
     if resolution < 2 * voxel_size:
         warnings.warn(
             f"resolution {resolution} A is finer than the grid can hold (Nyquist: 2 * voxel_size "
@@ -85,7 +85,7 @@ def density_from_model(path, voxel_size, resolution, margin=None, *, return_orig
         )
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such atomic model file: {path}")
+        raise MissingInputError(f"no such atomic model file: {path}")
 
     try:
         structure = gemmi.read_structure(str(path))

@@ -17,7 +17,7 @@ import numpy as np
 
 from cryo_orient import validation
 from cryo_orient.artifacts import atomic_output
-from cryo_orient.validation import DataError
+from cryo_orient.validation import DataError, InputError, MissingInputError
 
 __all__ = ["load_volume", "write_volume"]
 
@@ -27,7 +27,7 @@ def _axis_permutation(header) -> tuple[int, int, int]:
     # each one is. The permutation brings them into [z, y, x] order.
     labels = [int(header.maps), int(header.mapr), int(header.mapc)]
     if sorted(labels) != [1, 2, 3]:
-        raise ValueError(f"invalid axis order MAPC, MAPR, MAPS = {labels[::-1]}")
+        raise InputError(f"invalid axis order MAPC, MAPR, MAPS = {labels[::-1]}")
     return labels.index(3), labels.index(2), labels.index(1)
 
 
@@ -66,7 +66,7 @@ def load_volume(path) -> tuple[np.ndarray, float]:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such map file: {path}")
+        raise MissingInputError(f"no such map file: {path}")
     if not path.is_file():
         raise DataError(f"{path} is not a file; give the path of an MRC map")
     if path.stat().st_size == 0:
@@ -158,21 +158,21 @@ def write_volume(path, volume, voxel_size, *, origin=None) -> Path:
     """
     volume = np.asarray(volume)
     if volume.ndim != 3:
-        raise ValueError(
+        raise InputError(
             f"volume must be 3-D [z, y, x], got shape {volume.shape}; write images or stacks with mrcfile directly"
         )
     if volume.size == 0:
-        raise ValueError(f"volume is empty (shape {volume.shape})")
+        raise InputError(f"volume is empty (shape {volume.shape})")
     if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
-        raise ValueError(f"volume must hold real numbers, got dtype {volume.dtype}")
+        raise InputError(f"volume must hold real numbers, got dtype {volume.dtype}")
     bad = int(volume.size - np.count_nonzero(np.isfinite(volume)))
     if bad:
-        raise ValueError(f"volume holds {bad} NaN or infinite values; replace them (e.g. np.nan_to_num) first")
+        raise InputError(f"volume holds {bad} NaN or infinite values; replace them (e.g. np.nan_to_num) first")
     voxel_size = validation.positive(voxel_size, "voxel_size")
     if origin is not None:
         origin = np.asarray(origin, dtype=np.float64)
         if origin.shape != (3,) or not np.all(np.isfinite(origin)):
-            raise ValueError(f"origin must be 3 finite numbers (x, y, z), got {origin!r}")
+            raise InputError(f"origin must be 3 finite numbers (x, y, z), got {origin!r}")
 
     path = Path(path)
     # our own float32 copy: mrcfile keeps a reference to what it is given

@@ -36,6 +36,7 @@ import os
 import re
 import secrets
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -43,10 +44,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cryo_orient.artifacts import save_text
+from cryo_orient import validation
+from cryo_orient.artifacts import save_text, sweep_stale_temporaries
 from cryo_orient.data.models import density_from_model
 from cryo_orient.data.mrc import load_volume, write_volume
-from cryo_orient.validation import DataError
+from cryo_orient.validation import DataError, InputError, InputTypeError
 
 __all__ = [
     "CACHE_ENV",
@@ -70,6 +72,10 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MAP_SUFFIXES = (".mrc", ".map", ".ccp4")
 _MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
 _LFS_POINTER_PREFIX = b"version https://git-lfs"
+
+
+#: The URL schemes a registry entry may download from.
+_URL_SCHEMES = ("https", "http")
 
 
 @dataclass(frozen=True)
@@ -108,23 +114,33 @@ class DataFile:
     def __post_init__(self):
         # tuple("https://...") would silently split a single URL into characters
         if isinstance(self.urls, (str, bytes)):
-            raise ValueError(
+            raise InputError(
                 f"DataFile {self.name!r}: urls must be a sequence of URLs, got the single string "
                 f"{self.urls!r}; wrap it as ({self.urls!r},)"
             )
         # frozen dataclass: object.__setattr__ is the sanctioned way to normalise in __post_init__
         object.__setattr__(self, "urls", tuple(str(u) for u in self.urls))
+        for url in self.urls:
+            # urllib would also open file://, ftp:// and data: addresses: a registry entry (possibly a
+            # user's) must not turn a fetch into a read of local files
+            scheme = urllib.parse.urlsplit(url).scheme.lower()
+            if scheme not in _URL_SCHEMES:
+                raise validation.InputError(
+                    f"DataFile {self.name!r}: URL {url!r} has the scheme {scheme or '(none)'!r}; only "
+                    f"{'/'.join(_URL_SCHEMES)} downloads are allowed (for a local file, use a mirror directory: "
+                    "DATA_MIRROR)"
+                )
         if self.sha256 is not None:
             sha = str(self.sha256).strip().lower()
             if not _SHA256_RE.match(sha):
-                raise ValueError(
+                raise InputError(
                     f"DataFile {self.name!r}: sha256 must be 64 hexadecimal digits or None "
                     f"(not pinned), got {self.sha256!r}"
                 )
             object.__setattr__(self, "sha256", sha)
         # the file name is joined to the cache and mirror directories: a path could escape them
         if self.filename in ("", ".", "..") or Path(self.filename).name != self.filename:
-            raise ValueError(
+            raise InputError(
                 f"DataFile {self.name!r}: filename must be a bare file name without directories, got {self.filename!r}"
             )
 
@@ -236,10 +252,10 @@ def _resolve(name_or_datafile) -> DataFile:
         try:
             return REGISTRY[name_or_datafile]
         except KeyError:
-            raise ValueError(
+            raise InputError(
                 f"unknown data name {name_or_datafile!r}; known names: {', '.join(REGISTRY)} (or pass a DataFile)"
             ) from None
-    raise TypeError(f"expected a registry name (str) or a DataFile, got {type(name_or_datafile).__name__}")
+    raise InputTypeError(f"expected a registry name (str) or a DataFile, got {type(name_or_datafile).__name__}")
 
 
 def _cache_dir(cache_dir) -> Path:
@@ -274,13 +290,16 @@ def _read_sidecar(sidecar: Path) -> str | None:
 
 def _temp_path(path: Path) -> Path:
     """A fresh hidden name next to ``path``, so that os.replace onto ``path`` is atomic."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.part")
+    # named like artifacts.temporary_path (.<name>.<pid>.<random>.tmp), so the next run sweeps
+    # the partial download of a killed process
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
 
 
 def _open_temp(path: Path, mode: str = "xb"):
     # used for downloads, whose temp file is renamed only once its checksum verifies
     # "x" never clobbers a concurrent writer's temp file; unlike tempfile.mkstemp (mode 0600)
     # the result gets the permissions the user's umask gives any other file
+    sweep_stale_temporaries(path.parent)  # the partial downloads of killed processes
     while True:
         tmp = _temp_path(path)
         try:
@@ -530,12 +549,12 @@ def load(name_or_datafile, cache_dir=None, mirror=None, progress=True):
     if datafile.kind == "map":
         return load_volume(fetch(datafile, cache_dir, mirror, progress))
     if datafile.kind != "model":
-        raise ValueError(
+        raise InputError(
             f"{datafile.name!r} ({datafile.filename}) is neither a density map nor an atomic "
             f"model; use fetch({datafile.name!r}) to get its path"
         )
     if datafile.voxel_size is None or datafile.resolution is None:
-        raise ValueError(
+        raise InputError(
             f"atomic-model entry {datafile.name!r} needs voxel_size and resolution to build its "
             "map; set them in its DataFile, or call density_from_model(fetch(...), ...) yourself"
         )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from cryo_orient.validation import InputError
+
 PAPER_TEST_SIZE = 0.33
 PAPER_VAL_SIZE = 0.25
 PAPER_SEEDS = (42, 1)
@@ -37,10 +39,10 @@ def train_val_test_split(n, test_size=PAPER_TEST_SIZE, val_size=PAPER_VAL_SIZE, 
         Disjoint index arrays covering ``range(n)``, in scikit-learn's (shuffled) order.
     """
     if not isinstance(n, (int, np.integer)) or n < 3:
-        raise ValueError(f"need at least 3 projections to split three ways, got n={n!r}")
+        raise InputError(f"need at least 3 projections to split three ways, got n={n!r}")
     for name, frac in (("test_size", test_size), ("val_size", val_size)):
         if not 0 < frac < 1:
-            raise ValueError(f"{name} must be a fraction in (0, 1), got {frac!r}")
+            raise InputError(f"{name} must be a fraction in (0, 1), got {frac!r}")
     index = np.arange(n)
     rest, test = train_test_split(index, test_size=test_size, random_state=seeds[0])
     train, val = train_test_split(rest, test_size=val_size, random_state=seeds[1])
@@ -50,5 +52,5 @@ def train_val_test_split(n, test_size=PAPER_TEST_SIZE, val_size=PAPER_VAL_SIZE, 
 def pair_count(set_size, fraction=PAPER_PAIR_FRACTION) -> int:
     """Pairs used for a set: ``int(fraction * set_size**2)`` (all ordered pairs for fraction 1)."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        raise InputError(f"fraction must be in (0, 1], got {fraction!r}")
     return int(fraction * set_size**2)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 from cryo_orient.data.dataset import Dataset
-from cryo_orient.validation import InputError
+from cryo_orient.validation import InputError, InputTypeError
 
 __all__ = ["ESTIMATORS", "DistanceEstimator", "make_estimator", "register"]
 
@@ -70,7 +70,7 @@ class DistanceEstimator(abc.ABC):
 def register(cls: type[DistanceEstimator]) -> type[DistanceEstimator]:
     """Class decorator: make an estimator available by its ``name``."""
     if not cls.name:
-        raise TypeError(f"{cls.__name__} needs a class attribute `name` to be registered")
+        raise InputTypeError(f"{cls.__name__} needs a class attribute `name` to be registered")
     ESTIMATORS[cls.name] = cls
     return cls
 

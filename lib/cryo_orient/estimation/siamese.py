@@ -49,7 +49,10 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +60,12 @@ from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from cryo_orient import validation
-from cryo_orient.artifacts import jsonable, save_text
+from cryo_orient.artifacts import atomic_output, ensure_folder, file_lock, jsonable, save_text, sweep_stale_temporaries
 from cryo_orient.data.dataset import Dataset
 from cryo_orient.estimation.base import DistanceEstimator, register
 from cryo_orient.geometry import rotations
 from cryo_orient.simulation.noise import Perturbation
-from cryo_orient.validation import InputError, Settings, as_rng
+from cryo_orient.validation import DataError, InputError, InputTypeError, MissingInputError, RunError, Settings, as_rng
 
 __all__ = [
     "FILTERS",
@@ -101,6 +104,8 @@ LOSSES = ("mae", "mse")
 COSINE_EPS = 1e-7
 _NORM_FLOOR = 1e-8
 UNIFORM_BINS = 32
+#: The largest learning rate accepted: RMSprop steps of more than 1 in the weights diverge.
+MAX_LEARNING_RATE = 1.0
 
 
 def _keras():
@@ -151,7 +156,7 @@ def feature_distances(features_a, features_b, kind="cosine") -> np.ndarray:
     a = np.asarray(features_a, dtype=np.float64)
     b = np.asarray(features_b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"features must be two (m, n_f) arrays of the same shape, got {a.shape} and {b.shape}")
+        raise InputError(f"features must be two (m, n_f) arrays of the same shape, got {a.shape} and {b.shape}")
     if kind == "cosine":
         na = np.sqrt(np.maximum(np.einsum("ij,ij->i", a, a), _NORM_FLOOR))
         nb = np.sqrt(np.maximum(np.einsum("ij,ij->i", b, b), _NORM_FLOOR))
@@ -160,33 +165,80 @@ def feature_distances(features_a, features_b, kind="cosine") -> np.ndarray:
     return np.sqrt(np.maximum(np.einsum("ij,ij->i", a - b, a - b), _NORM_FLOOR))
 
 
+def _check_features(features, kind) -> np.ndarray:
+    """``features`` as a finite (n, n_f) float64 array; for the cosine distance no row may be all
+    zero (its direction, hence its distance to anything, is undefined)."""
+    validation.choice(kind, "kind", FEATURE_DISTANCES)
+    features = validation.float_array(features, "features", "an (n, n_f) array of feature vectors")
+    if features.ndim != 2 or features.shape[0] < 1 or features.shape[1] < 1:
+        raise InputError(f"features must be an (n, n_f) array of feature vectors, got shape {features.shape}")
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise InputError(
+            f"features hold NaN or infinite values in {len(rows)} of {len(features)} rows (first: row {rows[0]}); "
+            "embed those images again (a model that diverged gives NaN)"
+        )
+    if kind == "cosine":
+        zero = ~features.any(axis=1)
+        if zero.any():
+            rows = np.flatnonzero(zero)
+            raise InputError(
+                f"{len(rows)} of {len(features)} feature vectors are all zero (first: row {rows[0]}), so their cosine "
+                "distance is undefined; train the model longer or with more features (n_features)"
+            )
+    return features
+
+
 def distance_function(features, kind="cosine"):
     """A callable ``f(i, j) -> d_p`` on index arrays, for :func:`cryo_orient.orientation.recovery.recover`.
 
     The CNN ran once per projection (in :func:`embed`); every pair distance the recovery asks for
     is then a few flops on the stored features, instead of a CNN pass per pair and step.
     """
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or not np.all(np.isfinite(features)):
-        raise ValueError(f"features must be a finite (n, n_f) array, got shape {features.shape}")
+    features = _check_features(features, kind)
 
     def d_p(i, j):
-        return feature_distances(features[np.asarray(i)], features[np.asarray(j)], kind)
+        i, j = validation.index_pairs(i, j, len(features))
+        return feature_distances(features[i], features[j], kind)
 
     return d_p
 
 
-def distance_matrix(features, kind="cosine", block=2048) -> np.ndarray:
-    """The full (n, n) matrix of estimated distances from (n, n_f) features (float32)."""
-    features = np.asarray(features, dtype=np.float64)
+#: Bytes of working memory :func:`distance_matrix` allows itself per block of rows.
+DISTANCE_BLOCK_BYTES = 64 * 2**20
+
+
+def distance_matrix(features, kind="cosine", block=None) -> np.ndarray:
+    """The full (n, n) matrix of estimated distances from (n, n_f) features (float32).
+
+    Computed by matrix products, ``block`` rows at a time (default: as many as fit in
+    :data:`DISTANCE_BLOCK_BYTES` of float64 work space), so the memory beyond the (n, n) float32
+    result stays bounded whatever n; the same numbers as :func:`feature_distances` of every pair
+    to float rounding (the cosine is computed from unit vectors, the Euclidean distance from
+    ``|a|² + |b|² − 2 a·b``).
+    """
+    features = _check_features(features, kind)
     n = len(features)
+    validation.check_memory(
+        4 * n * n + 3 * DISTANCE_BLOCK_BYTES, f"the {n:,} × {n:,} distance matrix", "embed fewer images"
+    )
+    if block is None:
+        block = max(1, DISTANCE_BLOCK_BYTES // (8 * 2 * max(n, 1)))
+    block = validation.positive_int(block, "block")
     out = np.empty((n, n), dtype=np.float32)
-    cols = np.arange(n)
+    sq = np.einsum("ij,ij->i", features, features)
+    if kind == "cosine":
+        unit = features / np.sqrt(np.maximum(sq, _NORM_FLOOR))[:, None]
     for start in range(0, n, block):
-        rows = np.arange(start, min(n, start + block))
-        i = np.repeat(rows, n)
-        j = np.tile(cols, len(rows))
-        out[rows] = feature_distances(features[i], features[j], kind).reshape(len(rows), n)
+        rows = slice(start, min(n, start + block))
+        if kind == "cosine":
+            cos = unit[rows] @ unit.T
+            np.clip(cos, COSINE_EPS, 1.0 - COSINE_EPS, out=cos)
+            out[rows] = 2.0 * np.arccos(cos)
+        else:
+            d2 = sq[rows, None] + sq[None, :] - 2.0 * (features[rows] @ features.T)
+            out[rows] = np.sqrt(np.maximum(d2, _NORM_FLOOR))
     return out
 
 
@@ -255,10 +307,8 @@ def _custom(name):
 
 
 def _check_size(input_size, n_features):
-    if not isinstance(input_size, (int, np.integer)) or input_size < 8:
-        raise ValueError(f"input_size must be an integer ≥ 8 (pixels per side), got {input_size!r}")
-    if not isinstance(n_features, (int, np.integer)) or n_features < 1:
-        raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
+    validation.integer(input_size, "input_size (pixels per side)", 8)
+    validation.positive_int(n_features, "n_features")
 
 
 def build_encoder(input_size=116, n_features=512, *, name="encoder"):
@@ -321,7 +371,7 @@ def encoder_of(model):
     except ValueError:
         if len(model.inputs) == 1:
             return model
-        raise ValueError(
+        raise InputError(
             "this model has neither an 'encoder' layer nor a single input; "
             "pass a model built by cryo_orient.estimation.siamese.build_model"
         ) from None
@@ -365,9 +415,9 @@ def resize_images(images, size) -> np.ndarray:
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
-        raise ValueError(f"images must be an (n, s, s) stack of square images, got shape {images.shape}")
+        raise InputError(f"images must be an (n, s, s) stack of square images, got shape {images.shape}")
     if not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+        raise InputError(f"size must be a positive integer, got {size!r}")
     n, s = images.shape[:2]
     if size == s:
         return images.copy()
@@ -386,7 +436,7 @@ def sample_pairs(n, n_pairs, rng=None) -> np.ndarray:
     """
     rng = as_rng(rng)
     if n < 2 or n_pairs < 1:
-        raise ValueError(f"need n ≥ 2 images and n_pairs ≥ 1, got n={n}, n_pairs={n_pairs}")
+        raise InputError(f"need n ≥ 2 images and n_pairs ≥ 1, got n={n}, n_pairs={n_pairs}")
     k = rng.integers(0, n * n, size=int(n_pairs))
     return np.stack([k // n, k % n], axis=1)
 
@@ -447,16 +497,22 @@ class TrainingConfig(Settings):
         validation.choice(self.feature_distance, "feature_distance", FEATURE_DISTANCES)
         validation.choice(self.loss, "loss", LOSSES)
         validation.choice(self.regime, "regime", REGIMES)
-        if not 0 < self.pair_fraction <= 1:
-            raise ValueError(f"pair_fraction must be in (0, 1], got {self.pair_fraction!r}")
-        for name in ("batch_size", "epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < (2 if name == "batch_size" else 1):
-                raise ValueError(f"{name} must be an integer ≥ {2 if name == 'batch_size' else 1}, got {value!r}")
-        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate!r}")
-        if self.target_val_mae is not None and not self.target_val_mae > 0:
-            raise ValueError(f"target_val_mae must be > 0 or None, got {self.target_val_mae!r}")
+        pair_fraction = validation.real(self.pair_fraction, "pair_fraction", minimum=0.0, strict=True)
+        if pair_fraction > 1:
+            raise InputError(f"pair_fraction must be in (0, 1], got {self.pair_fraction!r}")
+        validation.integer(self.batch_size, "batch_size", 2)
+        validation.integer(self.epochs, "epochs", 1)
+        validation.integer(self.seed, "seed", 0)
+        learning_rate = validation.positive(self.learning_rate, "learning_rate")
+        if learning_rate > MAX_LEARNING_RATE:
+            raise InputError(
+                f"learning_rate {learning_rate:g} is beyond {MAX_LEARNING_RATE:g}, where RMSprop diverges "
+                "(the paper's is 1e-3)"
+            )
+        if self.target_val_mae is not None:
+            validation.positive(self.target_val_mae, "target_val_mae")
+        if not isinstance(self.mixed_precision, (bool, np.bool_)):
+            raise InputTypeError(f"mixed_precision must be true or false, got {self.mixed_precision!r}")
 
 
 @dataclasses.dataclass
@@ -484,16 +540,16 @@ def _check_split(images, q, name):
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
-        raise ValueError(f"{name} images must be an (n, s, s) stack of square projections, got shape {images.shape}")
+        raise InputError(f"{name} images must be an (n, s, s) stack of square projections, got shape {images.shape}")
     q = np.asarray(q, dtype=np.float64)
     if q.shape != (len(images), 4):
-        raise ValueError(f"{name} quaternions must have shape ({len(images)}, 4), got {q.shape}")
+        raise InputError(f"{name} quaternions must have shape ({len(images)}, 4), got {q.shape}")
     if not np.all(np.isfinite(images)):
-        raise ValueError(f"{name} images contain NaN or infinite values; simulate the dataset again")
+        raise InputError(f"{name} images contain NaN or infinite values; simulate the dataset again")
     if not np.all(np.isfinite(q)):
-        raise ValueError(f"{name} quaternions contain NaN or infinite values")
+        raise InputError(f"{name} quaternions contain NaN or infinite values")
     if len(images) < 2:
-        raise ValueError(f"{name} split needs at least 2 projections, got {len(images)}")
+        raise InputError(f"{name} split needs at least 2 projections, got {len(images)}")
     return images, q
 
 
@@ -585,36 +641,154 @@ def _seed_everything(seed):
 HISTORY_FIELDS = ("epoch", "loss", "val_mae", "val_mse", "val_rms", "seconds", "pairs_seen", "images_seen")
 
 
-def _checkpoint_name(config):
-    """What is fitted is the Siamese model itself, except in the batch regime (its encoder)."""
-    return "encoder.keras" if config.regime == "batch" else "model.keras"
+#: A checkpoint is a folder ``checkpoint-<epoch>`` of a run folder, written whole under a
+#: temporary name and renamed once: ``fit.keras`` (what is fitted, with its optimizer state: the
+#: Siamese model, or its encoder in the batch regime), ``history.csv`` and ``state.json`` (epoch,
+#: stop reason, the global RNG states). Only the newest is kept.
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_FIT_NAME = "fit.keras"
 
 
-def _write_history(history, path):
+def _latest_checkpoint(out_dir: Path) -> Path | None:
+    found = []
+    for entry in os.scandir(out_dir):
+        match = _CHECKPOINT_RE.match(entry.name)
+        if match and entry.is_dir():
+            found.append((int(match[1]), Path(entry.path)))
+    return max(found)[1] if found else None
+
+
+def _rng_state() -> dict:
+    import random  # noqa: PLC0415
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
+
+
+def _restore_rng_state(state: dict) -> None:
+    import random  # noqa: PLC0415
+
+    kind, keys, pos, has_gauss, cached = state["rng"]["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["rng"]["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _write_checkpoint(out_dir: Path, epoch: int, fit_model, history, stop_reason, finished) -> Path:
+    target = out_dir / f"checkpoint-{epoch:06d}"
+    with atomic_output(target, directory=True) as tmp:
+        fit_model.save(tmp / _FIT_NAME)
+        _write_history(history, tmp / "history.csv")
+        state = {"epoch": epoch, "stop_reason": stop_reason, "finished": bool(finished), "rng": _rng_state()}
+        (tmp / "state.json").write_text(json.dumps(state) + "\n")
+    _remove_older_checkpoints(out_dir, target)
+    return target
+
+
+def _remove_older_checkpoints(out_dir: Path, keep: Path) -> None:
+    for path in out_dir.glob("checkpoint-*"):
+        if _CHECKPOINT_RE.match(path.name) and path != keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_checkpoint_state(checkpoint: Path):
+    try:
+        state = json.loads((checkpoint / "state.json").read_text())
+        history = _read_history(checkpoint / "history.csv")
+        if state["epoch"] != len(history["epoch"]):
+            raise InputError(f"state.json says epoch {state['epoch']}, history.csv has {len(history['epoch'])}")
+        state["stop_reason"], state["finished"], state["rng"]  # noqa: B018 (all present)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(
+            f"checkpoint {checkpoint} is damaged ({type(err).__name__}: {err}); delete that folder to resume "
+            "from scratch"
+        ) from None
+    return history, state
+
+
+def _export(out_dir: Path, model, history) -> None:
+    """The user's copies of the newest checkpoint: ``model.keras`` (the Siamese model) and
+    ``history.csv``, written in that order, so a history that matches means a model that does."""
+    buf = _history_text(history)
+    current = out_dir / "history.csv"
+    if (out_dir / "model.keras").is_file() and current.is_file() and current.read_text() == buf:
+        return
+    _save_model(model, out_dir / "model.keras")
+    save_text(buf, current)
+
+
+def _read_run_json(path: Path) -> dict:
+    try:
+        run = json.loads(path.read_text())
+        run["identity"]["config"]  # noqa: B018
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(
+            f"{path} is not valid JSON ({err}); delete the run folder {path.parent} to train anew"
+        ) from None
+    except (KeyError, TypeError) as err:
+        raise DataError(
+            f"{path} lacks the key {err} of a training run; delete the run folder {path.parent} to train anew"
+        ) from None
+    return run
+
+
+def _load_keras(path: Path):
+    """A saved Keras model; a missing, truncated or foreign file is a :class:`DataError` naming it."""
+    keras = _keras()
+    _custom("FeatureDistance")  # registers the custom classes for loading
+    if not path.is_file():
+        raise DataError(f"{path} is missing; train into {path.parent} again (or delete it)")
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            f"{path} is not a Keras model file (truncated or corrupt: no zip directory); "
+            f"train into {path.parent} again (or delete it)"
+        )
+    try:
+        return keras.saving.load_model(path)
+    except Exception as err:  # Keras raises many kinds for a damaged archive
+        text = " ".join(str(err).split())[:200]
+        raise DataError(
+            f"{path} cannot be loaded as a Keras model ({type(err).__name__}: {text}); "
+            f"train into {path.parent} again (or delete it)"
+        ) from None
+
+
+def _history_text(history) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(HISTORY_FIELDS)
     for row in zip(*(history[k] for k in HISTORY_FIELDS)):
         writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
-    save_text(buf.getvalue(), path)
+    return buf.getvalue()
+
+
+def _write_history(history, path):
+    save_text(_history_text(history), path)
 
 
 def _read_history(path):
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    history = {k: [] for k in HISTORY_FIELDS}
-    for row in rows:
-        for k in HISTORY_FIELDS:
-            history[k].append(int(row[k]) if k in ("epoch", "pairs_seen", "images_seen") else float(row[k]))
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        history = {k: [] for k in HISTORY_FIELDS}
+        for row in rows:
+            for k in HISTORY_FIELDS:
+                history[k].append(int(row[k]) if k in ("epoch", "pairs_seen", "images_seen") else float(row[k]))
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(
+            f"{path} is not a training history ({type(err).__name__}: {err}); train into {Path(path).parent} again"
+        ) from None
     return history
 
 
 def _save_model(model, path):
-    # Keras insists on the ".keras" suffix, so the temporary name keeps it.
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    # Keras insists on the ".keras" suffix, so the (unique) temporary name keeps it.
+    with atomic_output(path, suffix=".keras") as tmp:
+        model.save(tmp)
 
 
 def _validation_metrics(encoder, images, q, pairs, kind, batch_size):
@@ -654,10 +828,14 @@ def train(
     config : TrainingConfig or dict, optional
         The settings (defaults: the paper's).
     out_dir : path, optional
-        Where to keep ``model.keras`` (saved every epoch, with the optimizer state; in the batch
-        regime also ``encoder.keras``, which is what is fitted), ``history.csv`` and ``run.json``. If it
-        holds an unfinished run of the same config and data, training resumes from its last epoch;
-        a finished one is loaded without training. A different run there is an error.
+        The run folder: ``run.json`` (what the run is), one checkpoint ``checkpoint-<epoch>/``
+        written whole every epoch and renamed once (``fit.keras``, what is fitted with its optimizer
+        state: the Siamese model, or its encoder in the batch regime; ``history.csv``; ``state.json``
+        with the RNG state), and its copies for users, ``model.keras`` (the Siamese model) and
+        ``history.csv``. If it holds an unfinished run of the same config and data, training resumes
+        from its checkpoint, bit-identically, wherever a kill stopped it; a finished one is loaded
+        without training. A different run there is an error. Two trainings into one folder take
+        turns (a file lock): the second loads the first's finished run.
     perturbation : Perturbation, optional
         Fresh noise/shifts per batch (see above).
     progress : bool
@@ -672,7 +850,7 @@ def train(
     train_images, train_q = _check_split(train_images, train_quaternions, "training")
     val_images, val_q = _check_split(val_images, val_quaternions, "validation")
     if perturbation is not None and not isinstance(perturbation, Perturbation):
-        raise TypeError(f"perturbation must be a Perturbation or None, got {type(perturbation).__name__}")
+        raise InputTypeError(f"perturbation must be a Perturbation or None, got {type(perturbation).__name__}")
 
     seeds = np.random.SeedSequence(config.seed).spawn(3)  # pairs, validation perturbation, epochs
     pair_rng = np.random.default_rng(seeds[0])
@@ -699,28 +877,71 @@ def train(
         "val_data": _fingerprint(np.asarray(val_images, np.float32), val_q),
         "keras_backend": keras.backend.backend(),
     }
+    loop = dict(
+        train_images=train_images,
+        train_q=train_q,
+        val_images=val_images,
+        val_q=val_q,
+        fixed_train=fixed_train,
+        train_pairs=train_pairs,
+        train_labels=train_labels,
+        val_pairs=val_pairs,
+        perturbation=perturbation,
+        progress=progress,
+    )
     history = {k: [] for k in HISTORY_FIELDS}
-    fit_model, done_reason = None, None
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:
+        return _train_loop(config, identity, history, None, None, None, **loop)
+    out_dir = Path(out_dir)
+    ensure_folder(out_dir)
+    # Two trainings into one folder run one after the other; the second finds the first's
+    # finished run and loads it.
+    with file_lock(out_dir):
+        sweep_stale_temporaries(out_dir)
         run_file = out_dir / "run.json"
+        fit_model, done_reason, state = None, None, None
         if run_file.is_file():
-            previous = json.loads(run_file.read_text())
+            previous = _read_run_json(run_file)
             if previous["identity"] != jsonable(identity):
-                raise ValueError(
+                raise InputError(
                     f"{out_dir} holds a different training run (other config or data); "
                     "choose another out_dir or delete that one"
                 )
-            if (out_dir / _checkpoint_name(config)).is_file() and (out_dir / "history.csv").is_file():
-                history = _read_history(out_dir / "history.csv")
-                _custom("FeatureDistance")  # registers the custom classes for loading
-                fit_model = keras.saving.load_model(out_dir / _checkpoint_name(config))
-                done_reason = previous.get("stop_reason")
+            checkpoint = _latest_checkpoint(out_dir)
+            if checkpoint is not None:
+                _remove_older_checkpoints(out_dir, checkpoint)  # left by a kill just after a checkpoint
+                history, state = _read_checkpoint_state(checkpoint)
+                fit_model = _load_keras(checkpoint / _FIT_NAME)
+                done_reason = state["stop_reason"] if state["finished"] else None
         else:
             save_text(json.dumps({"identity": jsonable(identity), "stop_reason": None}, indent=2) + "\n", run_file)
+        return _train_loop(config, identity, history, fit_model, done_reason, out_dir, state=state, **loop)
 
+
+def _train_loop(
+    config,
+    identity,
+    history,
+    fit_model,
+    done_reason,
+    out_dir,
+    *,
+    state=None,
+    train_images,
+    train_q,
+    val_images,
+    val_q,
+    fixed_train,
+    train_pairs,
+    train_labels,
+    val_pairs,
+    perturbation,
+    progress,
+):
+    n_train = len(train_q)
     _seed_everything(config.seed)
+    if state is not None:
+        _restore_rng_state(state)
     encoder_only = config.regime == "batch"
     if fit_model is None:
         with _distribution_scope(), _precision(config.mixed_precision):
@@ -771,7 +992,7 @@ def train(
                 "images_seen": int(images_seen),
             }
             if not np.isfinite(row["loss"]):
-                raise FloatingPointError(
+                raise RunError(
                     f"training loss became {row['loss']} at epoch {epoch}; lower learning_rate or check the inputs"
                 )
             for k in HISTORY_FIELDS:
@@ -782,18 +1003,18 @@ def train(
             if config.target_val_mae is not None and row["val_mae"] <= config.target_val_mae:
                 stop_reason = "target_val_mae"
             if out_dir is not None:
-                # The checkpoint holds what was fitted, with its optimizer state, so a resumed run
-                # continues exactly; model.keras is the Siamese model for users.
-                _save_model(fit_model, out_dir / _checkpoint_name(config))
-                if encoder_only:
-                    _save_model(model, out_dir / "model.keras")
-                _write_history(history, out_dir / "history.csv")
+                # One atomic unit: what was fitted (with its optimizer state), the history and the
+                # RNG state, renamed into place at once, so a resumed run continues exactly.
+                finished = stop_reason != "epochs" or epoch == config.epochs
+                _write_checkpoint(out_dir, epoch, fit_model, history, stop_reason, finished)
+                _export(out_dir, model, history)
             if stop_reason != "epochs":
                 break
     finally:
         if bar is not None:
             bar.close()
     if out_dir is not None:
+        _export(out_dir, model, history)  # after a kill between the checkpoint and its copies
         save_text(
             json.dumps({"identity": jsonable(identity), "stop_reason": stop_reason}, indent=2) + "\n",
             out_dir / "run.json",
@@ -805,23 +1026,42 @@ def train(
 
 
 def load_run(out_dir) -> TrainingResult:
-    """A finished or interrupted run from its folder (model, history, config)."""
-    keras = _keras()
+    """A finished or interrupted run from its folder (model, history, config): its newest
+    checkpoint (model and history of the same epoch), else ``model.keras`` and ``history.csv``."""
     out_dir = Path(out_dir)
-    for name in ("run.json", "model.keras", "history.csv"):
-        if not (out_dir / name).is_file():
-            raise FileNotFoundError(
-                f"{out_dir / name} is missing; train with cryo_orient.estimation.siamese.train "
-                f"(or `cryo-orient train`) into {out_dir} first"
-            )
-    run = json.loads((out_dir / "run.json").read_text())
-    history = _read_history(out_dir / "history.csv")
-    _custom("FeatureDistance")  # registers the custom classes for loading
-    model = keras.saving.load_model(out_dir / "model.keras")
+    if not (out_dir / "run.json").is_file():
+        what = "is not a folder" if out_dir.exists() and not out_dir.is_dir() else "is not a training run"
+        raise MissingInputError(
+            f"{out_dir} {what} ({out_dir / 'run.json'} is missing); train with cryo_orient.estimation.siamese.train "
+            f"(or `cryo-orient train`) into {out_dir} first"
+        )
+    run = _read_run_json(out_dir / "run.json")
+    try:
+        config = TrainingConfig.from_dict(run["identity"]["config"])
+    except (InputError, TypeError, ValueError) as err:
+        raise DataError(f"{out_dir / 'run.json'} holds an invalid training config ({err}); train anew") from None
+    checkpoint = _latest_checkpoint(out_dir) if out_dir.is_dir() else None
+    if checkpoint is not None:
+        history, _ = _read_checkpoint_state(checkpoint)
+        fitted = _load_keras(checkpoint / _FIT_NAME)
+        model = (
+            build_model(feature_distance=config.feature_distance, encoder=fitted)
+            if config.regime == "batch"
+            else fitted
+        )
+    else:
+        for name in ("model.keras", "history.csv"):
+            if not (out_dir / name).is_file():
+                raise MissingInputError(
+                    f"{out_dir / name} is missing; train with cryo_orient.estimation.siamese.train "
+                    f"(or `cryo-orient train`) into {out_dir} first"
+                )
+        history = _read_history(out_dir / "history.csv")
+        model = _load_keras(out_dir / "model.keras")
     return TrainingResult(
         model=model,
         history=history,
-        config=TrainingConfig.from_dict(run["identity"]["config"]),
+        config=config,
         seconds=history["seconds"][-1] if history["seconds"] else 0.0,
         stop_reason=run.get("stop_reason") or "interrupted",
         out_dir=out_dir,
@@ -959,14 +1199,14 @@ def _as_batch(images, input_size):
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] != 1:
-        raise ValueError(f"images must be an (n, s, s) or (n, s, s, 1) array, got shape {images.shape}")
+        raise InputError(f"images must be an (n, s, s) or (n, s, s, 1) array, got shape {images.shape}")
     if images.shape[1:3] != (input_size, input_size):
-        raise ValueError(
+        raise InputError(
             f"the model takes {input_size}×{input_size} images, got {images.shape[1]}×{images.shape[2]}; "
             f"resize them with cryo_orient.estimation.siamese.resize_images(images, {input_size})"
         )
     if not np.all(np.isfinite(images)):
-        raise ValueError("images contain NaN or infinite values")
+        raise InputError("images contain NaN or infinite values")
     return images
 
 
@@ -1000,7 +1240,7 @@ def predict_pairs(model, images_a, images_b, *, batch_size=256) -> np.ndarray:
     size = encoder_of(model).input_shape[1]
     a, b = _as_batch(images_a, size), _as_batch(images_b, size)
     if len(a) != len(b):
-        raise ValueError(f"need as many images on both sides, got {len(a)} and {len(b)}")
+        raise InputError(f"need as many images on both sides, got {len(a)} and {len(b)}")
     return np.concatenate(
         [
             np.asarray(model([a[k : k + batch_size], b[k : k + batch_size]], training=False))

@@ -51,7 +51,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from cryo_orient import validation
-from cryo_orient.validation import InputError, as_rng
+from cryo_orient.validation import InputError, InputTypeError, as_rng
 
 __all__ = [
     "canonical",
@@ -142,9 +142,9 @@ def _as_count(n):
             raise TypeError
         n = operator.index(n)
     except TypeError:
-        raise TypeError(f"n must be a non-negative integer number of samples; got {n!r}.") from None
+        raise InputTypeError(f"n must be a non-negative integer number of samples; got {n!r}.") from None
     if n < 0:
-        raise ValueError(f"n must be a non-negative integer number of samples; got {n}.")
+        raise InputError(f"n must be a non-negative integer number of samples; got {n}.")
     return n
 
 
@@ -155,30 +155,30 @@ def _as_box(coverage, offset, *, allow_empty):
         try:
             arr = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
-            raise TypeError(
+            raise InputTypeError(
                 f"{name} must be 3 numbers (theta3, theta2, theta1) in units of pi; got {value!r}."
             ) from None
         if arr.shape != (3,):
-            raise ValueError(
+            raise InputError(
                 f"{name} must be 3 numbers (theta3, theta2, theta1) in units of pi; got shape {arr.shape}."
             )
         if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} must be finite; got {arr.tolist()}.")
+            raise InputError(f"{name} must be finite; got {arr.tolist()}.")
         out.append(arr)
     coverage, offset = out
     names = ("theta3", "theta2", "theta1")
     for k in range(3):
         if coverage[k] < 0 or (coverage[k] == 0 and not allow_empty):
             need = ">= 0" if allow_empty else "> 0 (a zero-width box has probability 0)"
-            raise ValueError(f"coverage of {names[k]} must be {need}; got coverage={coverage.tolist()} (units of pi).")
+            raise InputError(f"coverage of {names[k]} must be {need}; got coverage={coverage.tolist()} (units of pi).")
         if offset[k] < 0:
-            raise ValueError(
+            raise InputError(
                 f"offset of {names[k]} must be >= 0 (angles are in [0, 2pi) x [0, pi] x "
                 f"[0, 2pi)); got offset={offset.tolist()} (units of pi)."
             )
         # A small tolerance so that e.g. offset 1.6 + coverage 0.4 is not rejected for rounding.
         if offset[k] + coverage[k] > FULL_COVERAGE[k] * (1 + 1e-12):
-            raise ValueError(
+            raise InputError(
                 f"the box for {names[k]} is [{offset[k]}, {offset[k] + coverage[k]}] pi, "
                 f"beyond its range [0, {FULL_COVERAGE[k]:g}] pi; reduce offset or coverage "
                 f"(got coverage={coverage.tolist()}, offset={offset.tolist()})."
@@ -384,7 +384,7 @@ def matrix_to_quaternion(R, *, atol=1e-6):
         ortho_err = float(np.max(np.abs(gram - np.eye(3))))
         det_err = float(np.max(np.abs(np.linalg.det(R) - 1)))
         if ortho_err > atol or det_err > atol:
-            raise ValueError(
+            raise InputError(
                 "R must be rotation matrices (orthonormal with determinant +1); got "
                 f"max |R^T R - I| = {ortho_err:.3g} and max |det R - 1| = {det_err:.3g} "
                 f"(atol={atol:g}). Orthonormalise them (e.g. by SVD) or raise atol."
@@ -531,14 +531,14 @@ def distance_tf(q1, q2):
     q2 = tf.convert_to_tensor(q2)
     for name, t in (("q1", q1), ("q2", q2)):
         if not t.dtype.is_floating:
-            raise TypeError(
+            raise InputTypeError(
                 f"{name} must be a floating tensor (float32 or float64); got {t.dtype.name}. "
                 f"Cast it with tf.cast({name}, tf.float32)."
             )
         if t.shape.rank == 0 or (t.shape.rank is not None and t.shape[-1] not in (None, 4)):
-            raise ValueError(f"{name} must have shape (..., 4) (quaternions (x, y, z, w)); got shape {t.shape}.")
+            raise InputError(f"{name} must have shape (..., 4) (quaternions (x, y, z, w)); got shape {t.shape}.")
     if q1.dtype != q2.dtype:
-        raise TypeError(
+        raise InputTypeError(
             f"q1 and q2 must have the same dtype; got {q1.dtype.name} and {q2.dtype.name}. Cast one with tf.cast."
         )
     tiny = tf.constant(np.finfo(q1.dtype.as_numpy_dtype).tiny, dtype=q1.dtype)
@@ -674,7 +674,7 @@ def uniform_so3_in_box(n, coverage=FULL_COVERAGE, offset=(0.0, 0.0, 0.0), rng=No
         return (q, quaternion_to_euler(q)) if return_euler else q
     p = _acceptance(coverage, offset)
     if p < MIN_ACCEPTANCE:
-        raise ValueError(
+        raise InputError(
             f"the Euler box coverage={coverage.tolist()}, offset={offset.tolist()} (units of pi) "
             f"has Haar probability {p:.3g}, below {MIN_ACCEPTANCE:g}: rejection sampling would "
             "need over a million draws per sample. Enlarge the box, or use uniform_euler."
@@ -743,7 +743,7 @@ def sample_orientations(
     """
     kind = _METHODS.get(method) if isinstance(method, str) else None
     if kind is None:
-        raise ValueError(
+        raise InputError(
             f"unknown sampling method {method!r}; valid methods are "
             + ", ".join(repr(m) for m in _METHODS)
             + " ('uniform_S2' and 'uniform_angles' are the paper's names)."

@@ -12,6 +12,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from cryo_orient.geometry import rotations
+from cryo_orient.validation import InputError
 
 __all__ = ["transform_volume", "refine_alignment", "correlation", "resample_volume"]
 
@@ -19,7 +20,7 @@ __all__ = ["transform_volume", "refine_alignment", "correlation", "resample_volu
 def _check_matrix(matrix):
     M = np.asarray(matrix, dtype=np.float64)
     if M.shape != (3, 3) or not np.allclose(M @ M.T, np.eye(3), atol=1e-6):
-        raise ValueError(f"matrix must be a 3×3 orthogonal matrix (rotation or reflection), got {M!r}")
+        raise InputError(f"matrix must be a 3×3 orthogonal matrix (rotation or reflection), got {M!r}")
     return M
 
 
@@ -39,7 +40,7 @@ def transform_volume(volume, matrix, shape=None, *, order=1) -> np.ndarray:
     """
     v = np.asarray(volume, dtype=np.float64)
     if v.ndim != 3:
-        raise ValueError(f"volume must be 3-D [z, y, x], got shape {v.shape}")
+        raise InputError(f"volume must be 3-D [z, y, x], got shape {v.shape}")
     M = _check_matrix(matrix)
     shape = v.shape if shape is None else tuple(int(n) for n in shape)
     flip = np.eye(3)[::-1]  # (x, y, z) <-> array order (z, y, x)

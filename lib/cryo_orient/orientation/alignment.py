@@ -112,6 +112,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryo_orient.geometry import rotations
+from cryo_orient.validation import InputError, InputTypeError
 
 __all__ = [
     "Alignment",
@@ -167,24 +168,24 @@ def _as_quaternions(q, name, *, ndim=None):
     try:
         arr = np.array(q, dtype=np.float64)  # a copy: callers' arrays are never touched
     except (TypeError, ValueError) as exc:
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must be an array of quaternions (x, y, z, w) of real numbers; got {type(q).__name__}: {exc}"
         ) from None
     if arr.ndim < 1 or arr.shape[-1] != 4 or (ndim is not None and arr.ndim != ndim):
         shape = {1: "(4,)", 2: "(n, 4)"}.get(ndim, "(..., 4)")
         hint = " Transpose it if the components are on the first axis." if arr.ndim == 2 and arr.shape[0] == 4 else ""
-        raise ValueError(
+        raise InputError(
             f"{name} must have shape {shape} (quaternions (x, y, z, w), scalar last); got shape {arr.shape}.{hint}"
         )
     if not np.all(np.isfinite(arr)):
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(
+        raise InputError(
             f"{name} must be finite; it has {bad} NaN or infinite value(s). Drop those "
             "orientations (from both sets) before aligning."
         )
     norms = np.linalg.norm(arr, axis=-1)
     if np.any(norms == 0):
-        raise ValueError(
+        raise InputError(
             f"{name} contains {int(np.count_nonzero(norms == 0))} zero quaternion(s), which "
             "are not rotations; drop them (from both sets) or use (0, 0, 0, 1) for the "
             "identity."
@@ -197,17 +198,17 @@ def _as_transform(T, name="T"):
     try:
         arr = np.array(T, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a 4 x 4 array of real numbers; got {type(T).__name__}: {exc}") from None
+        raise InputTypeError(f"{name} must be a 4 x 4 array of real numbers; got {type(T).__name__}: {exc}") from None
     if arr.shape != (4, 4):
-        raise ValueError(
+        raise InputError(
             f"{name} must have shape (4, 4) (acting on quaternions (x, y, z, w) as column "
             f"vectors); got shape {arr.shape}."
         )
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite; got {arr.tolist()}.")
+        raise InputError(f"{name} must be finite; got {arr.tolist()}.")
     err = float(np.max(np.abs(arr.T @ arr - np.eye(4))))
     if err > ORTHOGONALITY_ATOL:
-        raise ValueError(
+        raise InputError(
             f"{name} must be orthogonal (an element of O(4)); max |T^T T - I| = {err:.3g} "
             f"exceeds {ORTHOGONALITY_ATOL:g}. Project it first (U @ Vt from its SVD), or build "
             "it with transform_from_factors."
@@ -219,7 +220,7 @@ def _as_pair(q_true, q_est):
     q = _as_quaternions(q_true, "q_true", ndim=2)
     q_hat = _as_quaternions(q_est, "q_est", ndim=2)
     if q.shape != q_hat.shape:
-        raise ValueError(
+        raise InputError(
             f"q_true and q_est must have the same shape (n, 4), one row per orientation in "
             f"the same order; got {q.shape} and {q_hat.shape}."
         )
@@ -617,15 +618,15 @@ def align(q_true, q_est, *, refine=True, max_iter=1000, tol=1e-12):
     q, q_hat = _as_pair(q_true, q_est)
     n = len(q)
     if n < MIN_ORIENTATIONS:
-        raise ValueError(
+        raise InputError(
             f"align needs at least {MIN_ORIENTATIONS} orientations to determine T in O(4); got "
             f"{n}. Fewer quaternions span at most a 3-D subspace of R^4, and the reflection "
             "through it fits them equally well, so even the handedness would be undetermined."
         )
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer; got {max_iter!r}.")
+        raise InputError(f"max_iter must be a positive integer; got {max_iter!r}.")
     if not (np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite number >= 0; got {tol!r}.")
+        raise InputError(f"tol must be a finite number >= 0; got {tol!r}.")
 
     starts = np.concatenate([_spectral_starts(q, q_hat), _synchronised_start(q, q_hat)[None]])
     # Rank the candidate minima on an evenly spaced (deterministic) subsample.
@@ -685,7 +686,7 @@ def summary(alignment):
         error found with det +1 and with det -1).
     """
     if not isinstance(alignment, Alignment):
-        raise TypeError(f"summary expects the Alignment returned by align(); got {type(alignment).__name__}.")
+        raise InputTypeError(f"summary expects the Alignment returned by align(); got {type(alignment).__name__}.")
     a = alignment
     return {
         "n": int(len(a.errors)),

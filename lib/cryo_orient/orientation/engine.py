@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cryo_orient.geometry import rotations
+from cryo_orient.validation import InputError, InputTypeError
 
 __all__ = ["Stopper", "TensorFlowAdam", "query", "run", "sample_any_pairs", "sample_distinct_pairs"]
 
@@ -35,7 +36,7 @@ def query(fn, i, j, step):
     try:
         d = np.asarray(out, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise TypeError(
+        raise InputTypeError(
             f"the distance callable must return an array of real numbers; {where} "
             f"it returned {type(out).__name__}: {exc}"
         ) from None
@@ -43,14 +44,14 @@ def query(fn, i, j, step):
         if d.size == i.size:
             d = d.reshape(i.shape)
         else:
-            raise ValueError(
+            raise InputError(
                 f"the distance callable returned shape {d.shape} for {i.size} pairs {where}; "
                 "f(i, j) must return one distance per pair, d[k] = d_hat(i[k], j[k])."
             )
     bad = ~np.isfinite(d)
     if bad.any():
         k = int(np.argmax(bad))
-        raise ValueError(
+        raise InputError(
             f"the distance callable returned {int(bad.sum())} NaN or infinite value(s) {where} "
             f"(first: pair ({int(i[k])}, {int(j[k])}) -> {d[k]}); fix the estimator, e.g. guard "
             "divisions by zero norms."

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from cryo_orient import validation
 from cryo_orient.geometry import rotations
-from cryo_orient.validation import as_rng
+from cryo_orient.validation import InputError, as_rng
 
 __all__ = ["CommonLines", "GaugeChoice", "common_lines", "common_line_score", "choose_gauge"]
 
@@ -97,9 +97,9 @@ def common_lines(images, *, n_angles=360, max_radius=None, nthreads=None) -> Com
     size = p.shape[-1]
     max_radius = size // 4 if max_radius is None else int(max_radius)
     if not 1 <= max_radius <= size // 2:
-        raise ValueError(f"max_radius must be between 1 and size // 2 = {size // 2}, got {max_radius}")
+        raise InputError(f"max_radius must be between 1 and size // 2 = {size // 2}, got {max_radius}")
     if n_angles < 8:
-        raise ValueError(f"n_angles must be at least 8, got {n_angles}")
+        raise InputError(f"n_angles must be at least 8, got {n_angles}")
     radii = np.arange(1, max_radius + 1, dtype=np.float64)
     theta = 2 * np.pi * np.arange(n_angles) / n_angles
     omega = 2 * np.pi * radii / size
@@ -161,7 +161,7 @@ def common_line_score(lines: CommonLines, quaternions, pairs=None, *, rng=None, 
     """
     q = np.asarray(quaternions, dtype=np.float64)
     if q.shape != (len(lines.lines), 4):
-        raise ValueError(f"need one quaternion per image: ({len(lines.lines)}, 4), got {q.shape}")
+        raise InputError(f"need one quaternion per image: ({len(lines.lines)}, 4), got {q.shape}")
     if pairs is None:
         pairs = _random_pairs(len(q), n_pairs, as_rng(rng))
     m = rotations.quaternion_to_matrix(q)
@@ -170,7 +170,7 @@ def common_line_score(lines: CommonLines, quaternions, pairs=None, *, rng=None, 
 
 def _random_pairs(n, n_pairs, rng):
     if n < 2:
-        raise ValueError("need at least 2 images to compare common lines")
+        raise InputError("need at least 2 images to compare common lines")
     i = rng.integers(0, n, size=n_pairs)
     j = (i + rng.integers(1, n, size=n_pairs)) % n
     return np.stack([i, j], axis=1)
@@ -230,12 +230,12 @@ def choose_gauge(
     p = _check_images(images)
     q = np.asarray(quaternions, dtype=np.float64)
     if q.shape != (len(p), 4):
-        raise ValueError(f"need one quaternion per image: ({len(p)}, 4), got {q.shape}")
+        raise InputError(f"need one quaternion per image: ({len(p)}, 4), got {q.shape}")
     if not np.all(np.isfinite(q)) or np.any(np.linalg.norm(q, axis=1) < 1e-12):
-        raise ValueError("quaternions must be finite and non-zero")
+        raise InputError("quaternions must be finite and non-zero")
     for name, value in (("n_images", n_images), ("n_pairs", n_pairs), ("n_candidates", n_candidates)):
         if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
     rng = as_rng(rng)
     subset = np.sort(rng.choice(len(p), size=min(int(n_images), len(p)), replace=False))
     cl = common_lines(p[subset], n_angles=n_angles, max_radius=max_radius)

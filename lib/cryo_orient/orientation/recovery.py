@@ -96,7 +96,7 @@ from cryo_orient import validation
 from cryo_orient.artifacts import jsonable
 from cryo_orient.geometry import rotations
 from cryo_orient.orientation import engine
-from cryo_orient.validation import as_rng
+from cryo_orient.validation import InputError, InputTypeError, as_rng
 
 __all__ = [
     "FAITHFUL",
@@ -237,24 +237,24 @@ def _validate_matrix(d, n):
     """Check an (n, n) distance matrix; return it as float64 (the input is never modified)."""
     arr = validation.float_array(d, "distances", "an (n, n) array of real numbers or a callable f(i, j)")
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"distances must be a square (n, n) matrix of pairwise distances; got shape "
             f"{arr.shape}. For a subset of pairs, pass a callable f(i, j) instead."
         )
     if arr.shape[0] != n:
-        raise ValueError(
+        raise InputError(
             f"distances is {arr.shape[0]} x {arr.shape[1]} but n = {n}; pass "
             f"n={arr.shape[0]}, or the matrix of the {n} projections to recover."
         )
     nan = int(np.count_nonzero(np.isnan(arr)))
     if nan:
-        raise ValueError(
+        raise InputError(
             f"distances has {nan} NaN entr{'y' if nan == 1 else 'ies'}; every pair needs a "
             "distance. Fix the estimator, or pass a callable that only queries valid pairs."
         )
     inf = int(np.count_nonzero(np.isinf(arr)))
     if inf:
-        raise ValueError(
+        raise InputError(
             f"distances has {inf} infinite entr{'y' if inf == 1 else 'ies'}; geodesic distances lie in [0, pi]."
         )
     low = int(np.count_nonzero(arr < -RANGE_TOL))
@@ -265,7 +265,7 @@ def _validate_matrix(d, n):
             found.append(f"{low} entr{'y is' if low == 1 else 'ies are'} negative (min {arr.min():.6g})")
         if high:
             found.append(f"{high} entr{'y is' if high == 1 else 'ies are'} above pi (max {arr.max():.6g})")
-        raise ValueError(
+        raise InputError(
             "distances must lie in [0, pi] (geodesic distances between rotations, in radians); "
             + " and ".join(found)
             + ". If they are in degrees, convert with np.deg2rad; if they "
@@ -275,7 +275,7 @@ def _validate_matrix(d, n):
     bad = int(np.count_nonzero(asym)) // 2
     if bad:
         worst = float(np.max(np.abs(arr - arr.T)))
-        raise ValueError(
+        raise InputError(
             f"distances must be symmetric (d[i, j] == d[j, i]); {bad} pair(s) differ by more than "
             f"{SYMMETRY_TOL:g} (worst {worst:.3g}). Symmetrise with (d + d.T) / 2."
         )
@@ -330,7 +330,7 @@ def pairwise_loss(distances, q, n_pairs=None, rng=None):
     q = rotations.as_unit_quaternions(q)
     n = len(q)
     if n < 2:
-        raise ValueError(f"need at least 2 orientations to form pairs; got {n}.")
+        raise InputError(f"need at least 2 orientations to form pairs; got {n}.")
     fn, is_matrix = _as_distance_fn(distances, n)
     rng = as_rng(rng)
     if n_pairs is None and is_matrix:
@@ -383,7 +383,7 @@ def _default_batch(n):
 
 def _resolve_settings(mode, n, overrides):
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {sorted(MODES)}; got {mode!r}.")
+        raise InputError(f"mode must be one of {sorted(MODES)}; got {mode!r}.")
     s = {k: (dict(v) if isinstance(v, MappingProxyType) else v) for k, v in MODES[mode].items()}
     for key, value in overrides.items():
         if value is not None:
@@ -397,7 +397,7 @@ def _resolve_settings(mode, n, overrides):
     s["tol"] = validation.real(s["tol"], "tol", minimum=0.0)
     s["plateau_tol"] = validation.real(s["plateau_tol"], "plateau_tol", minimum=0.0)
     if s["dtype"] not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64'; got {s['dtype']!r}.")
+        raise InputError(f"dtype must be 'float32' or 'float64'; got {s['dtype']!r}.")
     s["n"] = n
     return s
 
@@ -410,10 +410,10 @@ def _initial(init, n, rng, settings):
             coverage = settings.get("init_coverage", (2.0, 0.4, 2.0))
             settings["init_coverage"] = tuple(coverage)
             return rotations.uniform_euler(n, coverage, rng=rng)
-        raise ValueError(f"init must be 'uniform_so3', 'uniform_euler' or an (n, 4) array; got {init!r}.")
+        raise InputError(f"init must be 'uniform_so3', 'uniform_euler' or an (n, 4) array; got {init!r}.")
     q0 = rotations.as_unit_quaternions(init, "init")
     if q0.shape != (n, 4):
-        raise ValueError(f"init must have shape (n, 4) = ({n}, 4); got {q0.shape}.")
+        raise InputError(f"init must have shape (n, 4) = ({n}, 4); got {q0.shape}.")
     settings["init"] = "array"
     return q0
 
@@ -499,7 +499,7 @@ def recover(
     n = validation.integer(n, "n", 2)
     fn, is_matrix = _as_distance_fn(distances, n)
     if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable as callback(step, loss); got {callback!r}.")
+        raise InputTypeError(f"callback must be callable as callback(step, loss); got {callback!r}.")
     seed = rng if isinstance(rng, numbers.Integral) and not isinstance(rng, bool) else None
     rng = as_rng(rng)
     s = _resolve_settings(

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from cryo_orient import validation
 from cryo_orient.data.dataset import Dataset
-from cryo_orient.validation import as_rng
+from cryo_orient.validation import InputError, as_rng
 
 __all__ = [
     "SHIFT_MODES",
@@ -41,7 +41,7 @@ def add_noise(images, variance, rng=None) -> np.ndarray:
     """Add white Gaussian noise N(0, ``variance``) to every pixel; returns a new array."""
     images = _check_images(images)
     if not np.isfinite(variance) or variance < 0:
-        raise ValueError(f"noise variance must be a finite number >= 0, got {variance!r}")
+        raise InputError(f"noise variance must be a finite number >= 0, got {variance!r}")
     if variance == 0:
         return images.copy()
     noise = as_rng(rng).standard_normal(images.shape) * np.sqrt(variance)
@@ -51,13 +51,13 @@ def add_noise(images, variance, rng=None) -> np.ndarray:
 def noise_variance_for_snr(signal_variance, snr=None, snr_db=None) -> float:
     """Noise variance giving ``snr`` (a ratio) or ``snr_db`` (decibels) for a signal variance."""
     if (snr is None) == (snr_db is None):
-        raise ValueError("give exactly one of snr (a ratio) or snr_db (in dB)")
+        raise InputError("give exactly one of snr (a ratio) or snr_db (in dB)")
     if snr is None:
         snr = 10 ** (snr_db / 10)
     if not np.isfinite(snr) or snr <= 0:
-        raise ValueError(f"the SNR must be a positive finite ratio, got {snr!r}")
+        raise InputError(f"the SNR must be a positive finite ratio, got {snr!r}")
     if not np.isfinite(signal_variance) or signal_variance <= 0:
-        raise ValueError(f"signal variance must be positive, got {signal_variance!r}")
+        raise InputError(f"signal variance must be positive, got {signal_variance!r}")
     return float(signal_variance / snr)
 
 
@@ -68,9 +68,9 @@ def random_shifts(n, limit, mode="circular", rng=None) -> np.ndarray:
     real values; ``"none"`` (or ``limit == 0``) returns zeros. Shape (n, 2).
     """
     if mode not in SHIFT_MODES:
-        raise ValueError(f"unknown shift mode {mode!r}; choose one of {SHIFT_MODES}")
+        raise InputError(f"unknown shift mode {mode!r}; choose one of {SHIFT_MODES}")
     if not np.isfinite(limit) or limit < 0:
-        raise ValueError(f"shift limit must be a finite number >= 0 pixels, got {limit!r}")
+        raise InputError(f"shift limit must be a finite number >= 0 pixels, got {limit!r}")
     if mode == "none" or limit == 0:
         return np.zeros((n, 2))
     shifts = as_rng(rng).triangular(-limit, 0.0, limit, size=(n, 2))
@@ -86,16 +86,16 @@ def shift_images(images, shifts, mode="circular") -> np.ndarray:
     images = _check_images(images)
     shifts = np.asarray(shifts, dtype=np.float64)
     if shifts.shape != (len(images), 2):
-        raise ValueError(f"shifts must have shape ({len(images)}, 2), got {shifts.shape}")
+        raise InputError(f"shifts must have shape ({len(images)}, 2), got {shifts.shape}")
     if mode not in SHIFT_MODES:
-        raise ValueError(f"unknown shift mode {mode!r}; choose one of {SHIFT_MODES}")
+        raise InputError(f"unknown shift mode {mode!r}; choose one of {SHIFT_MODES}")
     out = np.empty_like(images)
     for i, (image, shift) in enumerate(zip(images, shifts)):
         if mode == "none" or not shift.any():
             out[i] = image
         elif mode == "circular":
             if not np.array_equal(shift, np.round(shift)):
-                raise ValueError("circular shifts must be integers; use mode='subpixel'")
+                raise InputError("circular shifts must be integers; use mode='subpixel'")
             out[i] = np.roll(image, shift.astype(int), axis=(0, 1))
         else:
             out[i] = ndimage.shift(image, shift, order=3, mode="constant", cval=0.0)
@@ -108,7 +108,7 @@ def standardize(images, mean=None, std=None) -> np.ndarray:
     mean = float(images.mean(dtype=np.float64)) if mean is None else float(mean)
     std = float(images.std(dtype=np.float64)) if std is None else float(std)
     if not np.isfinite(std) or std <= 0:
-        raise ValueError(f"cannot standardise: the standard deviation is {std!r} (constant images?)")
+        raise InputError(f"cannot standardise: the standard deviation is {std!r} (constant images?)")
     return ((images - mean) / std).astype(images.dtype, copy=False)
 
 
@@ -130,11 +130,11 @@ class Perturbation:
     def __post_init__(self):
         validation.choice(self.shift_mode, "shift_mode", SHIFT_MODES)
         if not (np.isfinite(self.noise_variance) and self.noise_variance >= 0):
-            raise ValueError(f"noise_variance must be finite and ≥ 0, got {self.noise_variance!r}")
+            raise InputError(f"noise_variance must be finite and ≥ 0, got {self.noise_variance!r}")
         if not (np.isfinite(self.shift_limit) and self.shift_limit >= 0):
-            raise ValueError(f"shift_limit must be finite and ≥ 0, got {self.shift_limit!r}")
+            raise InputError(f"shift_limit must be finite and ≥ 0, got {self.shift_limit!r}")
         if not (np.isfinite(self.std) and self.std > 0):
-            raise ValueError(f"std must be finite and > 0, got {self.std!r}")
+            raise InputError(f"std must be finite and > 0, got {self.std!r}")
 
     @classmethod
     def from_dataset(cls, dataset: Dataset) -> Perturbation:

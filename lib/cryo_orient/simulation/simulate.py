@@ -39,7 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cryo_orient import __version__, data
-from cryo_orient.artifacts import atomic_output, git_commit
+from cryo_orient.artifacts import atomic_output, check_free_space, file_lock, git_commit
 from cryo_orient.data import relion
 from cryo_orient.geometry import rotations
 from cryo_orient.simulation.noise import (
@@ -52,7 +52,7 @@ from cryo_orient.simulation.noise import (
 )
 from cryo_orient.tomography.ctf import CTFParams, apply_ctf
 from cryo_orient.tomography.projection import BACKENDS, default_size, project, resolve_backend
-from cryo_orient.validation import InputError, Settings
+from cryo_orient.validation import InputError, MissingInputError, Settings, check_memory
 
 __all__ = [
     "project",
@@ -69,6 +69,13 @@ __all__ = [
 FORMAT_VERSION = 1
 SAMPLINGS = ("uniform_so3", "uniform_euler")
 _SNR_PILOT = 512
+#: The smallest detector (and map side) simulated: the CNN's seven poolings need 8 px.
+MIN_SIZE = 8
+#: Beyond this noise variance the noise (σ ≈ 3e15) squared and summed overflows float32 images.
+MAX_NOISE_VARIANCE = 1e30
+#: More projections than any experiment (the paper's largest is 5,000; 1e9 would need 70 GB of
+#: orientations alone): a typo more likely than a wish.
+MAX_PROJECTIONS = 100_000_000
 
 
 # --------------------------------------------------------------------------- dataset config
@@ -133,33 +140,77 @@ class SimulationConfig(Settings):
     ctf: dict | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "coverage", tuple(float(c) for c in self.coverage))
-        object.__setattr__(self, "offset", tuple(float(c) for c in self.offset))
+        for name in ("coverage", "offset"):
+            value = getattr(self, name)
+            try:
+                if isinstance(value, (str, bytes)) or any(isinstance(c, (bool, str)) for c in value):
+                    raise TypeError
+                object.__setattr__(self, name, tuple(float(c) for c in value))
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"invalid simulation config: {name} must be 3 numbers (theta3, theta2, theta1) in units of pi, "
+                    f"got {value!r}"
+                ) from None
         if self.snr_db is not None and self.noise_variance == 0.0:
             # The default variance yields to an SNR (TOML profiles have no null to unset it).
             object.__setattr__(self, "noise_variance", None)
         problems = []
-        if not isinstance(self.n_projections, int) or self.n_projections < 1:
+
+        def is_int(value):
+            return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+        def is_real(value):
+            return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+        if not isinstance(self.volume, (str, Path)) or not str(self.volume):
+            problems.append(f"volume must be a registered name or the path of an MRC file, got {self.volume!r}")
+        if not is_int(self.n_projections) or self.n_projections < 1:
             problems.append(f"n_projections must be a positive integer, got {self.n_projections!r}")
+        elif self.n_projections > MAX_PROJECTIONS:
+            problems.append(f"n_projections must be at most {MAX_PROJECTIONS:,}, got {self.n_projections:,}")
         if self.sampling not in SAMPLINGS:
             problems.append(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if len(self.coverage) != 3 or len(self.offset) != 3:
             problems.append("coverage and offset need 3 values each (theta3, theta2, theta1)")
-        if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
-            problems.append(f"size must be a positive integer or None, got {self.size!r}")
+        elif not all(np.isfinite(self.coverage + self.offset)) or min(self.coverage) <= 0:
+            problems.append(
+                f"coverage must be 3 finite values > 0 and offset 3 finite values, got coverage {self.coverage} "
+                f"and offset {self.offset}"
+            )
+        if self.size is not None and (not is_int(self.size) or self.size < MIN_SIZE):
+            problems.append(f"size must be an integer >= {MIN_SIZE} (pixels per side) or None, got {self.size!r}")
         if self.noise_variance is not None and self.snr_db is not None:
             problems.append("give noise_variance or snr_db, not both (set the other to None)")
-        if self.noise_variance is not None and not (np.isfinite(self.noise_variance) and self.noise_variance >= 0):
-            problems.append(f"noise_variance must be >= 0, got {self.noise_variance!r}")
-        if self.snr_db is not None and not np.isfinite(self.snr_db):
-            problems.append(f"snr_db must be finite, got {self.snr_db!r}")
+        if self.noise_variance is not None and not (
+            is_real(self.noise_variance) and np.isfinite(self.noise_variance) and self.noise_variance >= 0
+        ):
+            problems.append(f"noise_variance must be a number >= 0, got {self.noise_variance!r}")
+        elif self.noise_variance is not None and self.noise_variance > MAX_NOISE_VARIANCE:
+            problems.append(
+                f"noise_variance {self.noise_variance:g} is beyond {MAX_NOISE_VARIANCE:g}, where float32 images "
+                "overflow; scale the map instead, or give snr_db"
+            )
+        if self.snr_db is not None and not (is_real(self.snr_db) and np.isfinite(self.snr_db)):
+            problems.append(f"snr_db must be a finite number, got {self.snr_db!r}")
+        elif self.snr_db is not None and not -100 <= self.snr_db <= 100:
+            problems.append(f"snr_db must be within [-100, 100] dB, got {self.snr_db!r}")
         if self.shift_mode not in SHIFT_MODES:
             problems.append(f"shift_mode must be one of {SHIFT_MODES}, got {self.shift_mode!r}")
-        if not (np.isfinite(self.shift_limit) and self.shift_limit >= 0):
+        if not (is_real(self.shift_limit) and np.isfinite(self.shift_limit) and self.shift_limit >= 0):
             problems.append(f"shift_limit must be >= 0 pixels, got {self.shift_limit!r}")
+        elif (
+            self.size is not None and is_int(self.size) and self.size >= MIN_SIZE and self.shift_limit >= self.size / 2
+        ):
+            problems.append(
+                f"shift_limit {self.shift_limit:g} px moves the particle out of the {self.size} px detector; "
+                f"use less than {self.size / 2:g}"
+            )
+        for name in ("standardize", "store_clean"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.backend not in BACKENDS:
             problems.append(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             problems.append(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.ctf is not None:
             if not isinstance(self.ctf, dict):
@@ -169,7 +220,7 @@ class SimulationConfig(Settings):
                 if unknown:
                     problems.append(f"unknown ctf setting(s) {unknown}; the settings are {sorted(CTF_SETTINGS)}")
         if problems:
-            raise ValueError("invalid simulation config: " + "; ".join(problems))
+            raise InputError("invalid simulation config: " + "; ".join(problems))
 
 
 def volume_source(config: SimulationConfig):
@@ -181,10 +232,17 @@ def volume_source(config: SimulationConfig):
         return volume, voxel_size, fingerprint
     path = Path(config.volume)
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"volume {config.volume!r} is neither a registered name ({sorted(data.REGISTRY)}) nor an existing MRC file"
         )
     volume, voxel_size = data.load_volume(path)
+    if min(volume.shape) < MIN_SIZE:
+        raise InputError(
+            f"the map {path} is {'×'.join(map(str, volume.shape))} voxels; simulating needs at least {MIN_SIZE} "
+            "per side (pad it with zeros)"
+        )
+    if not np.any(volume):
+        raise InputError(f"the map {path} is all zeros, so every projection would be blank; give a real map")
     return volume, voxel_size, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -267,6 +325,38 @@ def _sample(config: SimulationConfig, rng):
     return rotations.canonical(q)
 
 
+def needs(config: SimulationConfig, volume_shape) -> dict:
+    """The bytes a simulation needs: ``"memory"`` (its largest working set) and ``"disk"`` (the file)."""
+    size = config.size or default_size(volume_shape)
+    n = config.n_projections
+    rows = min(n, max(256, _SNR_PILOT))
+    image = 4 * size * size
+    grid = 8 * int(np.prod([2 * n for n in volume_shape]))  # finufft's oversampled grid (complex64)
+    memory = 8 * 24 * n + rows * image * 6 + rows * size * size * 3 * 8 + grid + 4 * int(np.prod(volume_shape))
+    disk = n * image * (2 if config.store_clean else 1) + 9 * 8 * n + 2**16
+    return {"memory": memory, "disk": disk, "size": size}
+
+
+def _check_needs(config: SimulationConfig, volume_shape, path: Path) -> int:
+    """Refuse before any work if the simulation cannot fit this machine's memory or ``path``'s disk."""
+    need = needs(config, volume_shape)
+    size = need["size"]
+    if size < MIN_SIZE:
+        raise InputError(f"the detector would be {size} px; give size >= {MIN_SIZE}")
+    if config.shift_limit >= size / 2:
+        raise InputError(
+            f"invalid simulation config: shift_limit {config.shift_limit:g} px moves the particle out of the "
+            f"{size} px detector; use less than {size / 2:g}"
+        )
+    check_memory(
+        need["memory"],
+        f"simulating {config.n_projections:,} projections of {size}×{size} px",
+        "lower n_projections or size",
+    )
+    check_free_space(path.parent, need["disk"], "the dataset")
+    return size
+
+
 def _read_key(path: Path):
     try:
         with h5py.File(path, "r") as f:
@@ -317,18 +407,26 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
     """
     if isinstance(config, dict):
         config = SimulationConfig.from_dict(config)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise InputError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     path = Path(path)
     if path.suffix not in (".h5", ".hdf5"):
-        raise ValueError(f"dataset path must end in .h5 or .hdf5, got {path}")
+        raise InputError(f"dataset path must end in .h5 or .hdf5, got {path}; name the output e.g. data.h5")
     volume, voxel_size, fingerprint = volume_source(config)
     key = cache_key(config, fingerprint)
     if path.exists() and not overwrite and _read_key(path) == key:
         return path
+    size = _check_needs(config, volume.shape, path)  # before anything is created
+    # Two runs asked for the same file compute it once: the second waits, then reuses it.
+    with file_lock(path):
+        if path.exists() and not overwrite and _read_key(path) == key:
+            return path
+        _simulate(config, path, volume, voxel_size, fingerprint, key, size, chunk_size, progress)
+    return path
 
+
+def _simulate(config, path, volume, voxel_size, fingerprint, key, size, chunk_size, progress) -> None:
     backend = resolve_backend(config.backend)
-    size = config.size or default_size(volume.shape)
     n = config.n_projections
     # A fourth stream for the CTF leaves the first three (and so every CTF-free dataset) as they were.
     orient_ss, shift_ss, noise_ss, ctf_ss = np.random.SeedSequence(config.seed).spawn(4)
@@ -393,9 +491,17 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
             count = n * size * size
             mean = total / count
             std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
+            if not (np.isfinite(mean) and np.isfinite(std)):
+                raise InputError(
+                    f"the simulated images overflow (mean {mean:g}, std {std:g}); lower noise_variance "
+                    f"({noise_variance:g}) or scale the map"
+                )
             if config.standardize:
                 if std <= 0:
-                    raise ValueError("cannot standardise a dataset of constant images; set standardize=false")
+                    raise InputError(
+                        "every simulated image is the same constant (a blank map and no noise?); "
+                        "give a map with content, add noise, or set standardize=false"
+                    )
                 for start in range(0, n, chunk_size):
                     sl = slice(start, min(start + chunk_size, n))
                     images[sl] = standardize(images[sl], mean, std)
@@ -422,4 +528,3 @@ def simulate_dataset(config, path, *, chunk_size=256, progress=True, overwrite=F
                     "volume_shape": np.asarray(volume.shape),
                 }
             )
-    return path

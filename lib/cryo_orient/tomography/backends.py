@@ -78,7 +78,7 @@ def astra_available() -> bool:
 def rotation_matrices(quaternions) -> np.ndarray:
     q = np.asarray(quaternions, dtype=np.float64)
     if q.ndim == 1:
-        raise ValueError(f"quaternions must have shape (N, 4), got {q.shape}; wrap a single one as q[None]")
+        raise InputError(f"quaternions must have shape (N, 4), got {q.shape}; wrap a single one as q[None]")
     return rotations.quaternion_to_matrix(q)
 
 
@@ -86,7 +86,7 @@ def check_size(size, shape) -> int:
     if size is None:
         return default_size(shape)
     if int(size) != size or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+        raise InputError(f"size must be a positive integer, got {size!r}")
     return int(size)
 
 
@@ -128,7 +128,7 @@ def _nufft_eps(eps, real_dtype) -> float:
 
 def _batches(n: int, batch_size: int):
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
 

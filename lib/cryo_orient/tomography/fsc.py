@@ -15,6 +15,8 @@ import dataclasses
 
 import numpy as np
 
+from cryo_orient.validation import InputError, positive
+
 __all__ = ["FSCResult", "fsc", "soft_sphere_mask", "THRESHOLDS"]
 
 #: The two conventional thresholds: 0.5 (the paper's headline numbers) and 0.143 (gold standard).
@@ -57,7 +59,7 @@ def soft_sphere_mask(shape, radius=None, width=3.0) -> np.ndarray:
     shape = tuple(int(s) for s in shape)
     radius = 0.45 * min(shape) if radius is None else float(radius)
     if radius <= 0 or width < 0:
-        raise ValueError(f"radius must be > 0 and width ≥ 0, got {radius}, {width}")
+        raise InputError(f"radius must be > 0 and width ≥ 0, got {radius}, {width}")
     grids = np.meshgrid(*[np.arange(n) - n // 2 for n in shape], indexing="ij")
     r = np.sqrt(sum(g.astype(float) ** 2 for g in grids))
     mask = np.clip((radius + width - r) / width, 0, 1) if width > 0 else (r <= radius).astype(float)
@@ -68,13 +70,17 @@ def _check_volumes(a, b):
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.ndim != 3 or a.shape != b.shape:
-        raise ValueError(
+        raise InputError(
             f"need two 3-D volumes of the same shape, got {a.shape} and {b.shape}; "
             "resample one onto the other's grid first"
         )
     for name, v in (("volume_a", a), ("volume_b", b)):
         if not np.all(np.isfinite(v)):
-            raise ValueError(f"{name} contains NaN or infinite values")
+            raise InputError(f"{name} contains NaN or infinite values; fix or recompute that map")
+        if not np.any(v):
+            raise InputError(f"{name} is all zeros, so its FSC is undefined; give a map with content")
+        if min(v.shape) < 4:
+            raise InputError(f"{name} is {'×'.join(map(str, v.shape))} voxels; an FSC needs at least 4 per side")
     return a, b
 
 
@@ -97,12 +103,11 @@ def fsc(volume_a, volume_b, voxel_size, *, mask=None) -> FSCResult:
         The curve per shell (shell 0 is the mean) and ``resolution(threshold)``.
     """
     a, b = _check_volumes(volume_a, volume_b)
-    if not (np.isfinite(voxel_size) and voxel_size > 0):
-        raise ValueError(f"voxel_size must be a positive number of Å, got {voxel_size!r}")
+    voxel_size = positive(voxel_size, "voxel_size (Å per voxel)")
     if mask is not None:
         m = soft_sphere_mask(a.shape) if isinstance(mask, str) and mask == "soft_sphere" else np.asarray(mask, float)
         if m.shape != a.shape:
-            raise ValueError(f"mask must have the volumes' shape {a.shape}, got {m.shape}")
+            raise InputError(f"mask must have the volumes' shape {a.shape}, got {m.shape}")
         a, b = a * m, b * m
     fa, fb = np.fft.fftn(a), np.fft.fftn(b)
     n = min(a.shape)

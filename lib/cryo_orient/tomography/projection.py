@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from cryo_orient.tomography import backends
 from cryo_orient.tomography.backends import astra_available, check_size, default_size, rotation_matrices
+from cryo_orient.validation import InputError
 
 __all__ = [
     "BACKENDS",
@@ -62,13 +63,13 @@ def resolve_backend(backend: str) -> str:
 def _check_volume(volume) -> np.ndarray:
     volume = np.asarray(volume)
     if volume.ndim != 3:
-        raise ValueError(f"volume must be a 3-D array indexed [z, y, x], got shape {volume.shape}")
+        raise InputError(f"volume must be a 3-D array indexed [z, y, x], got shape {volume.shape}")
     if min(volume.shape) < 1:
-        raise ValueError(f"volume has an empty axis: shape {volume.shape}")
+        raise InputError(f"volume has an empty axis: shape {volume.shape}")
     if not np.issubdtype(volume.dtype, np.floating):
         volume = volume.astype(np.float32)
     if not np.all(np.isfinite(volume)):
-        raise ValueError("volume contains NaN or inf values; clean the map before projecting")
+        raise InputError("volume contains NaN or inf values; clean the map before projecting")
     return volume
 
 
@@ -160,19 +161,19 @@ def backproject(
     """
     projections = np.asarray(projections)
     if projections.ndim != 3 or projections.shape[1] != projections.shape[2]:
-        raise ValueError(f"projections must have shape (N, size, size), got {projections.shape}")
+        raise InputError(f"projections must have shape (N, size, size), got {projections.shape}")
     if not np.issubdtype(projections.dtype, np.floating):
         projections = projections.astype(np.float32)
     matrices = rotation_matrices(quaternions)
     if len(matrices) != len(projections):
-        raise ValueError(
+        raise InputError(
             f"got {len(projections)} projections but {len(matrices)} quaternions; pass one orientation per image"
         )
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"shape must be three positive integers (nz, ny, nx), got {shape}")
+        raise InputError(f"shape must be three positive integers (nz, ny, nx), got {shape}")
     if not np.all(np.isfinite(projections)):
-        raise ValueError("projections contain NaN or inf values")
+        raise InputError("projections contain NaN or inf values")
     return backends.resolve(backend).backproject(
         projections, matrices, shape, eps=eps, batch_size=batch_size, nthreads=nthreads, progress=progress
     )

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from cryo_orient.tomography import backends
 from cryo_orient.tomography.backends import check_size, remove_detector_nyquist, rotation_matrices
+from cryo_orient.validation import InputError, check_memory, integer
 
 __all__ = ["Reconstruction", "conjugate_gradients", "normal_operator", "reconstruct", "remove_detector_nyquist"]
 
@@ -75,24 +76,24 @@ def normal_operator(quaternions, size, shape, *, eps=1e-9, nthreads=None):
 def _check_inputs(projections, quaternions, shape):
     p = np.asarray(projections)
     if p.ndim != 3 or p.shape[1] != p.shape[2]:
-        raise ValueError(f"projections must have shape (N, size, size), got {p.shape}")
+        raise InputError(f"projections must have shape (N, size, size), got {p.shape}")
     if not np.issubdtype(p.dtype, np.floating):
         p = p.astype(np.float64)
     if not np.all(np.isfinite(p)):
-        raise ValueError("projections contain NaN or infinite values; fix or drop those images first")
+        raise InputError("projections contain NaN or infinite values; fix or drop those images first")
     q = np.asarray(quaternions, dtype=np.float64)
     if q.ndim != 2 or q.shape[1] != 4:
-        raise ValueError(f"quaternions must have shape (N, 4), got {q.shape}")
+        raise InputError(f"quaternions must have shape (N, 4), got {q.shape}")
     if len(q) != len(p):
-        raise ValueError(f"got {len(p)} projections but {len(q)} quaternions; pass one orientation per image")
+        raise InputError(f"got {len(p)} projections but {len(q)} quaternions; pass one orientation per image")
     if not np.all(np.isfinite(q)) or np.any(np.linalg.norm(q, axis=1) < 1e-12):
-        raise ValueError("quaternions must be finite and non-zero")
+        raise InputError("quaternions must be finite and non-zero")
     try:
         shape = tuple(int(n) for n in shape)
     except TypeError:
-        raise ValueError(f"shape must be 3 positive integers (nz, ny, nx), got {shape!r}") from None
+        raise InputError(f"shape must be 3 positive integers (nz, ny, nx), got {shape!r}") from None
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"shape must be 3 positive integers (nz, ny, nx), got {shape}")
+        raise InputError(f"shape must be 3 positive integers (nz, ny, nx), got {shape}")
     return p, q, shape
 
 
@@ -205,14 +206,21 @@ def reconstruct(
         ``.volume`` (float64, ``shape``) and the residual history.
     """
     p, q, shape = _check_inputs(projections, quaternions, shape)
-    if int(iterations) != iterations or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    iterations = integer(iterations, "iterations", 0)
+    if iterations == 0 and x0 is None:
+        raise InputError("iterations=0 without x0 would return the all-zero start; give iterations >= 1")
+    side = max(max(shape), p.shape[-1])
+    check_memory(
+        16 * (2 * side) ** 3 + 12 * 8 * int(np.prod(shape)) + 3 * p.nbytes,
+        f"reconstructing a {'×'.join(map(str, shape))} map from {len(p):,} images",
+        "reconstruct a smaller box (--box detector) or bin the images",
+    )
     if not (np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+        raise InputError(f"tol must be a non-negative number, got {tol!r}")
     if not (np.isfinite(regularization) and regularization >= 0):
-        raise ValueError(f"regularization must be a non-negative number, got {regularization!r}")
+        raise InputError(f"regularization must be a non-negative number, got {regularization!r}")
     if x0 is not None and np.shape(x0) != shape:
-        raise ValueError(f"x0 must have the volume shape {shape}, got {np.shape(x0)}")
+        raise InputError(f"x0 must have the volume shape {shape}, got {np.shape(x0)}")
     needs = {
         name
         for name, given in (
@@ -225,7 +233,7 @@ def reconstruct(
     chosen = backends.resolve(backend, needs=needs)
     unsupported = sorted(needs - chosen.solver_options)
     if unsupported:
-        raise ValueError(
+        raise InputError(
             f"the {chosen.name} backend supports no {', '.join(unsupported)}; use backend='nufft' for those"
         )
     start = time.perf_counter()

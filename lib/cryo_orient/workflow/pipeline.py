@@ -29,7 +29,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-from cryo_orient import data
+from cryo_orient import data, validation
 from cryo_orient.data import relion
 from cryo_orient.data.dataset import Dataset, read_dataset
 from cryo_orient.estimation import ESTIMATORS, make_estimator
@@ -38,7 +38,7 @@ from cryo_orient.geometry import rotations, volumes
 from cryo_orient.orientation import alignment, gauge, recovery
 from cryo_orient.simulation import simulate
 from cryo_orient.tomography import fsc, projection, reconstruct
-from cryo_orient.validation import InputError, Settings
+from cryo_orient.validation import InputError, InputTypeError, Settings
 from cryo_orient.workflow.stages import Stage, StageCache, digest, run_stages
 
 __all__ = [
@@ -80,6 +80,27 @@ class PipelineConfig(Settings):
 
     _unknown_keys = "pipeline config key(s)"
     _known_keys = "keys"
+
+    def __post_init__(self):
+        for name in ("training", "estimator_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise InputTypeError(
+                    f"pipeline config: {name} must be a table of settings, got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.fresh_noise, (bool, np.bool_)):
+            raise InputTypeError(f"pipeline config: fresh_noise must be true or false, got {self.fresh_noise!r}")
+        validation.choice(self.recovery_mode, "recovery_mode", tuple(recovery.MODES))
+        validation.choice(self.reconstruction_backend, "reconstruction_backend", projection.BACKENDS)
+        for name in (
+            "recovery_restarts",
+            "recovery_max_steps",
+            "reconstruction_iterations",
+            "gauge_images",
+            "gauge_pairs",
+            "gauge_candidates",
+        ):
+            validation.positive_int(getattr(self, name), name)
+        validation.integer(self.seed, "seed", 0)
 
     @classmethod
     def from_dict(cls, values) -> PipelineConfig:

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -235,9 +237,19 @@ def _write_if_changed(path: Path, text: str) -> None:
     if path.exists() and path.read_text() == text:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    # A unique temporary name (this module is stdlib-only, so not artifacts.atomic_output, whose
+    # naming it follows: .<name>.<pid>.<random>.tmp): concurrent syncs of one profile (two `make`
+    # runs) each write their own and the last rename wins, with the same content.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def sync(profile_name: str, root=".") -> list[str]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cryo_orient import artifacts
+from cryo_orient.validation import InputError
 from cryo_orient.workflow import profiles
 
 __all__ = ["publish"]
@@ -44,7 +45,7 @@ def publish(target: str, namespace: Mapping, *, figure=None, outputs=None, param
         artifacts.save_figure(figure, out / f"{target}.png")
     if outputs is None:
         if figure is None:
-            raise ValueError(f"{target}: give the outputs it wrote, or the figure to save")
+            raise InputError(f"{target}: give the outputs it wrote, or the figure to save")
         outputs = [f"{target}.png"]
     recorded = profiles.run_parameters(target, namespace) | dict(parameters or {})
     return artifacts.write_record(out, target, outputs=outputs, parameters=recorded, results=results)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryo_orient.artifacts import atomic_output, jsonable
+from cryo_orient.artifacts import atomic_output, file_lock, jsonable
 
 __all__ = ["Stage", "StageCache", "digest", "run_stages"]
 
@@ -62,17 +62,29 @@ class StageCache:
     def arrays(self, prefix: str, key: str, compute: Callable[[], Mapping[str, np.ndarray]]) -> dict:
         """Load ``<prefix>-<key>.npz`` if it is there and readable, else store what ``compute()`` returns."""
         path = self.path(prefix, key)
+        value = self._load(path)
+        if value is not None:
+            return value
+        # Two runs that need the same stage compute it once: the second waits, then loads it.
+        with file_lock(path):
+            value = self._load(path)
+            if value is not None:
+                return value
+            value = dict(compute())
+            with atomic_output(path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **value)
+        return value
+
+    @staticmethod
+    def _load(path: Path) -> dict | None:
         if path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as f:
                     return {k: f[k] for k in f.files}
-            except (OSError, ValueError, zipfile.BadZipFile):
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError):
                 pass  # a corrupt (e.g. truncated) entry is recomputed
-        value = dict(compute())
-        with atomic_output(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **value)
-        return value
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
