@@ -8,7 +8,10 @@ operator ``AᵀA`` and right-hand side ``Aᵀb`` for conjugate gradients, or a s
 and every caller goes through it.
 
 ``"nufft"`` (CPU): the Fourier slice theorem with finufft; ``AᵀA`` is applied as a convolution
-(Toeplitz), exact once the detector's Nyquist row and column are left out of the data term.
+(Toeplitz), exact once the detector's Nyquist row and column are left out of the data term. With
+a CTF (:mod:`cryo_orient.tomography.ctf`) the forward model is ``A_i = C_i P_i``: the Toeplitz
+weights are multiplied by ``C_i(k)²`` and ``Aᵀb`` backprojects the CTF-filtered images.
+``"astra"`` has no CTF: ``resolve(..., needs={"ctf"})`` then picks NUFFT.
 ``"astra"`` (GPU only): ASTRA's ``parallel3d_vec`` geometry with CUDA forward and back projection
 and its ``CGLS3D_CUDA`` solver, as in the paper. ASTRA's 3-D CUDA calls kill the process without
 a GPU, so it is used only when :func:`astra_available` says so.
@@ -29,6 +32,7 @@ import scipy.fft
 from tqdm.auto import tqdm
 
 from cryo_orient.geometry import rotations
+from cryo_orient.tomography import ctf as ctf_model
 from cryo_orient.validation import InputError, UnavailableError
 
 __all__ = [
@@ -194,11 +198,15 @@ def remove_detector_nyquist(projections) -> np.ndarray:
     return np.fft.fftshift(out, axes=(-2, -1)).astype(p.dtype, copy=False)
 
 
-def _kept_points(matrices, size):
-    """Slice frequencies and weights of the fitted (non-Nyquist) Fourier coefficients."""
+def _kept_points(matrices, size, ctf=None, pixel_size=None):
+    """Slice frequencies and weights of the fitted (non-Nyquist) Fourier coefficients; with a CTF
+    each weight is multiplied by the CTF² of its image at its frequency (the data term of C·P)."""
     ky, _, weight = slice_frequencies(size)
     pts = slice_points(matrices, size)  # (3, N, size, size//2+1), (z, y, x)
     w = np.broadcast_to(weight / size**2, pts.shape[1:]).copy()
+    if ctf is not None:
+        c = ctf_model.ctf_values(ctf, size, pixel_size)  # same (N, size, size//2+1) layout
+        w *= c * c
     if size % 2 == 0:
         w[:, size // 2, :] = 0
         w[:, :, -1] = 0
@@ -209,12 +217,12 @@ def _kept_points(matrices, size):
 class _ToeplitzNormal:
     """``v ↦ AᵀA v`` as a linear convolution done with zero-padded real FFTs."""
 
-    def __init__(self, matrices, size, shape, eps, nthreads):
+    def __init__(self, matrices, size, shape, eps, nthreads, ctf=None, pixel_size=None):
         self.shape = tuple(int(n) for n in shape)
         self.padded = tuple(scipy.fft.next_fast_len(2 * n - 1, real=True) for n in self.shape)
         self.workers = nthreads
         kernel_shape = tuple(2 * n - 1 for n in self.shape)  # r from -(N-1) to N-1
-        pts, w = _kept_points(matrices, size)
+        pts, w = _kept_points(matrices, size, ctf, pixel_size)
         # One spreading thread unless asked: multithreaded spreading is not bit-reproducible.
         opts = {"nthreads": 1 if nthreads is None else int(nthreads)}
         kernel = finufft.nufft3d1(*pts, w.astype(np.complex128), kernel_shape, eps=eps, isign=+1, **opts).real
@@ -306,7 +314,7 @@ class ProjectorBackend(abc.ABC):
     #: The name callers choose it by.
     name: str = ""
     #: Options of :func:`cryo_orient.tomography.reconstruct.reconstruct` it honours beyond the
-    #: iteration count: ``"tol"``, ``"regularization"``, ``"x0"``, ``"callback"``.
+    #: iteration count: ``"tol"``, ``"regularization"``, ``"x0"``, ``"callback"``, ``"ctf"``.
     solver_options: frozenset = frozenset()
 
     def available(self) -> bool:
@@ -326,12 +334,13 @@ class ProjectorBackend(abc.ABC):
         :meth:`normal_operator` and :meth:`normal_rhs`."""
         return None
 
-    def normal_operator(self, matrices, size, shape, *, eps, nthreads):
-        """``v ↦ AᵀA v``, a callable."""
+    def normal_operator(self, matrices, size, shape, *, eps, nthreads, ctf=None, pixel_size=None):
+        """``v ↦ AᵀA v``, a callable; with ``ctf`` (a :class:`~cryo_orient.tomography.ctf.CTFParams`
+        per image, and ``pixel_size`` in Å) ``A = C P``."""
         raise NotImplementedError(f"the {self.name} backend has no normal operator")
 
-    def normal_rhs(self, projections, matrices, shape, *, eps, nthreads):
-        """``Aᵀ b`` for the data term the normal operator fits."""
+    def normal_rhs(self, projections, matrices, shape, *, eps, nthreads, ctf=None, pixel_size=None):
+        """``Aᵀ b`` for the data term the normal operator fits (``A = C P`` with ``ctf``)."""
         raise NotImplementedError(f"the {self.name} backend has no normal operator")
 
 
@@ -339,7 +348,7 @@ class NufftBackend(ProjectorBackend):
     """The Fourier slice theorem with finufft (CPU)."""
 
     name = "nufft"
-    solver_options = frozenset({"tol", "regularization", "x0", "callback"})
+    solver_options = frozenset({"tol", "regularization", "x0", "callback", "ctf"})
 
     def project(self, volume, matrices, size, *, eps=None, batch_size=128, nthreads=None, progress=False):
         return _project_nufft(volume, matrices, size, eps, batch_size, nthreads, progress)
@@ -347,13 +356,14 @@ class NufftBackend(ProjectorBackend):
     def backproject(self, projections, matrices, shape, *, eps=None, batch_size=128, nthreads=None, progress=False):
         return _backproject_nufft(projections, matrices, shape, eps, batch_size, nthreads, progress)
 
-    def normal_operator(self, matrices, size, shape, *, eps=1e-9, nthreads=None):
-        return _ToeplitzNormal(matrices, size, shape, eps, nthreads)
+    def normal_operator(self, matrices, size, shape, *, eps=1e-9, nthreads=None, ctf=None, pixel_size=None):
+        return _ToeplitzNormal(matrices, size, shape, eps, nthreads, ctf, pixel_size)
 
-    def normal_rhs(self, projections, matrices, shape, *, eps=1e-9, nthreads=None):
-        return self.backproject(
-            remove_detector_nyquist(projections.astype(np.float64)), matrices, shape, eps=eps, nthreads=nthreads
-        )
+    def normal_rhs(self, projections, matrices, shape, *, eps=1e-9, nthreads=None, ctf=None, pixel_size=None):
+        p = projections.astype(np.float64)
+        if ctf is not None:
+            p = ctf_model.apply_ctf(p, ctf, pixel_size)  # Pᵀ C b: C is real and centro-symmetric
+        return self.backproject(remove_detector_nyquist(p), matrices, shape, eps=eps, nthreads=nthreads)
 
 
 class AstraBackend(ProjectorBackend):
