@@ -20,16 +20,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import h5py
+import mrcfile
 import numpy as np
 import pytest
 
 from cryo_orient import artifacts, cli, data, validation
+from cryo_orient.data import relion
 from cryo_orient.data.dataset import read_dataset
 from cryo_orient.data.registry import DataFile
 from cryo_orient.estimation import siamese
 from cryo_orient.geometry import rotations
 from cryo_orient.simulation import simulate
-from cryo_orient.tomography import fsc, reconstruct
+from cryo_orient.tomography import fsc, projection, reconstruct
 from cryo_orient.workflow import pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +67,7 @@ GAUGE = "gauge --dataset {d} --out {w}/g.star --quiet"
 RECON = "reconstruct --dataset {d} --out {w}/v.mrc --quiet"
 EMBED = "embed --dataset {d} --out {w}/e.npz --quiet"
 RECOVER = "recover --out {w}/r.npz --quiet"
+ORIENT = "orient {star} --reference {{blob}} --out {{w}}/orient --quiet"
 
 CASES = [
     # ------------------------------------------------------------------ the command line itself
@@ -1281,6 +1284,64 @@ CASES = [
         r"filename must be a bare file name",
     ),
     api_case("api-fetch-unknown", "data.fetch('6xyz')", lambda c: data.fetch("6xyz"), r"6xyz"),
+    # ------------------------------------------------------------------ particle stacks (cryo-orient orient)
+    cli_case("orient-no-image-name", ORIENT.format(star="{star_no_names}"), 2, r"no rlnImageName column"),
+    cli_case(
+        "orient-missing-stack",
+        ORIENT.format(star="{star_missing_stack}"),
+        2,
+        r"row 1 names the stack .*none\.mrcs, which does not exist",
+    ),
+    cli_case(
+        "orient-index-beyond-stack",
+        ORIENT.format(star="{star_beyond}"),
+        2,
+        r"row 20 asks for image 21 of stack\.mrcs, which holds 20",
+    ),
+    cli_case("orient-truncated-stack", ORIENT.format(star="{star_truncated}"), 2, r"shorter than its header says"),
+    cli_case("orient-mixed-boxes", ORIENT.format(star="{star_mixed}"), 2, r"images of different sizes"),
+    cli_case("orient-no-pixel-size", ORIENT.format(star="{star_no_pixel}"), 2, r"gives no pixel size .*--angpix"),
+    cli_case("orient-angpix-0", ORIENT.format(star="{star_no_pixel}") + " --angpix 0", 2, r"angpix"),
+    cli_case(
+        "orient-defocus-not-a-number", ORIENT.format(star="{star_bad_defocus}"), 2, r"rlnDefocusU .* row 3 \('abc'\)"
+    ),
+    cli_case("orient-defocus-missing", ORIENT.format(star="{star_blank_defocus}"), 2, r"rlnDefocusU"),
+    cli_case(
+        "orient-no-voltage", ORIENT.format(star="{star_no_voltage}"), 2, r"defocus values but no \['rlnVoltage'\]"
+    ),
+    cli_case(
+        "orient-bad-image-name", ORIENT.format(star="{star_bad_name}"), 2, r"row 2 has rlnImageName 'stack\.mrcs'"
+    ),
+    cli_case(
+        "orient-not-star", ORIENT.format(star="{bad_star}"), 2, r"no data_particles table|not a readable STAR file"
+    ),
+    cli_case(
+        "orient-reference-not-cubic",
+        ORIENT.format(star="{star_good}").replace("{blob}", "{flat_map}"),
+        2,
+        r"give a cubic map",
+    ),
+    cli_case(
+        "orient-reference-no-voxel",
+        ORIENT.format(star="{star_good}").replace("{blob}", "{bare_map}"),
+        2,
+        r"no voxel size .*--reference-angpix",
+    ),
+    cli_case(
+        "orient-reference-missing", ORIENT.format(star="{star_good}").replace("{blob}", "{w}/none.mrc"), 2, r"none\.mrc"
+    ),
+    cli_case(
+        "orient-unknown-setting", ORIENT.format(star="{star_good}") + " --set epoch=3", 2, r"unknown orient setting"
+    ),
+    cli_case(
+        "orient-bad-correction",
+        ORIENT.format(star="{star_good}") + " --ctf-correction flip",
+        2,
+        r"invalid choice: 'flip'",
+    ),
+    cli_case(
+        "orient-n-train-0", ORIENT.format(star="{star_good}") + " --n-train 0", 2, r"n_train must be a positive integer"
+    ),
     # ------------------------------------------------------------------ the API: atomic writes
     api_case(
         "api-save-text-folder",
@@ -1300,6 +1361,43 @@ CASES = [
 
 
 # --------------------------------------------------------------------------- helpers of the cases
+
+
+def _particle_stacks(c, w, blob):
+    """A RELION 3.1 STAR file of 20 particles (24 px, with CTF) and broken copies of it."""
+    folder = w / "stars"
+    folder.mkdir()
+    q = rotations.uniform_so3(20, rng=np.random.default_rng(3))
+    relion.write_particle_stack(folder / "stack.mrcs", projection.project(blob, q, 24), 2.0)
+    relion.write_particle_stack(folder / "small.mrcs", np.zeros((20, 16, 16)), 2.0)
+    truncated = folder / "truncated.mrcs"
+    truncated.write_bytes((folder / "stack.mrcs").read_bytes()[:-500])
+    good = (
+        "data_optics\nloop_\n_rlnOpticsGroup\n_rlnVoltage\n_rlnSphericalAberration\n_rlnAmplitudeContrast\n"
+        "_rlnImagePixelSize\n_rlnImageSize\n1 300 2.7 0.1 2.0 24\n\ndata_particles\nloop_\n_rlnImageName\n"
+        "_rlnDefocusU\n_rlnOpticsGroup\n" + "".join(f"{i + 1:06d}@stack.mrcs {10000 + 500 * i} 1\n" for i in range(20))
+    )
+
+    def star(name, text):
+        path = folder / f"{name}.star"
+        path.write_text(text)
+        return path
+
+    c.star_good = star("good", good)
+    c.star_no_names = star("no_names", good.replace("_rlnImageName", "_rlnMicrographName"))
+    c.star_missing_stack = star("missing_stack", good.replace("@stack.mrcs", "@none.mrcs"))
+    c.star_beyond = star("beyond", good.replace("000020@stack.mrcs", "000021@stack.mrcs"))
+    c.star_truncated = star("truncated", good.replace("@stack.mrcs", "@truncated.mrcs"))
+    c.star_mixed = star("mixed", good.replace("000020@stack.mrcs", "000020@small.mrcs"))
+    c.star_no_pixel = star("no_pixel", good.replace("_rlnImagePixelSize", "_rlnSomething"))
+    c.star_bad_defocus = star("bad_defocus", good.replace("@stack.mrcs 11000 ", "@stack.mrcs abc "))
+    c.star_blank_defocus = star("blank_defocus", good.replace("@stack.mrcs 11000 ", "@stack.mrcs nan "))
+    c.star_no_voltage = star("no_voltage", good.replace("_rlnVoltage", "_rlnVoltageX"))
+    c.star_bad_name = star("bad_name", good.replace("000002@stack.mrcs", "stack.mrcs"))
+    c.flat_map = data.write_volume(w / "flat.mrc", np.ones((24, 24, 20), np.float32), 2.0)
+    c.bare_map = w / "bare.mrc"
+    with mrcfile.new(c.bare_map) as m:
+        m.set_data(np.ones((24, 24, 24), np.float32))
 
 
 def _with_env(name, value, call):
@@ -1379,6 +1477,8 @@ def ctx(tmp_path_factory):
     (c.folder_star / "keep").write_text("")
     c.bad_star = w / "bad.star"
     c.bad_star.write_text("this is not a STAR file\n")
+
+    _particle_stacks(c, w, blob)
 
     config = simulate.SimulationConfig(volume=str(c.blob), n_projections=60, size=24, noise_variance=0.5, seed=1)
     c.config = config

@@ -628,7 +628,8 @@ def _numbers(path, table, columns, what) -> np.ndarray:
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             raise InputError(
-                f"{path}: {int(bad.sum())} row(s) have a missing, non-numeric or infinite {column} ({what}); "
+                f"{path}: {int(bad.sum())} row(s) have a missing, non-numeric or infinite {column}"
+                f"{'' if what == column else f' ({what})'}; "
                 f"the first is row {first + 1} ({str(table[column].iloc[first])!r}); fix or remove them"
             )
         values[:, k] = numbers
