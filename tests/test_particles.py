@@ -194,7 +194,7 @@ def _edit(path, old, new):
         ),
         (lambda p: _edit(p, "\t2.500000\t16", "\t0.000000\t16"), "pixel size must be positive"),
         (lambda p: _edit(p, "_rlnImagePixelSize", "_rlnSomethingElse"), "gives no pixel size .*--angpix"),
-        (lambda p: _edit(p, "10000.000000", "abc"), r"non-numeric or infinite rlnDefocusU .* row 1 \('abc'\)"),
+        (lambda p: _edit(p, "10000.000000", "abc"), r"non-numeric or infinite rlnDefocusU.* row 1 \('abc'\)"),
         (lambda p: _edit(p, "_rlnVoltage", "_rlnVoltageX"), r"defocus values but no \['rlnVoltage'\]"),
         (lambda p: p.write_text("nothing here"), "not a readable STAR file|no data_particles"),
         (lambda p: p.write_text(""), "has no data_particles table .it has no tables."),
