@@ -44,6 +44,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from cryo_orient.data import relion
 from cryo_orient.validation import InputError
 
 __all__ = [
@@ -57,20 +58,27 @@ __all__ = [
     "wiener_filter",
 ]
 
-#: RELION STAR column name -> :class:`CTFParams` field.
-COLUMNS = {
-    "rlnDefocusU": "defocus_u",
-    "rlnDefocusV": "defocus_v",
-    "rlnDefocusAngle": "defocus_angle",
-    "rlnVoltage": "voltage",
-    "rlnSphericalAberration": "spherical_aberration",
-    "rlnAmplitudeContrast": "amplitude_contrast",
-    "rlnPhaseShift": "phase_shift",
-    "rlnCtfBfactor": "bfactor",
-    "rlnCtfScalefactor": "scale",
-}
+#: RELION STAR column name -> :class:`CTFParams` field (the columns are those the STAR reader
+#: collects, :data:`cryo_orient.data.relion.CTF_COLUMNS`, in its order).
+COLUMNS = dict(
+    zip(
+        relion.CTF_COLUMNS,
+        (
+            "defocus_u",
+            "defocus_v",
+            "defocus_angle",
+            "voltage",
+            "spherical_aberration",
+            "amplitude_contrast",
+            "phase_shift",
+            "bfactor",
+            "scale",
+        ),
+        strict=True,
+    )
+)
 #: The columns :meth:`CTFParams.from_columns` cannot do without.
-REQUIRED_COLUMNS = ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+REQUIRED_COLUMNS = relion.CTF_REQUIRED
 _DEFAULTS = {"defocus_angle": 0.0, "phase_shift": 0.0, "bfactor": 0.0, "scale": 1.0}
 _FIELDS = tuple(COLUMNS.values())
 # Images filtered per batch: bounds the memory of the (batch, size, size // 2 + 1) CTF array.
