@@ -541,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     ori.add_argument("--angpix", type=float, help="the stack's pixel size in Å (default: the STAR file's)")
     ori.add_argument("--reference-angpix", type=float, help="the reference's voxel size in Å (default: its header's)")
     ori.add_argument("--n-train", type=int, help="simulated training images (default 5000)")
-    ori.add_argument("--epochs", type=int, help="training epochs (default 30)")
+    ori.add_argument("--epochs", type=int, help="training epochs (default 60)")
     ori.add_argument("--n-features", type=int, help="the estimator's feature vector length (default 256)")
     ori.add_argument("--ctf-correction", choices=orient.CORRECTIONS, help="of the estimator's input (phase_flip)")
     ori.add_argument(

@@ -105,7 +105,7 @@ class OrientConfig(Settings):
     _known_keys = "settings"
 
     n_train: int = 5000
-    epochs: int = 30
+    epochs: int = 60
     n_features: int = 256
     batch_size: int = 32
     learning_rate: float = 1e-3
