@@ -32,7 +32,8 @@ A view shares the file; its ``index`` says which rows of the file it holds.
 Readers
 -------
 :func:`read_dataset` chooses the reader by the file's suffix (:data:`READERS`): ``.h5`` for the
-files :func:`cryo_orient.simulation.simulate.simulate_dataset` writes. A reader validates shapes
+files :func:`cryo_orient.simulation.simulate.simulate_dataset` writes, ``.star`` for RELION
+particle stacks (:func:`cryo_orient.data.particles.read_particles`). A reader validates shapes
 and counts before it returns, and every problem is one :class:`cryo_orient.validation.InputError`
 naming the file and the fix.
 """
@@ -309,7 +310,7 @@ def _read_hdf5(path: Path) -> Dataset:
     )
 
 
-#: Readers by file suffix; the particle-stack readers (RELION STAR + MRCS) join them here.
+#: Readers by file suffix; :mod:`cryo_orient.data.particles` adds ``.star`` (RELION STAR + MRCS).
 READERS: dict[str, Callable[[Path], Dataset]] = {".h5": _read_hdf5, ".hdf5": _read_hdf5}
 
 
