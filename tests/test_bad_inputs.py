@@ -1303,7 +1303,7 @@ CASES = [
     cli_case("orient-no-pixel-size", ORIENT.format(star="{star_no_pixel}"), 2, r"gives no pixel size .*--angpix"),
     cli_case("orient-angpix-0", ORIENT.format(star="{star_no_pixel}") + " --angpix 0", 2, r"angpix"),
     cli_case(
-        "orient-defocus-not-a-number", ORIENT.format(star="{star_bad_defocus}"), 2, r"rlnDefocusU .* row 3 \('abc'\)"
+        "orient-defocus-not-a-number", ORIENT.format(star="{star_bad_defocus}"), 2, r"rlnDefocusU.* row 3 \('abc'\)"
     ),
     cli_case("orient-defocus-missing", ORIENT.format(star="{star_blank_defocus}"), 2, r"rlnDefocusU"),
     cli_case(

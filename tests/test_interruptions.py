@@ -146,7 +146,14 @@ def _start_simulation(blob, out: Path, n=400_000):
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
+        # A shell running this suite in the background (`... &`) starts it with SIGINT ignored, and
+        # children inherit that; give the command the default, as an interactive terminal does.
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_temporary(folder: Path, proc, timeout=120.0) -> Path:
