@@ -134,6 +134,7 @@ def test_orient_end_to_end_and_relion_agrees(tmp_path, data_mirror, reference):
     again = orient(truth["star"], data_mirror / "aspire-70s-ctf" / "map48.mrc", out, config=TINY, progress=False)
     np.testing.assert_array_equal(again["quaternions"], result["quaternions"])
     assert sum(again["record"]["seconds"].values()) < 0.2 * sum(record["seconds"].values())
+    assert again["record"]["stage_seconds"] == record["stage_seconds"]  # what the stages cost when computed
 
     if shutil.which("relion_reconstruct") is None:
         pytest.skip("RELION is not installed: relion_reconstruct's agreement not checked")

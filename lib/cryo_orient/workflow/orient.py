@@ -343,6 +343,51 @@ def _volume(ctx) -> dict:
     return {"volume": result.volume, "iterations": np.asarray(result.iterations)}
 
 
+#: The stage behind each timed step, for the record of compute times.
+_TIMED_STAGES = {
+    "match": "model",
+    "simulate": "training_set",
+    "train": "estimator",
+    "embed": "features",
+    "recover": "recovery",
+    "gauge": "gauge",
+    "shifts": "shifts",
+    "reconstruct": "volume",
+}
+
+
+def _stage_seconds(ctx, cache_dir: Path) -> dict:
+    """How long each step took when its result was computed, this run or an earlier one.
+
+    A rerun loads its stages from the cache in no time; the record should still say what they
+    cost. Times are kept in ``cache_dir/timings.json`` under the identity of each result (its cache
+    key, the training set's file, the estimator's run folder).
+    """
+    identity = {
+        "match": ctx["keys"].get("model"),
+        "simulate": Path(ctx["training_set"].path).name,
+        "train": ctx["estimator"].key,
+        "embed": ctx["keys"].get("features"),
+        "recover": ctx["keys"].get("recovery"),
+        "gauge": f"gauge-{ctx['keys'].get('recovery')}",
+        "shifts": ctx["keys"].get("shifts"),
+        "reconstruct": ctx["keys"].get("volume"),
+    }
+    path = cache_dir / "timings.json"
+    try:
+        timings = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        timings = {}  # a damaged record of times only loses the times
+    # The first computation's time stands: a step that found its result on disk (the training set's
+    # file) runs again in no time.
+    for step, seconds in ctx["seconds"].items():
+        timings.setdefault(f"{step}:{identity[step]}", round(seconds, 2))
+    # A training loaded from its run folder still knows how long it took.
+    timings.setdefault(f"train:{identity['train']}", round(float(ctx["estimator"].describe()["seconds"]), 2))
+    save_text(json.dumps(timings, indent=1, sort_keys=True) + "\n", path)
+    return {step: timings.get(f"{step}:{identity[step]}") for step in _TIMED_STAGES}
+
+
 def _key(*names):
     def key(ctx):
         return tuple(ctx["keys"][n] if n in ctx["keys"] else n for n in names) + (ctx["config"].to_dict(),)
@@ -532,6 +577,7 @@ def orient(
             "median_score": float(np.median(ctx["shifts"]["scores"])),
         },
         "seconds": {k: round(v, 2) for k, v in ctx["seconds"].items()},
+        "stage_seconds": _stage_seconds(ctx, cache_dir),
         "outputs": {k: str(v) for k, v in paths.items()},
         "provenance": {
             "package": "cryo_orient",
