@@ -1,6 +1,7 @@
 """The Siamese distance estimator: architecture, head, losses, pairs, training, resume, embeddings."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -350,3 +351,17 @@ def test_feature_checks_name_nan_and_zero_rows():
     with pytest.raises(ValueError, match=r"all zero \(first: row 3\)"):
         siamese.distance_matrix(f, "cosine")
     assert np.isfinite(siamese.distance_matrix(f, "euclidean")).all()  # a zero vector has a Euclidean distance
+
+
+def test_a_models_all_zero_features_warn_and_sit_at_distance_pi():
+    """Dead units for some images are a trained model's result (the tiny profile's), not bad input:
+    the estimator warns and puts them at π, where features given from outside are refused."""
+    estimator = siamese.SiameseEstimator({"input_size": 16, "n_features": 4})
+    estimator.result = SimpleNamespace(config=estimator.config)
+    features = np.ones((3, 4))
+    features[1] = 0
+    with pytest.warns(UserWarning, match="1 of 3 feature vectors are all zero"):
+        d = estimator.distance_function(features)
+    np.testing.assert_allclose(d(np.array([0, 1]), np.array([1, 2])), np.pi, atol=1e-3)
+    with pytest.raises(ValueError, match="all zero"):
+        siamese.distance_function(features)

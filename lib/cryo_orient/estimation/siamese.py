@@ -52,6 +52,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -165,9 +166,10 @@ def feature_distances(features_a, features_b, kind="cosine") -> np.ndarray:
     return np.sqrt(np.maximum(np.einsum("ij,ij->i", a - b, a - b), _NORM_FLOOR))
 
 
-def _check_features(features, kind) -> np.ndarray:
+def _check_features(features, kind, *, allow_zero=False) -> np.ndarray:
     """``features`` as a finite (n, n_f) float64 array; for the cosine distance no row may be all
-    zero (its direction, hence its distance to anything, is undefined)."""
+    zero (its direction, hence its distance to anything, is undefined), unless ``allow_zero``: then
+    a warning says so and those rows are at distance π from everything (the norm floor's limit)."""
     validation.choice(kind, "kind", FEATURE_DISTANCES)
     features = validation.float_array(features, "features", "an (n, n_f) array of feature vectors")
     if features.ndim != 2 or features.shape[0] < 1 or features.shape[1] < 1:
@@ -183,20 +185,26 @@ def _check_features(features, kind) -> np.ndarray:
         zero = ~features.any(axis=1)
         if zero.any():
             rows = np.flatnonzero(zero)
-            raise InputError(
+            message = (
                 f"{len(rows)} of {len(features)} feature vectors are all zero (first: row {rows[0]}), so their cosine "
                 "distance is undefined; train the model longer or with more features (n_features)"
             )
+            if not allow_zero:
+                raise InputError(message)
+            warnings.warn(message + "; those images are taken at distance π from all others", stacklevel=3)
     return features
 
 
-def distance_function(features, kind="cosine"):
+def distance_function(features, kind="cosine", *, allow_zero=False):
     """A callable ``f(i, j) -> d_p`` on index arrays, for :func:`cryo_orient.orientation.recovery.recover`.
 
     The CNN ran once per projection (in :func:`embed`); every pair distance the recovery asks for
-    is then a few flops on the stored features, instead of a CNN pass per pair and step.
+    is then a few flops on the stored features, instead of a CNN pass per pair and step. Features
+    given from outside must not be all-zero rows under the cosine distance; a model's own
+    (``allow_zero``, as :class:`SiameseEstimator` passes) may be, with a warning: a network with
+    dead units for some images is a result to report, not a bad input.
     """
-    features = _check_features(features, kind)
+    features = _check_features(features, kind, allow_zero=allow_zero)
 
     def d_p(i, j):
         i, j = validation.index_pairs(i, j, len(features))
@@ -1166,7 +1174,7 @@ class SiameseEstimator(DistanceEstimator):
         return embed(self.result.model, resize_images(dataset.images("standardized"), size), progress=progress)
 
     def distance_function(self, features):
-        return distance_function(features, self._fitted().config.feature_distance)
+        return distance_function(features, self._fitted().config.feature_distance, allow_zero=True)
 
     @property
     def key(self) -> str:
