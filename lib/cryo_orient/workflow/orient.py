@@ -379,11 +379,12 @@ def _stage_seconds(ctx, cache_dir: Path) -> dict:
     except (OSError, ValueError):
         timings = {}  # a damaged record of times only loses the times
     # The first computation's time stands: a step that found its result on disk (the training set's
-    # file) runs again in no time.
+    # file) runs again in no time. Training times come from the run's own history (the seconds of
+    # its epochs, also for a run resumed or loaded from its folder).
     for step, seconds in ctx["seconds"].items():
-        timings.setdefault(f"{step}:{identity[step]}", round(seconds, 2))
-    # A training loaded from its run folder still knows how long it took.
-    timings.setdefault(f"train:{identity['train']}", round(float(ctx["estimator"].describe()["seconds"]), 2))
+        if step != "train":
+            timings.setdefault(f"{step}:{identity[step]}", round(seconds, 2))
+    timings[f"train:{identity['train']}"] = round(float(ctx["estimator"].result.history["seconds"][-1]), 2)
     save_text(json.dumps(timings, indent=1, sort_keys=True) + "\n", path)
     return {step: timings.get(f"{step}:{identity[step]}") for step in _TIMED_STAGES}
 
