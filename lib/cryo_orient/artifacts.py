@@ -283,6 +283,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+def provenance(**extra) -> dict:
+    """Where an artifact came from: package, version, git commit, UTC time, host, Python and numpy
+    versions, and the ``extra`` items (e.g. the seed)."""
+    return {
+        "package": "cryo_orient",
+        "version": __version__,
+        "git_commit": git_commit(),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        **extra,
+    }
+
+
 def write_record(out_dir, target: str, *, outputs, parameters: dict, results: dict | None = None) -> Path:
     """Write ``<out_dir>/<target>.json``: the outputs, parameters, results and provenance."""
     outputs = [Path(o).name for o in outputs]

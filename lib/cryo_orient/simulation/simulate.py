@@ -28,18 +28,16 @@ first 512 clean projections of the dataset, a fixed set) divided by the SNR.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
-import platform
 from pathlib import Path
 
 import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from cryo_orient import __version__, data
-from cryo_orient.artifacts import atomic_output, check_free_space, file_lock, git_commit
+from cryo_orient import artifacts, data
+from cryo_orient.artifacts import atomic_output, check_free_space, file_lock
 from cryo_orient.data import relion
 from cryo_orient.geometry import rotations
 from cryo_orient.simulation.noise import (
@@ -453,17 +451,7 @@ def _simulate(config, path, volume, voxel_size, fingerprint, key, size, chunk_si
     else:
         noise_variance = float(config.noise_variance or 0.0)
 
-    provenance = {
-        "package": "cryo_orient",
-        "version": __version__,
-        "git_commit": git_commit(),
-        "seed": config.seed,
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "backend": backend,
-    }
+    provenance = artifacts.provenance(seed=config.seed, backend=backend)
     with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             rows = min(chunk_size, n)

@@ -34,10 +34,8 @@ rerun resumes where the last one stopped.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -46,8 +44,7 @@ from types import MappingProxyType
 import mrcfile
 import numpy as np
 
-from cryo_orient import __version__
-from cryo_orient.artifacts import git_commit, jsonable, save_text
+from cryo_orient.artifacts import jsonable, provenance, save_text
 from cryo_orient.data import load_volume, read_particles, write_volume
 from cryo_orient.data.dataset import Dataset, read_dataset
 from cryo_orient.data.relion import write_particle_stack, write_particles
@@ -343,19 +340,6 @@ def _volume(ctx) -> dict:
     return {"volume": result.volume, "iterations": np.asarray(result.iterations)}
 
 
-#: The stage behind each timed step, for the record of compute times.
-_TIMED_STAGES = {
-    "match": "model",
-    "simulate": "training_set",
-    "train": "estimator",
-    "embed": "features",
-    "recover": "recovery",
-    "gauge": "gauge",
-    "shifts": "shifts",
-    "reconstruct": "volume",
-}
-
-
 def _stage_seconds(ctx, cache_dir: Path) -> dict:
     """How long each step took when its result was computed, this run or an earlier one.
 
@@ -386,7 +370,7 @@ def _stage_seconds(ctx, cache_dir: Path) -> dict:
             timings.setdefault(f"{step}:{identity[step]}", round(seconds, 2))
     timings[f"train:{identity['train']}"] = round(float(ctx["estimator"].result.history["seconds"][-1]), 2)
     save_text(json.dumps(timings, indent=1, sort_keys=True) + "\n", path)
-    return {step: timings.get(f"{step}:{identity[step]}") for step in _TIMED_STAGES}
+    return {step: timings.get(f"{step}:{key}") for step, key in identity.items()}
 
 
 def _key(*names):
@@ -580,13 +564,7 @@ def orient(
         "seconds": {k: round(v, 2) for k, v in ctx["seconds"].items()},
         "stage_seconds": _stage_seconds(ctx, cache_dir),
         "outputs": {k: str(v) for k, v in paths.items()},
-        "provenance": {
-            "package": "cryo_orient",
-            "version": __version__,
-            "git_commit": git_commit(),
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(),
-        },
+        "provenance": provenance(),
     }
     save_text(json.dumps(jsonable(record), indent=2, sort_keys=True) + "\n", paths["record"])
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in record["seconds"].items()) or "all cached"
