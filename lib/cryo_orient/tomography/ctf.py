@@ -52,6 +52,7 @@ __all__ = [
     "CTFParams",
     "REQUIRED_COLUMNS",
     "apply_ctf",
+    "check_pixel_size",
     "ctf_values",
     "electron_wavelength",
     "phase_flip",
@@ -241,7 +242,8 @@ def _column_values(value, column, n) -> np.ndarray:
     return out
 
 
-def _pixel_size(pixel_size) -> float:
+def check_pixel_size(pixel_size) -> float:
+    """``pixel_size`` as a positive finite number of Å per pixel (the check every CTF user makes)."""
     try:
         value = float(pixel_size)
     except (TypeError, ValueError):
@@ -283,7 +285,7 @@ def ctf_values(params: CTFParams, size: int, pixel_size: float, *, index=None) -
     if int(size) != size or size < 1:
         raise InputError(f"size must be a positive integer number of pixels, got {size!r}")
     size = int(size)
-    pixel_size = _pixel_size(pixel_size)
+    pixel_size = check_pixel_size(pixel_size)
     if index is not None:
         params = params.subset(index)
     Y = np.fft.fftfreq(size, d=pixel_size)[:, None]
@@ -324,7 +326,7 @@ def _check_images(images, params, name="images"):
 def _filter(images, params, pixel_size, transfer, name="images"):
     """``irfft2(transfer(C) · rfft2(image))`` per image, batched; ``transfer(C, batch)`` -> weights."""
     p = _check_images(images, params, name)
-    pixel_size = _pixel_size(pixel_size)
+    pixel_size = check_pixel_size(pixel_size)
     size = p.shape[-1]
     out = np.empty(p.shape, dtype=p.dtype)
     for start in range(0, len(p), _BATCH):

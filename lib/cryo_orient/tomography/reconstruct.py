@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from cryo_orient.tomography import backends
 from cryo_orient.tomography.backends import check_size, remove_detector_nyquist, rotation_matrices
-from cryo_orient.tomography.ctf import CTFParams
+from cryo_orient.tomography.ctf import CTFParams, check_pixel_size
 from cryo_orient.validation import InputError, check_memory, integer
 
 __all__ = ["Reconstruction", "conjugate_gradients", "normal_operator", "reconstruct", "remove_detector_nyquist"]
@@ -79,13 +79,7 @@ def _check_ctf(ctf, pixel_size, n):
         raise InputError(f"got {n} projections but CTF parameters for {len(ctf)}; give one set per image (or one)")
     if pixel_size is None:
         raise InputError("a CTF needs the pixel size: pass pixel_size= in Å per pixel")
-    try:
-        pixel_size = float(pixel_size)
-    except (TypeError, ValueError):
-        raise InputError(f"pixel_size must be a number of Å per pixel, got {pixel_size!r}") from None
-    if not (np.isfinite(pixel_size) and pixel_size > 0):
-        raise InputError(f"pixel_size must be a positive number of Å per pixel, got {pixel_size!r}")
-    return ctf, pixel_size
+    return ctf, check_pixel_size(pixel_size)
 
 
 def normal_operator(quaternions, size, shape, ctf=None, pixel_size=None, *, eps=1e-9, nthreads=None):
