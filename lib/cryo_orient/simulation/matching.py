@@ -110,10 +110,10 @@ def _correlation(a, b) -> float:
 def _shift_sigma(stack_mean, reference_mean, max_sigma) -> float:
     """The Gaussian blur (σ, pixels) that best maps the reference's mean image onto the stack's."""
     best, best_sigma = np.inf, 0.0
+    s = stack_mean - stack_mean.mean()
     for sigma in np.arange(0.0, max_sigma + 1e-9, 0.25):
         blurred = ndimage.gaussian_filter(reference_mean, sigma, mode="constant") if sigma else reference_mean
         b = blurred - blurred.mean()
-        s = stack_mean - stack_mean.mean()
         scale = np.vdot(b, s) / max(np.vdot(b, b), 1e-300)
         residual = float(np.sum((s - scale * b) ** 2))
         if residual < best:
