@@ -349,3 +349,21 @@ def test_exact_distances_copies_its_input():
     before = f(i, j)
     q[:] = [0.0, 0.0, 0.0, 1.0]
     np.testing.assert_array_equal(f(i, j), before)
+
+
+def test_euler_box_start_takes_its_box_and_records_it():
+    q = rot.uniform_so3_in_box(120, (2.0, 1.0, 0.4), rng=3)
+    d = rot.distance(q[:, None], q[None])
+    result = recovery.recover(d, 120, init="uniform_euler", init_coverage=(2, 1, 0.4), rng=0, progress=False)
+    assert result.settings["init"] == "uniform_euler" and result.settings["init_coverage"] == [2.0, 1.0, 0.4]
+    assert result.final_loss < 1e-8
+    assert result.topology["n_orientations"] == 120 and result.topology["unwound"] is None  # too few for a verdict
+    with pytest.raises(recovery.InputError, match="init_coverage must be 3 widths"):
+        recovery.recover(d, 120, init="uniform_euler", init_coverage=(2, 1.5, 0.4))
+
+
+def test_recovery_reports_the_topology_of_what_it_recovered():
+    q = rot.uniform_so3(300, 4)
+    d = rot.distance(q[:, None], q[None])
+    result = recovery.recover(d, 300, rng=0, progress=False)
+    assert result.topology["unwound"] is False and result.topology["frustrated_fraction"] > 0.02

@@ -110,6 +110,44 @@ def test_embedding_distances_equal_the_models_pair_outputs(small_data):
     np.testing.assert_allclose(matrix, matrix.T, atol=1e-6)
 
 
+def test_squared_cosine_head_has_signed_features_and_the_models_distances(small_data, tmp_path):
+    keras = pytest.importorskip("keras")
+    p, _ = small_data
+    model = siamese.build_model(24, 16, "squared_cosine")
+    assert siamese.head_kind(model) == "squared_cosine"
+    encoder = siamese.encoder_of(model)
+    assert encoder.get_layer("conv7").get_config()["activation"] == "linear"
+    assert encoder.get_layer("conv6").get_config()["activation"] == "relu"
+    assert model.count_params() == siamese.build_model(24, 16).count_params()
+    features = siamese.embed(model, p[:30], progress=False)
+    assert (features < 0).any()
+    i, j = np.arange(15), np.arange(15, 30)
+    from_features = siamese.feature_distances(features[i], features[j], "squared_cosine")
+    np.testing.assert_allclose(from_features, siamese.predict_pairs(model, p[i], p[j]), rtol=0, atol=2e-5)
+    # the head is 2 arccos √cos: the paper's head's cosine, squared at the half angle
+    cos = np.cos(siamese.feature_distances(features[i], features[j], "cosine") / 2)
+    np.testing.assert_allclose(np.cos(from_features / 2) ** 2, cos, atol=1e-6)
+    path = tmp_path / "squared.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert siamese.head_kind(loaded) == "squared_cosine"
+    np.testing.assert_allclose(
+        siamese.predict_pairs(loaded, p[i], p[j]), siamese.predict_pairs(model, p[i], p[j]), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("kind", siamese.FEATURE_DISTANCES)
+def test_in_batch_pair_loss_matches_the_numpy_head(kind):
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(2)
+    f = rng.normal(size=(7, 5)).astype(np.float32)
+    q = rotations.uniform_so3(7, rng=rng)
+    got = float(keras.ops.convert_to_numpy(siamese._custom("InBatchPairLoss")("mae", kind)(q.astype(np.float32), f)))
+    i, j = np.triu_indices(7, k=1)
+    want = np.mean(np.abs(siamese.feature_distances(f[i], f[j], kind) - rotations.distance(q[i], q[j])))
+    assert got == pytest.approx(want, abs=2e-4)
+
+
 def test_in_batch_pair_loss_is_the_mean_over_distinct_pairs():
     keras = pytest.importorskip("keras")
     siamese._custom("InBatchPairLoss")  # defines the class
@@ -321,7 +359,7 @@ def test_cli_train_and_embed(tmp_path, data_mirror, monkeypatch):
         assert len(f["index"]) == 20  # the test split of 60 (33 %)
 
 
-@pytest.mark.parametrize("kind", ["cosine", "euclidean"])
+@pytest.mark.parametrize("kind", ["cosine", "euclidean", "squared_cosine"])
 def test_distance_matrix_is_every_pairs_distance_in_bounded_memory(kind, monkeypatch):
     import tracemalloc
 

@@ -18,6 +18,16 @@ Feature distances (``feature_distance``):
     arccos stays differentiable; ReLU features are ≥ 0, so d_f ∈ (0, π).
 ``"euclidean"`` (the paper's ablation, Fig. 17a)
     ``d_f = ‖f_i − f_j‖``.
+``"squared_cosine"`` (ours, beyond the paper)
+    ``d_f = 2 arccos √clip(cos(f_i, f_j), ε, 1 − ε)``, with a *linear* last convolution (signed
+    features). It models ``cos(f_i, f_j) = cos²(d_q/2) = (1 + tr RᵢᵀRⱼ)/4``, a positive-definite
+    kernel on SO(3) that a continuous feature represents exactly (``f = (1, vec R)/2`` gives it),
+    whereas the paper's head asks for ``cos(f_i, f_j) = |⟨qᵢ, qⱼ⟩|``: on a full in-plane loop
+    (θ3 ∈ [0, 2π)) that kernel is ``|cos(α/2)|`` of the in-plane angle difference α, whose
+    Fourier coefficients of even order are negative, so *no* feature map, continuous or not,
+    represents it. The paper's head is then forced into errors at large distances (its plateau
+    near d ≈ 2.6 rad), and on restricted coverage those errors favour an "unwound"
+    configuration (see :mod:`cryo_orient.orientation.topology`).
 
 Training regimes (``regime``), all on pairs *within* a split:
 
@@ -99,7 +109,9 @@ __all__ = [
 FILTERS = (32, 64, 128, 256, 256, 512, 512)
 KERNELS = (7, 5, 3, 3, 3, 3, 3)
 PAPER_PARAMETER_COUNT = 4_551_936
-FEATURE_DISTANCES = ("cosine", "euclidean")
+FEATURE_DISTANCES = ("cosine", "euclidean", "squared_cosine")
+#: Heads whose features must be signed: the last convolution of their encoder is linear.
+SIGNED_FEATURE_DISTANCES = ("squared_cosine",)
 REGIMES = ("faithful", "uniform", "batch")
 LOSSES = ("mae", "mse")
 COSINE_EPS = 1e-7
@@ -128,6 +140,16 @@ def _cosine_distance_ops(a, b):
     return 2.0 * ops.arccos(cos)
 
 
+def _squared_cosine_distance_ops(a, b):
+    ops = _keras().ops
+    dot = ops.sum(a * b, axis=-1)
+    na = ops.sqrt(ops.maximum(ops.sum(a * a, axis=-1), _NORM_FLOOR))
+    nb = ops.sqrt(ops.maximum(ops.sum(b * b, axis=-1), _NORM_FLOOR))
+    # A negative cosine (possible with signed features) is clipped to ε: d = π, as cos² ≥ 0.
+    cos = ops.clip(dot / (na * nb), COSINE_EPS, 1.0 - COSINE_EPS)
+    return 2.0 * ops.arccos(ops.sqrt(cos))
+
+
 def _euclidean_distance_ops(a, b):
     ops = _keras().ops
     # The floor keeps the gradient of the square root finite for identical features.
@@ -135,7 +157,11 @@ def _euclidean_distance_ops(a, b):
 
 
 def _distance_ops(kind):
-    return {"cosine": _cosine_distance_ops, "euclidean": _euclidean_distance_ops}[kind]
+    return {
+        "cosine": _cosine_distance_ops,
+        "euclidean": _euclidean_distance_ops,
+        "squared_cosine": _squared_cosine_distance_ops,
+    }[kind]
 
 
 def feature_distances(features_a, features_b, kind="cosine") -> np.ndarray:
@@ -145,24 +171,25 @@ def feature_distances(features_a, features_b, kind="cosine") -> np.ndarray:
     ----------
     features_a, features_b : array_like, shape (m, n_f)
         Feature vectors, e.g. from :func:`embed`.
-    kind : {"cosine", "euclidean"}
+    kind : {"cosine", "euclidean", "squared_cosine"}
         The model's ``feature_distance``.
 
     Returns
     -------
     ndarray, shape (m,)
-        ``2 arccos(clip(cos, ε, 1 − ε))`` or ``‖a − b‖`` (float64).
+        ``2 arccos(clip(cos, ε, 1 − ε))``, ``‖a − b‖`` or ``2 arccos √clip(cos, ε, 1 − ε)``
+        (float64).
     """
     validation.choice(kind, "kind", FEATURE_DISTANCES)
     a = np.asarray(features_a, dtype=np.float64)
     b = np.asarray(features_b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2:
         raise InputError(f"features must be two (m, n_f) arrays of the same shape, got {a.shape} and {b.shape}")
-    if kind == "cosine":
+    if kind in ("cosine", "squared_cosine"):
         na = np.sqrt(np.maximum(np.einsum("ij,ij->i", a, a), _NORM_FLOOR))
         nb = np.sqrt(np.maximum(np.einsum("ij,ij->i", b, b), _NORM_FLOOR))
         cos = np.clip(np.einsum("ij,ij->i", a, b) / (na * nb), COSINE_EPS, 1.0 - COSINE_EPS)
-        return 2.0 * np.arccos(cos)
+        return 2.0 * np.arccos(cos if kind == "cosine" else np.sqrt(cos))
     return np.sqrt(np.maximum(np.einsum("ij,ij->i", a - b, a - b), _NORM_FLOOR))
 
 
@@ -181,7 +208,7 @@ def _check_features(features, kind, *, allow_zero=False) -> np.ndarray:
             f"features hold NaN or infinite values in {len(rows)} of {len(features)} rows (first: row {rows[0]}); "
             "embed those images again (a model that diverged gives NaN)"
         )
-    if kind == "cosine":
+    if kind in ("cosine", "squared_cosine"):
         zero = ~features.any(axis=1)
         if zero.any():
             rows = np.flatnonzero(zero)
@@ -236,14 +263,15 @@ def distance_matrix(features, kind="cosine", block=None) -> np.ndarray:
     block = validation.positive_int(block, "block")
     out = np.empty((n, n), dtype=np.float32)
     sq = np.einsum("ij,ij->i", features, features)
-    if kind == "cosine":
+    angular = kind in ("cosine", "squared_cosine")
+    if angular:
         unit = features / np.sqrt(np.maximum(sq, _NORM_FLOOR))[:, None]
     for start in range(0, n, block):
         rows = slice(start, min(n, start + block))
-        if kind == "cosine":
+        if angular:
             cos = unit[rows] @ unit.T
             np.clip(cos, COSINE_EPS, 1.0 - COSINE_EPS, out=cos)
-            out[rows] = 2.0 * np.arccos(cos)
+            out[rows] = 2.0 * np.arccos(cos if kind == "cosine" else np.sqrt(cos))
         else:
             d2 = sq[rows, None] + sq[None, :] - 2.0 * (features[rows] @ features.T)
             out[rows] = np.sqrt(np.maximum(d2, _NORM_FLOOR))
@@ -319,11 +347,12 @@ def _check_size(input_size, n_features):
     validation.positive_int(n_features, "n_features")
 
 
-def build_encoder(input_size=116, n_features=512, *, name="encoder"):
+def build_encoder(input_size=116, n_features=512, *, signed=False, name="encoder"):
     """The paper's CNN G_w: an (s, s, 1) image to an ``n_features`` vector (ReLU, so ≥ 0).
 
     ``n_features`` is the number of filters of the last convolution (512 in the paper; the
-    paper's Fig. 17b varies it from 4 to 512).
+    paper's Fig. 17b varies it from 4 to 512). ``signed``: the last convolution is linear
+    (features of either sign, for the ``"squared_cosine"`` head); the parameter count is the same.
     """
     keras = _keras()
     layers = keras.layers
@@ -333,8 +362,9 @@ def build_encoder(input_size=116, n_features=512, *, name="encoder"):
     inputs = keras.Input((input_size, input_size, 1), name="projection")
     x = inputs
     for block, (f, k) in enumerate(zip(filters, KERNELS), start=1):
+        activation = None if signed and block == len(filters) else "relu"
         x = layers.Conv2D(
-            f, k, padding="same", activation="relu", kernel_initializer="glorot_uniform", name=f"conv{block}"
+            f, k, padding="same", activation=activation, kernel_initializer="glorot_uniform", name=f"conv{block}"
         )(x)
         x = layers.MaxPooling2D(2, padding="same", name=f"pool{block}")(x)
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
@@ -350,8 +380,9 @@ def build_model(input_size=116, n_features=512, feature_distance="cosine", *, en
         Side of the square input projections, in pixels (116 in the paper).
     n_features : int
         Length of the feature vector (512 in the paper).
-    feature_distance : {"cosine", "euclidean"}
-        The head: the paper's ``2 arccos(cos)`` or the Euclidean ablation.
+    feature_distance : {"cosine", "euclidean", "squared_cosine"}
+        The head: the paper's ``2 arccos(cos)``, the Euclidean ablation, or ours,
+        ``2 arccos √cos`` on signed features (see the module docstring).
     encoder : keras.Model, optional
         An existing encoder to share (e.g. one trained on its own); ``input_size`` and
         ``n_features`` are then taken from it.
@@ -364,7 +395,7 @@ def build_model(input_size=116, n_features=512, feature_distance="cosine", *, en
     keras = _keras()
     validation.choice(feature_distance, "feature_distance", FEATURE_DISTANCES)
     if encoder is None:
-        encoder = build_encoder(input_size, n_features)
+        encoder = build_encoder(input_size, n_features, signed=feature_distance in SIGNED_FEATURE_DISTANCES)
     input_size = encoder.input_shape[1]
     a = keras.Input((input_size, input_size, 1), name="projection_i")
     b = keras.Input((input_size, input_size, 1), name="projection_j")

@@ -95,14 +95,16 @@ import numpy as np
 from cryo_orient import validation
 from cryo_orient.artifacts import jsonable
 from cryo_orient.geometry import rotations
-from cryo_orient.orientation import engine
+from cryo_orient.orientation import engine, topology
 from cryo_orient.validation import InputError, InputTypeError, as_rng
 
 __all__ = [
     "FAITHFUL",
     "IMPROVED",
+    "INITS",
     "MODES",
     "RecoveryResult",
+    "check_coverage",
     "pairwise_loss",
     "recover",
 ]
@@ -163,6 +165,8 @@ IMPROVED = MappingProxyType(
 )
 
 MODES = MappingProxyType({"faithful": FAITHFUL, "improved": IMPROVED})
+#: The named starts of ``recover(init=...)`` (an (n, 4) array is the other kind).
+INITS = ("uniform_so3", "uniform_euler")
 
 # Tolerances of the (n, n) array checks: distances computed in float32 (e.g. by a network, or
 # rounding of pi) overshoot their range by a few 1e-7.
@@ -202,6 +206,10 @@ class RecoveryResult:
         Wall-clock time of the whole call, compilation included.
     settings : dict
         The settings used (JSON-serialisable), e.g. for records of experiments.
+    topology : dict or None
+        :func:`cryo_orient.orientation.topology.check_topology` of the recovered orientations
+        (``frustrated_fraction``, ``unwound``, ...): whether they are likely "unwound", a wrong
+        configuration that the truth (full in-plane loops) cannot be.
     """
 
     quaternions: np.ndarray
@@ -211,6 +219,7 @@ class RecoveryResult:
     stop_reason: str
     seconds: float
     settings: dict
+    topology: dict | None = None
 
     @property
     def final_loss(self) -> float:
@@ -402,6 +411,23 @@ def _resolve_settings(mode, n, overrides):
     return s
 
 
+def check_coverage(value):
+    """``init_coverage`` as 3 floats in (0, 2] x (0, 1] x (0, 2] (units of pi), or None."""
+    if value is None:
+        return None
+    try:
+        box = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        box = ()
+    limits = (2.0, 1.0, 2.0)
+    if len(box) != 3 or not all(np.isfinite(b) and 0 < b <= top for b, top in zip(box, limits)):
+        raise InputError(
+            f"init_coverage must be 3 widths (theta3, theta2, theta1) in units of pi, each > 0 and at most "
+            f"(2, 1, 2); got {value!r}."
+        )
+    return box
+
+
 def _initial(init, n, rng, settings):
     if isinstance(init, str):
         if init == "uniform_so3":
@@ -428,6 +454,7 @@ def recover(
     learning_rate=None,
     max_steps=None,
     init=None,
+    init_coverage=None,
     tol=None,
     plateau_tol=None,
     window=None,
@@ -459,6 +486,11 @@ def recover(
         An array is used by every restart; a start at an exact solution stops at step 1, but
         one merely near it first moves away by about the learning rate (Adam has no gradient
         history to scale its first steps by), so pass a smaller ``learning_rate`` to refine.
+    init_coverage : sequence of 3 floats, optional
+        The box of ``init="uniform_euler"``: widths of ``(theta3, theta2, theta1)`` in units of
+        pi (default the paper's ``(2, 0.4, 2)``). On restricted coverage, a start in such a box
+        keeps recovery on the data's topology where a uniform SO(3) start can find a better
+        fitting "unwound" minimum of the paper's head (:mod:`cryo_orient.orientation.topology`).
     tol : float, optional
         Stop when the mean of the last ``window`` losses is below ``tol`` (rad^2).
     plateau_tol : float, optional
@@ -485,7 +517,9 @@ def recover(
     -------
     RecoveryResult
         Canonical unit quaternions (up to the gauge of Eq. 4: compare them with the truth after
-        :func:`cryo_orient.orientation.alignment.align`), per-step losses, and how and why the run stopped.
+        :func:`cryo_orient.orientation.alignment.align`), per-step losses, how and why the run
+        stopped, and a check of their topology (a :class:`UserWarning` says when they are likely
+        unwound, see :mod:`cryo_orient.orientation.topology`).
 
     Raises
     ------
@@ -510,6 +544,7 @@ def recover(
             "learning_rate": learning_rate,
             "max_steps": max_steps,
             "init": init if isinstance(init, str) or init is None else "array",
+            "init_coverage": check_coverage(init_coverage),
             "tol": tol,
             "plateau_tol": plateau_tol,
             "window": window,
@@ -540,6 +575,8 @@ def recover(
         s["restart_final_losses"] = finals
         s["restart_chosen"] = finals.index(best["final"])
     s["final_learning_rate"] = best["learning_rate"]
+    # A better fit than the truth can be a wrong topology (orientation/topology.py): say so.
+    check = topology.warn_if_unwound(topology.check_topology(best["q"]))
     best["q"].setflags(write=False)
     best["losses"].setflags(write=False)
     return RecoveryResult(
@@ -550,4 +587,5 @@ def recover(
         stop_reason=best["reason"],
         seconds=time.perf_counter() - started,
         settings=jsonable(s),
+        topology=check.as_dict(),
     )

@@ -35,7 +35,7 @@ from cryo_orient.data.dataset import Dataset, read_dataset
 from cryo_orient.estimation import ESTIMATORS, make_estimator
 from cryo_orient.estimation.base import DistanceEstimator
 from cryo_orient.geometry import rotations, volumes
-from cryo_orient.orientation import alignment, gauge, recovery
+from cryo_orient.orientation import alignment, gauge, recovery, topology
 from cryo_orient.simulation import simulate
 from cryo_orient.tomography import fsc, projection, reconstruct
 from cryo_orient.validation import InputError, InputTypeError, Settings
@@ -69,6 +69,8 @@ class PipelineConfig(Settings):
     fresh_noise: bool = False
     estimator_options: dict = dataclasses.field(default_factory=dict)
     recovery_mode: str = "improved"
+    recovery_init: str | None = None
+    recovery_init_coverage: tuple | None = None
     recovery_restarts: int = 3
     recovery_max_steps: int = 20000
     reconstruction_iterations: int = 100
@@ -90,6 +92,11 @@ class PipelineConfig(Settings):
         if not isinstance(self.fresh_noise, (bool, np.bool_)):
             raise InputTypeError(f"pipeline config: fresh_noise must be true or false, got {self.fresh_noise!r}")
         validation.choice(self.recovery_mode, "recovery_mode", tuple(recovery.MODES))
+        if self.recovery_init is not None:
+            validation.choice(self.recovery_init, "recovery_init", recovery.INITS)
+        if self.recovery_init_coverage is not None:
+            # Checked as recover() will see it; stored as a tuple so that keys and records agree.
+            object.__setattr__(self, "recovery_init_coverage", recovery.check_coverage(self.recovery_init_coverage))
         validation.choice(self.reconstruction_backend, "reconstruction_backend", projection.BACKENDS)
         for name in (
             "recovery_restarts",
@@ -132,6 +139,8 @@ def recover_orientations(distances, n: int, config: PipelineConfig, *, rng=None,
         distances,
         n,
         mode=config.recovery_mode,
+        init=config.recovery_init,
+        init_coverage=config.recovery_init_coverage,
         restarts=config.recovery_restarts,
         max_steps=config.recovery_max_steps,
         rng=rng,
@@ -191,6 +200,12 @@ def pair_fit(distances, q_true, rng, n_pairs: int = 200_000) -> dict:
         "test_pair_mae": float(np.mean(np.abs(d_p - d_q))),
         "L_at_true_orientations": float(np.mean((d_p - d_q) ** 2)),
     }
+
+
+def _init_key(config: PipelineConfig) -> tuple:
+    if config.recovery_init is None and config.recovery_init_coverage is None:
+        return ()
+    return ("init", config.recovery_init, config.recovery_init_coverage)
 
 
 def _pair_fit(ctx) -> dict:
@@ -292,7 +307,15 @@ STAGES = [
             ctx["config"].recovery_restarts,
             ctx["config"].recovery_max_steps,
             ctx["config"].seed,
+            # Only a start other than the mode's enters the key (earlier caches stay valid).
+            *_init_key(ctx["config"]),
         ),
+    ),
+    Stage(
+        "topology",
+        ("recovery",),
+        lambda ctx: topology.check_topology(ctx["recovery"]["quaternions"]),
+        log=lambda ctx, check: check.message,
     ),
     Stage(
         "alignment",
@@ -346,6 +369,7 @@ def _summary(ctx) -> dict:
         "estimator": ctx["estimator"].describe(),
         **ctx["pair_fit"],
         "L_OR": float(rec["final_loss"]),
+        "topology": ctx["topology"].as_dict(),
         "recovery_steps": int(len(rec["losses"])),
         "recovery_seconds": float(rec["seconds"]),
         "E_OR_mean": aligned.mean_error,
