@@ -31,7 +31,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export DATA_MIRROR
 
 IMPLEMENTED := figure-1 figure-2 figure-3 figure-4 figure-5 figure-6 figure-7 figure-8 figure-9 figure-10 figure-11 figure-12 figure-13 \
-               figure-14 figure-15 figure-16 figure-17 figure-18 table-1
+               figure-14 figure-15 figure-16 figure-17 figure-18 table-1 coverage
 
 # Read the profile only for goals that need it: write build/<profile>/params/*.json (rewritten
 # only when their content changes) and build/<profile>/profile.mk (targets and dependencies).
@@ -108,6 +108,7 @@ figure-16: ## Euclidean distance between raw projections against d_q (the baseli
 figure-17: ## Design choices: cosine vs Euclidean feature distance, feature-vector length
 figure-18: ## The CNN architecture, drawn from the model (layer shapes, parameters)
 table-1: ## Train/validation/test split and pair counts
+coverage: ## Beyond the paper: the two heads x the two recoveries on full, half and quarter coverage
 
 # Figure 15 shows the orientations that Figure 14 recovered.
 $(BUILD)/notebooks/figure-15.ipynb: $(BUILD)/notebooks/figure-14.ipynb

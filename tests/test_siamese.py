@@ -235,6 +235,29 @@ def test_an_interrupted_run_resumes_exactly(small_data, tmp_path, monkeypatch, r
 
 
 @pytest.mark.slow
+def test_a_finished_run_without_checkpoints_is_loaded_not_retrained(small_data, tmp_path, monkeypatch):
+    # Run folders written before checkpoints existed hold run.json (with its stop reason),
+    # model.keras and history.csv only: the result, to be loaded as it is.
+    import shutil
+
+    first = _train(small_data, config=dict(epochs=2), out_dir=tmp_path)
+    for checkpoint in tmp_path.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(siamese, "_validation_metrics", no_training)
+    again = _train(small_data, config=dict(epochs=2), out_dir=tmp_path)
+    assert again.history == first.history and again.stop_reason == "epochs"
+    p = small_data[0][:6]
+    np.testing.assert_array_equal(
+        siamese.embed(again.model, p, progress=False), siamese.embed(first.model, p, progress=False)
+    )
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+@pytest.mark.slow
 def test_a_different_run_in_the_same_folder_is_an_error(small_data, tmp_path):
     _train(small_data, config=dict(epochs=1), out_dir=tmp_path)
     with pytest.raises(ValueError, match="different training run"):

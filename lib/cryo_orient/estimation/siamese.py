@@ -952,6 +952,13 @@ def train(
                 history, state = _read_checkpoint_state(checkpoint)
                 fit_model = _load_keras(checkpoint / _FIT_NAME)
                 done_reason = state["stop_reason"] if state["finished"] else None
+            elif previous.get("stop_reason") and all((out_dir / f).is_file() for f in ("model.keras", "history.csv")):
+                # A run finished before checkpoints existed: its model and history are the result
+                # (the identity matched), so load them rather than train the same run again.
+                history = _read_history(out_dir / "history.csv")
+                model = _load_keras(out_dir / "model.keras")
+                fit_model = encoder_of(model) if config.regime == "batch" else model
+                done_reason = previous["stop_reason"]
         else:
             save_text(json.dumps({"identity": jsonable(identity), "stop_reason": None}, indent=2) + "\n", run_file)
         return _train_loop(config, identity, history, fit_model, done_reason, out_dir, state=state, **loop)

@@ -42,6 +42,7 @@ from cryo_orient.validation import InputError, InputTypeError, Settings
 from cryo_orient.workflow.stages import Stage, StageCache, digest, run_stages
 
 __all__ = [
+    "RECOVERY_STAGES",
     "STAGES",
     "VOLUME_SETS",
     "PipelineConfig",
@@ -51,6 +52,7 @@ __all__ = [
     "reconstruct_on_map",
     "recover_orientations",
     "run_case",
+    "run_recovery",
     "write_outputs",
 ]
 
@@ -440,6 +442,51 @@ def run_case(dataset, config, *, cache_dir, progress=True, log=print) -> dict:
         "voxel_size": voxel_size,
         "test_indices": ctx["test"].index,
         "dataset_path": dataset.path,
+    }
+
+
+#: The stages :func:`run_recovery` runs: up to the recovered orientations, their check and E_OR.
+RECOVERY_STAGES = STAGES[: [stage.name for stage in STAGES].index("pair_fit") + 1]
+
+
+def run_recovery(dataset, config, *, cache_dir, progress=False, log=None) -> dict:
+    """The stages of :func:`run_case` up to orientation recovery and its evaluation, no gauge or volumes.
+
+    For comparing recoveries (the paper's optimiser, another start) of the same estimator's
+    distances at the cost of a recovery: the estimator and the recovered orientations are cached
+    as :func:`run_case` caches them (the same keys), so a later ``run_case`` reuses them.
+
+    Returns
+    -------
+    dict
+        ``estimator`` (its description), ``L_OR``, ``L_at_true_orientations``, ``test_pair_mae``,
+        ``E_OR_mean``, ``E_OR_median``,
+        ``reflected``, ``recovery_steps``, ``recovery_seconds``, ``topology`` and the settings of
+        the recovery (``recovery_mode``, ``recovery_init``, ``recovery_init_coverage``,
+        ``recovery_restarts``), plus ``errors`` (per-orientation errors after alignment, an array).
+    """
+    config = PipelineConfig.from_dict(config if isinstance(config, PipelineConfig) else dict(config))
+    dataset = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
+    ctx = run_stages(
+        RECOVERY_STAGES,
+        {"dataset": dataset, "config": config, "cache_dir": Path(cache_dir), "progress": progress},
+        StageCache(Path(cache_dir) / "pipeline"),
+        log=log,
+    )
+    rec, aligned = ctx["recovery"], ctx["alignment"]
+    return {
+        "estimator": ctx["estimator"].describe(),
+        **{k: getattr(config, k) for k in ("recovery_mode", "recovery_init", "recovery_init_coverage")},
+        "recovery_restarts": config.recovery_restarts,
+        **ctx["pair_fit"],
+        "L_OR": float(rec["final_loss"]),
+        "recovery_steps": int(len(rec["losses"])),
+        "recovery_seconds": float(rec["seconds"]),
+        "E_OR_mean": aligned.mean_error,
+        "E_OR_median": aligned.median_error,
+        "reflected": aligned.reflected,
+        "topology": ctx["topology"].as_dict(),
+        "errors": aligned.errors,
     }
 
 

@@ -195,6 +195,8 @@ def pipeline_case_panel(ax, case, title=None, **options) -> dict:
     text = f"L_OR {s['L_OR']:.4g}\nE_OR median {s['E_OR_median']:.3f}, mean {s['E_OR_mean']:.3f} rad"
     if "final_train_loss" in estimator:  # a trained estimator
         text = f"L_DE train {estimator['final_train_loss']:.3f}, val {estimator['final_val_mae']:.3f}\n" + text
+    if (s.get("topology") or {}).get("unwound"):
+        text += "\ntopology check: likely unwound"
     return recovery_panel(
         ax,
         case["losses"],
