@@ -141,9 +141,17 @@ for ax, (protein, size) in zip(axes.flat, panels):
     ax.set(ylabel="E_OR median (rad; dot: mean)", title=f"{protein}, {size}×{size} px")
 handles, labels = axes.flat[0].get_legend_handles_labels()
 unique = dict(zip(labels, handles))
-fig.legend(unique.values(), unique.keys(), loc="upper center", ncol=len(combos), fontsize=8, frameon=False)
-fig.suptitle("Beyond the paper: E_OR by head and recovery on restricted coverage (hatched: likely unwound)", y=1.06)
-fig.tight_layout()
+fig.legend(
+    unique.values(),
+    unique.keys(),
+    loc="lower center",
+    ncol=len(combos),
+    fontsize=8,
+    frameon=False,
+    bbox_to_anchor=(0.5, 0),
+)
+fig.suptitle("Beyond the paper: E_OR by head and recovery on restricted coverage (hatched: likely unwound)")
+fig.tight_layout(rect=(0, 0.07, 1, 1))
 
 buf = io.StringIO()
 writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
