@@ -30,6 +30,7 @@ from cryo_orient.data.dataset import read_dataset
 from cryo_orient.data.registry import DataFile
 from cryo_orient.estimation import siamese
 from cryo_orient.geometry import rotations
+from cryo_orient.orientation import recovery, topology
 from cryo_orient.simulation import simulate
 from cryo_orient.tomography import fsc, projection, reconstruct
 from cryo_orient.workflow import pipeline
@@ -657,6 +658,18 @@ CASES = [
         2,
         r"recovery_mode must be one of \('faithful', 'improved'\)",
     ),
+    cli_case(
+        "run-recovery-init",
+        RUN + " --set recovery_init=random",
+        2,
+        r"recovery_init must be one of \('uniform_so3', 'uniform_euler'\)",
+    ),
+    cli_case(
+        "run-recovery-init-coverage",
+        RUN + " --set recovery_init_coverage=[2,3,2]",
+        2,
+        r"init_coverage must be 3 widths \(theta3, theta2, theta1\) in units of pi",
+    ),
     cli_case("run-seed-true", RUN + " --set seed=true", 2, r"seed must be an integer >= 0; got True"),
     cli_case("run-training-number", RUN + " --set training=5", 2, r"training must be a table of settings, got 5"),
     cli_case(
@@ -962,6 +975,18 @@ CASES = [
         "feature_distances(a, b, kind='l2')",
         lambda c: siamese.feature_distances(np.ones((3, 4)), np.ones((3, 4)), "l2"),
         r"kind must be one of",
+    ),
+    api_case(
+        "api-topology-shape",
+        "topology.check_topology(np.ones((10, 3)))",
+        lambda c: topology.check_topology(np.ones((10, 3))),
+        r"quaternions",
+    ),
+    api_case(
+        "api-recover-init-coverage",
+        "recovery.recover(d, 4, init='uniform_euler', init_coverage=(2, 1))",
+        lambda c: recovery.recover(np.zeros((4, 4)), 4, init="uniform_euler", init_coverage=(2, 1)),
+        r"init_coverage must be 3 widths",
     ),
     api_case(
         "api-distance-function-nan",
