@@ -13,8 +13,8 @@ import warnings
 import numpy as np
 import pytest
 
-from continuous_features import fit_features
 from cryo_orient.estimation import siamese
+from cryo_orient.estimation.continuous import fit_features
 from cryo_orient.geometry import rotations
 from cryo_orient.orientation import alignment, recovery, topology
 from cryo_orient.validation import InputError
