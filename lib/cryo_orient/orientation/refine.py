@@ -49,6 +49,7 @@ writes it so).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 import finufft
@@ -224,6 +225,48 @@ class RefinementResult:
     log: list
     stop_reason: str
     seconds: float
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The result as a dict of arrays (for a stage cache; no pickles): :meth:`from_arrays` inverts it."""
+        return {
+            "quaternions": self.quaternions,
+            "shifts": self.shifts,
+            "subsets": self.subsets,
+            "scores": self.scores,
+            "half_maps": self.half_maps,
+            "volume": self.volume,
+            "fsc_frequency": self.fsc.frequency,
+            "fsc_correlation": self.fsc.correlation,
+            "fsc_counts": self.fsc.counts,
+            "fsc_voxel_size": np.asarray(self.fsc.voxel_size),
+            "resolution": np.asarray(self.resolution),
+            "log": np.asarray(json.dumps(self.log)),
+            "stop_reason": np.asarray(self.stop_reason),
+            "seconds": np.asarray(self.seconds),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays) -> RefinementResult:
+        """The result that :meth:`to_arrays` gave ``arrays``."""
+        curve = FSCResult(
+            frequency=np.asarray(arrays["fsc_frequency"]),
+            correlation=np.asarray(arrays["fsc_correlation"]),
+            counts=np.asarray(arrays["fsc_counts"]),
+            voxel_size=float(arrays["fsc_voxel_size"]),
+        )
+        return cls(
+            quaternions=np.asarray(arrays["quaternions"]),
+            shifts=np.asarray(arrays["shifts"]),
+            subsets=np.asarray(arrays["subsets"]),
+            scores=np.asarray(arrays["scores"]),
+            half_maps=np.asarray(arrays["half_maps"]),
+            volume=np.asarray(arrays["volume"]),
+            fsc=curve,
+            resolution=float(arrays["resolution"]),
+            log=json.loads(str(arrays["log"])),
+            stop_reason=str(arrays["stop_reason"]),
+            seconds=float(arrays["seconds"]),
+        )
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -579,8 +622,8 @@ def refine(
     images = image_stack(images, "images", square=True)
     n, size = images.shape[0], images.shape[-1]
     q, s = _check_poses(quaternions, shifts, n)
-    ctf, pixel_size = _check_ctf(ctf, pixel_size, n)
     pixel = 1.0 if pixel_size is None else check_pixel_size(pixel_size)
+    ctf, pixel_size = _check_ctf(ctf, pixel_size, n)
     if reference is not None:
         reference = np.asarray(reference, dtype=np.float64)
         if reference.shape != (size,) * 3:
