@@ -363,5 +363,7 @@ def test_cli_refine_bad_inputs_are_one_line(tmp_path, reference, capsys):
 
 def test_cli_orient_refine_set_needs_refine(tmp_path, capsys):
     with pytest.raises(cli.Exit) as err:
-        cli.main(["orient", "p.star", "--reference", "m.mrc", "--out", str(tmp_path), "--refine-set", "max_iterations=2"])
+        cli.main(
+            ["orient", "p.star", "--reference", "m.mrc", "--out", str(tmp_path), "--refine-set", "max_iterations=2"]
+        )
     assert err.value.code == 2 and "--refine-set needs --refine" in capsys.readouterr().err
