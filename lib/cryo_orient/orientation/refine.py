@@ -356,15 +356,15 @@ class _SliceProjector:
         self.coeffs = np.asarray(volume, dtype=np.complex64)
         opts = {} if nthreads is None else {"nthreads": int(nthreads)}
         self.plan = finufft.Plan(2, self.coeffs.shape, eps=eps, isign=-1, dtype=np.complex64, **opts)
-        self.ky, self.kx = bnd.points
+        ky, kx = bnd.points
+        self.k = np.stack([kx, ky]).astype(np.float32)  # (2, points)
 
     def __call__(self, quaternions) -> np.ndarray:
         """``(M, rows, cols)`` complex64 slices (zero outside the band's mask) for ``(M, 4)`` rotations."""
-        R = rotations.quaternion_to_matrix(quaternions)
-        # Rᵀ (kx, ky, 0) = kx R[0, :] + ky R[1, :], components (x, y, z).
-        pts = self.kx[None, :, None] * R[:, None, 0, :] + self.ky[None, :, None] * R[:, None, 1, :]
-        pts = pts.astype(np.float32)
-        self.plan.setpts(*(np.ascontiguousarray(pts[..., c]).ravel() for c in (2, 1, 0)))
+        R = rotations.quaternion_to_matrix(quaternions).astype(np.float32)
+        # Rᵀ (kx, ky, 0) = kx R[0, :] + ky R[1, :]: component c is R[:, :2, c] @ (kx, ky).
+        pts = [(R[:, :2, c] @ self.k).ravel() for c in (2, 1, 0)]  # (z, y, x), as the volume's axes
+        self.plan.setpts(*pts)
         values = self.plan.execute(self.coeffs).reshape(len(R), -1)
         out = np.zeros((len(R), *self.band.mask.shape), dtype=np.complex64)
         out[:, self.band.mask] = values
