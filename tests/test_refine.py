@@ -28,7 +28,9 @@ from cryo_orient.tomography import fsc
 from cryo_orient.tomography.ctf import CTFParams, apply_ctf
 from cryo_orient.tomography.projection import project
 from cryo_orient.validation import InputError
+from cryo_orient.workflow.orient import orient
 from stacks import make_stack, small_map
+from test_orient import TINY  # the tiny orient settings
 
 BOX = 32
 
@@ -367,3 +369,30 @@ def test_cli_orient_refine_set_needs_refine(tmp_path, capsys):
             ["orient", "p.star", "--reference", "m.mrc", "--out", str(tmp_path), "--refine-set", "max_iterations=2"]
         )
     assert err.value.code == 2 and "--refine-set needs --refine" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_orient_refine_writes_the_refined_poses_and_caches_them(tmp_path, data_mirror, reference):
+    """`orient --refine`: a cached refinement stage after the shifts; its poses are what is written."""
+    volume, pixel = reference
+    truth = make_stack(tmp_path / "in", volume, pixel, n=200, snr=1.0, shift_sigma=1.0, invert=True)
+    out = tmp_path / "out"
+    settings = {"max_iterations": 2, "reconstruction_iterations": 10}
+    map48 = data_mirror / "aspire-70s-ctf" / "map48.mrc"
+    result = orient(truth["star"], map48, out, config=TINY, refine=settings, progress=False)
+    for name in ("particles.star", "particles.mrcs", "map.mrc", "half1.mrc", "half2.mrc", "fsc.csv", "refine.json"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "orient.json").read_text())
+    assert record["refinement"]["config"]["max_iterations"] == 2 and "refine" in record["seconds"]
+    refined = result["refinement"]
+    written = read_particles(out / "particles.star")
+    assert rotations.distance(written.quaternions, refined.quaternions).max() < 1e-5
+    np.testing.assert_allclose(written.shifts, refined.shifts, atol=1e-5)
+    np.testing.assert_array_equal(
+        written.metadata["star"].particles["rlnRandomSubset"].astype(int).to_numpy(), refined.subsets
+    )
+    np.testing.assert_allclose(mrcfile.read(out / "map.mrc"), refined.volume.astype(np.float32))
+    # a rerun loads the refinement from the cache
+    again = orient(truth["star"], map48, out, config=TINY, refine=settings, progress=False)
+    np.testing.assert_array_equal(again["quaternions"], result["quaternions"])
+    assert "refine" not in again["record"]["seconds"]

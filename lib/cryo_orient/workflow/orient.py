@@ -606,4 +606,7 @@ def orient(
     save_text(json.dumps(jsonable(record), indent=2, sort_keys=True) + "\n", paths["record"])
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in record["seconds"].items()) or "all cached"
     log(f"  wrote {paths['star']}, {paths['map']} ({timing})")
-    return {"quaternions": q, "shifts": shifts, "volume": volume_out, "record": record, "paths": paths}
+    out = {"quaternions": q, "shifts": shifts, "volume": volume_out, "record": record, "paths": paths}
+    if refined is not None:
+        out["refinement"] = refined
+    return out
