@@ -143,7 +143,10 @@ def test_search_recovers_poses_and_shifts_against_the_true_map(reference):
     assert np.sqrt(np.mean((found_s - shifts) ** 2)) < 0.05
     assert scores.min() > 0.98
     # the inputs are not modified, and a shift bound holds
+    kept = (images.copy(), start.copy(), volume.copy())
     _, bounded, _ = search_poses(volume, images, start, step=4.0, levels=2, shift_range=3.0, max_shift=0.5)
+    for before, after in zip(kept, (images, start, volume)):
+        np.testing.assert_array_equal(before, after)
     assert np.hypot(*bounded.T).max() <= 0.5 + 1e-9
     with pytest.raises(InputError, match="give a 32³ map"):
         search_poses(volume[:-1, :-1, :-1], images, start, step=4.0)
