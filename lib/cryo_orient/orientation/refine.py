@@ -604,7 +604,9 @@ def refine(
         Å per pixel (also the unit of the resolutions; 1 when not given).
     reference : ndarray, shape (n, n, n), optional
         A map in the images' frame: the first round searches both halves against it, low-passed
-        to ``config.initial_lowpass``; without it, against the half maps of the starting poses.
+        to ``config.initial_lowpass``; without it, against the half maps of the starting poses
+        (the maps' frame then follows the poses and may drift with them by a fraction of their
+        error, as a global rotation and translation).
     nthreads : int, optional
         finufft threads of the search.
     progress : bool
