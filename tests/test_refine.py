@@ -399,3 +399,17 @@ def test_orient_refine_writes_the_refined_poses_and_caches_them(tmp_path, data_m
     again = orient(truth["star"], map48, out, config=TINY, refine=settings, progress=False)
     np.testing.assert_array_equal(again["quaternions"], result["quaternions"])
     assert "refine" not in again["record"]["seconds"]
+
+
+def test_write_particles_sets_extra_columns(tmp_path, reference):
+    volume, pixel = reference
+    truth = make_stack(tmp_path, volume, pixel, n=6, shift_sigma=0)
+    table = read_particle_table(truth["star"])
+    out = tmp_path / "subsets.star"
+    write_particles(out, table, columns={"rlnRandomSubset": np.array([2, 1, 2, 1, 2, 1]), "rlnScore": np.ones(6) / 3})
+    written = read_particle_table(out).particles
+    assert written["rlnRandomSubset"].tolist() == [2, 1, 2, 1, 2, 1]
+    assert "0.333333" in out.read_text() and written["rlnScore"].tolist() == pytest.approx([0.333333] * 6)
+    with pytest.raises(InputError, match="column rlnRandomSubset needs 6 finite numbers"):
+        write_particles(tmp_path / "bad.star", table, columns={"rlnRandomSubset": [1, 2]})
+    assert not (tmp_path / "bad.star").exists()
