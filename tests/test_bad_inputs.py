@@ -69,6 +69,7 @@ RECON = "reconstruct --dataset {d} --out {w}/v.mrc --quiet"
 EMBED = "embed --dataset {d} --out {w}/e.npz --quiet"
 RECOVER = "recover --out {w}/r.npz --quiet"
 ORIENT = "orient {star} --reference {{blob}} --out {{w}}/orient --quiet"
+REFINE = "refine {star} --reference {{blob}} --out {{w}}/refine --quiet"
 
 CASES = [
     # ------------------------------------------------------------------ the command line itself
@@ -1367,6 +1368,43 @@ CASES = [
     cli_case(
         "orient-n-train-0", ORIENT.format(star="{star_good}") + " --n-train 0", 2, r"n_train must be a positive integer"
     ),
+    cli_case(
+        "orient-refine-set-alone",
+        ORIENT.format(star="{star_good}") + " --refine-set max_iterations=2",
+        2,
+        r"--refine-set needs --refine",
+    ),
+    cli_case(
+        "orient-refine-unknown-setting",
+        ORIENT.format(star="{star_good}") + " --refine --refine-set iterations=2",
+        2,
+        r"unknown refine setting",
+    ),
+    # ------------------------------------------------------------------ refinement (cryo-orient refine)
+    cli_case("refine-no-angles", REFINE.format(star="{star_good}"), 2, r"no rlnAngleRot, .*cryo-orient orient"),
+    cli_case(
+        "refine-reference-not-cubic",
+        REFINE.format(star="{star_angles}").replace("{blob}", "{flat_map}"),
+        2,
+        r"give a cubic map",
+    ),
+    cli_case(
+        "refine-unknown-setting",
+        REFINE.format(star="{star_angles}") + " --set iterations=3",
+        2,
+        r"unknown refine setting",
+    ),
+    cli_case(
+        "refine-bad-lowpass", REFINE.format(star="{star_angles}") + " --set lowpass=gauss", 2, r"lowpass must be one of"
+    ),
+    cli_case(
+        "refine-lowpass-above-nyquist",
+        REFINE.format(star="{star_angles}") + " --set lowpass_max=2",
+        2,
+        r"lowpass_max must be a fraction of Nyquist",
+    ),
+    cli_case("refine-angpix-0", REFINE.format(star="{star_angles}") + " --angpix 0", 2, r"--angpix: expected a"),
+    cli_case("refine-no-reference", "refine {star_angles} --out {w}/refine", 2, r"required: --reference"),
     # ------------------------------------------------------------------ the API: atomic writes
     api_case(
         "api-save-text-folder",
@@ -1419,6 +1457,11 @@ def _particle_stacks(c, w, blob):
     c.star_blank_defocus = star("blank_defocus", good.replace("@stack.mrcs 11000 ", "@stack.mrcs nan "))
     c.star_no_voltage = star("no_voltage", good.replace("_rlnVoltage", "_rlnVoltageX"))
     c.star_bad_name = star("bad_name", good.replace("000002@stack.mrcs", "stack.mrcs"))
+    with_angles = good.replace(
+        "_rlnDefocusU\n_rlnOpticsGroup\n", "_rlnDefocusU\n_rlnOpticsGroup\n_rlnAngleRot\n_rlnAngleTilt\n_rlnAnglePsi\n"
+    )
+    with_angles = re.sub(r"(@stack\.mrcs \d+ 1)\n", r"\1 10 20 30\n", with_angles)
+    c.star_angles = star("angles", with_angles)
     c.flat_map = data.write_volume(w / "flat.mrc", np.ones((24, 24, 20), np.float32), 2.0)
     c.bare_map = w / "bare.mrc"
     with mrcfile.new(c.bare_map) as m:

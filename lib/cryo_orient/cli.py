@@ -25,6 +25,7 @@ from cryo_orient.simulation import simulate
 from cryo_orient.tomography import fsc, projection, reconstruct
 from cryo_orient.validation import CryoOrientError, DataError, InputError, ResourceError
 from cryo_orient.workflow import orient, pipeline, report
+from cryo_orient.workflow import refine as refine_workflow
 from cryo_orient.workflow.profiles import OPTIONAL_TARGETS, load_profile, merge_settings
 
 
@@ -291,6 +292,11 @@ def _cmd_orient(args) -> int:
         "invert_contrast": args.invert_contrast,
     }
     settings = _config_values(args) | {k: v for k, v in options.items() if v is not None}
+    if args.refine_set and not args.refine:
+        raise CommandError("--refine-set needs --refine; add --refine or drop --refine-set")
+    refine_settings = None
+    if args.refine:
+        refine_settings = refine_workflow.RefineConfig.from_dict(_set_values(args.refine_set))
     orient.orient(
         args.particles,
         args.reference,
@@ -299,6 +305,21 @@ def _cmd_orient(args) -> int:
         angpix=args.angpix,
         reference_angpix=args.reference_angpix,
         cache_dir=args.cache_dir,
+        refine=refine_settings,
+        progress=not args.quiet,
+    )
+    return 0
+
+
+def _cmd_refine(args) -> int:
+    config = refine_workflow.RefineConfig.from_dict(_config_values(args))
+    refine_workflow.refine_particles(
+        args.particles,
+        args.reference,
+        args.out,
+        config=config,
+        angpix=args.angpix,
+        reference_angpix=args.reference_angpix,
         progress=not args.quiet,
     )
     return 0
@@ -549,8 +570,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _settings_options(ori, "OrientConfig (a table of its settings)", "--set n_anchors=300")
     ori.add_argument("--cache-dir", help="where stages are cached (default OUT/cache)")
+    ori.add_argument(
+        "--refine",
+        action="store_true",
+        help="then refine the poses against gold-standard half maps (writes half1/half2.mrc, fsc.csv, refine.json)",
+    )
+    ori.add_argument(
+        "--refine-set", action="append", metavar="KEY=VALUE", help="one RefineConfig setting for --refine (repeatable)"
+    )
     ori.add_argument("--quiet", action="store_true", help="no progress bars")
     ori.set_defaults(func=_cmd_orient)
+
+    ref = sub.add_parser(
+        "refine",
+        help="refine the angles and origins of a RELION particle STAR file against a reference (gold-standard halves)",
+    )
+    ref.add_argument("particles", help="a RELION 3.0-5 particle STAR file with rlnAngleRot/Tilt/Psi")
+    ref.add_argument("--reference", required=True, help="an MRC map in the angles' frame (resampled to the stack)")
+    ref.add_argument(
+        "--out", required=True, help="folder for particles.star, map.mrc, half1/2.mrc, fsc.csv, refine.json"
+    )
+    ref.add_argument("--angpix", type=_positive_float, help="the stack's pixel size in Å (default: the STAR file's)")
+    ref.add_argument("--reference-angpix", type=_positive_float, help="the reference's voxel size in Å (its header's)")
+    _settings_options(ref, "RefineConfig (a table of its settings)", "--set max_iterations=4")
+    ref.add_argument("--quiet", action="store_true", help="no progress bars")
+    ref.set_defaults(func=_cmd_refine)
     return parser
 
 

@@ -789,7 +789,9 @@ def _optics_from_particles(particles: pd.DataFrame, text: pd.DataFrame, pixel_si
     return optics, text
 
 
-def write_particles(path, table: ParticleTable, *, quaternions=None, shifts=None, image_names=None, image_size=None):
+def write_particles(
+    path, table: ParticleTable, *, quaternions=None, shifts=None, image_names=None, image_size=None, columns=None
+):
     """Write a particle table back with new orientations (and origins, and image names), RELION 3.1.
 
     Every row and column of ``table``'s file is written as the text it was read as, except the
@@ -811,6 +813,10 @@ def write_particles(path, table: ParticleTable, *, quaternions=None, shifts=None
         New ``rlnImageName`` values (e.g. for a stack written beside ``path``).
     image_size : int, optional
         Box size, needed to build the optics table of a 3.0 file.
+    columns : mapping of str to array_like, optional
+        More particle columns to set (RELION name without ``_``, one value per particle), e.g.
+        ``{"rlnRandomSubset": subsets}``; integers are written as integers, other numbers as
+        RELION writes them.
     """
     path = Path(path)
     if path.suffix != ".star":
@@ -839,6 +845,12 @@ def write_particles(path, table: ParticleTable, *, quaternions=None, shifts=None
         text = text.drop(columns=["rlnOriginX", "rlnOriginY"])
         for k, column in enumerate(ORIGIN_COLUMNS):
             text[column] = _decimals(origins[:, k])
+    for column, values in (columns or {}).items():
+        values = np.asarray(values)
+        if values.shape != (n,) or not np.issubdtype(values.dtype, np.number) or not np.all(np.isfinite(values)):
+            raise InputError(f"column {column} needs {n} finite numbers, one per particle, got shape {values.shape}")
+        name = _token("column name", str(column).lstrip("_"))
+        text[name] = [str(int(v)) for v in values] if np.issubdtype(values.dtype, np.integer) else _decimals(values)
     if image_names is not None:
         image_names = [_token("image name", name) for name in image_names]
         if len(image_names) != n:

@@ -35,22 +35,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
-import warnings
 from pathlib import Path
 from types import MappingProxyType
 
-import mrcfile
 import numpy as np
 
 from cryo_orient.artifacts import jsonable, provenance, save_text
-from cryo_orient.data import load_volume, read_particles, write_volume
+from cryo_orient.data import read_particles, write_volume
 from cryo_orient.data.dataset import Dataset, read_dataset
 from cryo_orient.data.relion import write_particle_stack, write_particles
 from cryo_orient.estimation.siamese import SiameseEstimator, TrainingConfig
-from cryo_orient.geometry import volumes
 from cryo_orient.orientation import alignment, recovery
+from cryo_orient.orientation.refine import RefineConfig, RefinementResult, refine
 from cryo_orient.orientation.shifts import center_images, estimate_shifts
 from cryo_orient.simulation.matching import INVERT_CHOICES, StackModel, match_stack
 from cryo_orient.simulation.simulate import SimulationConfig, simulate_dataset
@@ -58,6 +55,7 @@ from cryo_orient.tomography.ctf import CTFParams, apply_ctf, phase_flip, wiener_
 from cryo_orient.tomography.projection import project
 from cryo_orient.tomography.reconstruct import reconstruct
 from cryo_orient.validation import InputError, Settings, choice
+from cryo_orient.workflow.refine import load_reference, log_lines, relative_image_names, write_refinement
 from cryo_orient.workflow.stages import Stage, StageCache, digest, run_stages
 
 __all__ = ["CORRECTIONS", "OrientConfig", "corrected", "orient"]
@@ -340,6 +338,21 @@ def _volume(ctx) -> dict:
     return {"volume": result.volume, "iterations": np.asarray(result.iterations)}
 
 
+def _refinement(ctx) -> dict:
+    stack = ctx["stack"]
+    result = refine(
+        _signed_images(ctx),
+        ctx["gauge"]["quaternions"],
+        ctx["shifts"]["shifts"],
+        config=ctx["refine_config"],
+        ctf=_stack_params(stack),
+        pixel_size=stack.pixel_size,
+        reference=ctx["reference"],  # the gauge put the poses in its frame
+        progress=ctx["progress"],
+    )
+    return result.to_arrays()
+
+
 def _stage_seconds(ctx, cache_dir: Path) -> dict:
     """How long each step took when its result was computed, this run or an earlier one.
 
@@ -357,6 +370,8 @@ def _stage_seconds(ctx, cache_dir: Path) -> dict:
         "shifts": ctx["keys"].get("shifts"),
         "reconstruct": ctx["keys"].get("volume"),
     }
+    if "refinement" in ctx:
+        identity["refine"] = ctx["keys"].get("refinement")
     path = cache_dir / "timings.json"
     try:
         timings = json.loads(path.read_text()) if path.is_file() else {}
@@ -412,34 +427,18 @@ STAGES = [
     Stage("volume", ("shifts",), _timed("reconstruct", _volume), key=_key("shifts"), log=_said("reconstruct")),
 ]
 
+#: With ``refine``: local searches against gold-standard half maps from the gauge's poses and the
+#: estimated shifts (:func:`cryo_orient.orientation.refine.refine`).
+REFINE_STAGE = Stage(
+    "refinement",
+    ("shifts", "refine_config"),
+    _timed("refine", _refinement),
+    key=lambda ctx: _key("shifts")(ctx) + (ctx["refine_config"].to_dict(),),
+    log=_said("refine"),
+)
+
 
 # --------------------------------------------------------------------------- the command
-
-
-def _reference(path, stack: Dataset, reference_angpix=None) -> tuple[np.ndarray, float]:
-    with warnings.catch_warnings():  # a header without a voxel size is an error here, below
-        warnings.simplefilter("ignore", UserWarning)
-        volume, _ = load_volume(path)
-    with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-        voxel = float(mrc.voxel_size.x)
-    if reference_angpix is not None:
-        voxel = float(reference_angpix)
-    if len(set(volume.shape)) != 1:
-        raise InputError(
-            f"the reference {path} is {volume.shape[2]} x {volume.shape[1]} x {volume.shape[0]} voxels; "
-            "give a cubic map (pad it to a cube, e.g. with relion_image_handler --new_box)"
-        )
-    if not voxel or voxel <= 0:
-        raise InputError(f"the reference {path} has no voxel size in its header; give it with --reference-angpix")
-    return volumes.resample_volume(volume, voxel, stack.pixel_size, stack.image_size), float(voxel)
-
-
-def _image_names(stack: Dataset, out_dir: Path) -> list[str]:
-    table = stack.metadata["star"]
-    names = []
-    for index, path in table.image_names():
-        names.append(f"{index + 1:06d}@{Path(os.path.relpath(path, out_dir.resolve())).as_posix()}")
-    return names
 
 
 def orient(
@@ -451,6 +450,7 @@ def orient(
     angpix=None,
     reference_angpix=None,
     cache_dir=None,
+    refine=None,
     progress=True,
     log=print,
 ) -> dict:
@@ -471,6 +471,12 @@ def orient(
         The reference's voxel size in Å, in place of its header's.
     cache_dir : path, optional
         The stage cache (default ``out_dir / "cache"``).
+    refine : bool, dict or RefineConfig, optional
+        Refine the poses after the shifts (a cached ``refinement`` stage,
+        :func:`cryo_orient.orientation.refine.refine` with these settings; True: the defaults).
+        The refined angles, origins and map are then written, with ``rlnRandomSubset``,
+        ``half1.mrc``, ``half2.mrc``, ``fsc.csv`` and ``refine.json``
+        (:func:`cryo_orient.workflow.refine.write_refinement`).
     progress : bool
     log : callable
         Receives one line per stage.
@@ -479,13 +485,20 @@ def orient(
     -------
     dict
         ``quaternions``, ``shifts`` (``(dy, dx)`` px), ``volume``, ``record`` (what ``orient.json``
-        holds) and ``paths``.
+        holds) and ``paths``; with ``refine`` also ``refinement`` (the
+        :class:`~cryo_orient.orientation.refine.RefinementResult`).
     """
     config = config if isinstance(config, OrientConfig) else OrientConfig.from_dict(dict(config or {}))
+    refine_config = None
+    if refine is not None and refine is not False:
+        if isinstance(refine, RefineConfig):
+            refine_config = refine
+        else:
+            refine_config = RefineConfig.from_dict({} if refine is True else dict(refine))
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
     stack = read_particles(particles, angpix=angpix)
-    volume, reference_voxel = _reference(reference, stack, reference_angpix)
+    volume, reference_voxel = load_reference(reference, stack, reference_angpix)
     cache_dir.mkdir(parents=True, exist_ok=True)
     reference_path = cache_dir / f"reference-{digest(volume)}.mrc"
     if not reference_path.is_file():
@@ -505,7 +518,11 @@ def orient(
         "seconds": {},
         "keys": {"stack": stack.cache_key, "reference": digest(volume)},
     }
-    ctx = run_stages(STAGES, ctx, StageCache(cache_dir / "stages"), log=log)
+    stages = STAGES
+    if refine_config is not None:
+        ctx["refine_config"] = refine_config
+        stages = [*STAGES, REFINE_STAGE]
+    ctx = run_stages(stages, ctx, StageCache(cache_dir / "stages"), log=log)
     model = ctx["stack_model"]
     log(
         f"  stack: contrast {'inverted' if model.invert else 'as RELION'} ({model.invert_choice}, correlation "
@@ -518,6 +535,12 @@ def orient(
         f"median {np.median(anchor_errors):.1f}°, mean {np.mean(anchor_errors):.1f}°"
     )
     q, shifts, volume_out = ctx["gauge"]["quaternions"], ctx["shifts"]["shifts"], ctx["volume"]["volume"]
+    refined = None
+    if refine_config is not None:
+        refined = RefinementResult.from_arrays(ctx["refinement"])
+        for line in log_lines(refined):
+            log(line)
+        q, shifts, volume_out = refined.quaternions, refined.shifts, refined.volume
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"star": out_dir / "particles.star", "map": out_dir / "map.mrc", "record": out_dir / "orient.json"}
@@ -527,16 +550,22 @@ def orient(
         write_particle_stack(paths["stack"], _signed_images(ctx), stack.pixel_size)
         names = [f"{k + 1:06d}@particles.mrcs" for k in range(stack.n)]
     else:
-        names = _image_names(stack, out_dir)
-    write_particles(
-        paths["star"],
-        stack.metadata["star"],
-        quaternions=q,
-        shifts=shifts if config.shifts == "estimate" else None,
-        image_names=names,
-        image_size=stack.image_size,
-    )
-    write_volume(paths["map"], volume_out, stack.pixel_size)
+        names = relative_image_names(stack, out_dir)
+    if refined is None:
+        write_particles(
+            paths["star"],
+            stack.metadata["star"],
+            quaternions=q,
+            shifts=shifts if config.shifts == "estimate" else None,
+            image_names=names,
+            image_size=stack.image_size,
+        )
+        write_volume(paths["map"], volume_out, stack.pixel_size)
+    else:
+        written = write_refinement(
+            out_dir, stack, refined, record={"config": refine_config.to_dict()}, image_names=names
+        )
+        paths |= {k: v for k, v in written.items() if k != "record"} | {"refine_record": written["record"]}
     record = {
         "particles": str(particles),
         "reference": str(reference),
@@ -563,10 +592,21 @@ def orient(
         },
         "seconds": {k: round(v, 2) for k, v in ctx["seconds"].items()},
         "stage_seconds": _stage_seconds(ctx, cache_dir),
+        "refinement": None
+        if refined is None
+        else {
+            "config": refine_config.to_dict(),
+            "resolution_0.143": refined.resolution,
+            "rounds": len(refined.log) - 1,
+            "stop_reason": refined.stop_reason,
+        },
         "outputs": {k: str(v) for k, v in paths.items()},
         "provenance": provenance(),
     }
     save_text(json.dumps(jsonable(record), indent=2, sort_keys=True) + "\n", paths["record"])
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in record["seconds"].items()) or "all cached"
     log(f"  wrote {paths['star']}, {paths['map']} ({timing})")
-    return {"quaternions": q, "shifts": shifts, "volume": volume_out, "record": record, "paths": paths}
+    out = {"quaternions": q, "shifts": shifts, "volume": volume_out, "record": record, "paths": paths}
+    if refined is not None:
+        out["refinement"] = refined
+    return out

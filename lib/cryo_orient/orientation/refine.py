@@ -1,0 +1,732 @@
+"""Refinement of orientations and in-plane shifts against gold-standard half maps.
+
+Starting poses (e.g. the learned pipeline's, some 10° off) are refined by iterating
+
+1. a **local pose search** per image (:func:`search_poses`): around its current orientation, a
+   grid of ``3 × 3 × 3`` perturbation rotations ``δ ⊗ q`` (``δ`` a rotation by ``-s``, ``0`` or
+   ``+s`` about each of the lab axes x, y, z: two tilts and the in-plane angle), taking the best,
+   then again with the step halved, ``local_steps`` times (coarse to fine, hill climbing); at
+   every candidate the in-plane shift is searched on a grid around the current shift;
+2. **reconstruction** of each half set (:func:`half_sets`) from its own images and poses
+   (:func:`cryo_orient.tomography.reconstruct.reconstruct`, the CTF in the normal equations);
+3. the **FSC of the two half maps**: the 0.143 crossing is the current resolution, and the
+   next search compares images with their half map only below that frequency (the low-pass),
+   so that the search cannot lock on to noise the maps have fitted.
+
+The two halves are independent (gold standard): each half's images are searched only against its
+own half map, and its half map is reconstructed only from its own images. The one thing they
+share is the resolution (the low-pass cutoff of the search), as in RELION's auto-refine; with
+``lowpass="fixed"`` not even that.
+
+Matching (in Fourier space)
+---------------------------
+For image ``b`` with half spectrum ``B(k) = rfft2(ifftshift(b))`` and CTF ``C(k)`` (1 without a
+CTF), the model at orientation ``q`` and shift ``d`` is ``α C(k) P_q(k) e^{-i k·d}``, where
+``P_q`` is the Fourier slice of the reference (the NUFFT projector of
+:mod:`cryo_orient.tomography.backends`, evaluated only at the frequencies kept) and ``α`` an
+unknown per-image scale (real images have unknown amplitude). Least squares with ``α`` fitted,
+``min_α Σ_k |B − α C P e^{-ik·d}|²``, is maximised by the largest
+
+    score(q, d) = Re Σ_k w_k B(k) conj(C P_q)(k) e^{ik·d} / ‖C P_q‖,
+
+(``w_k`` the Hermitian weights of the half spectrum) over frequencies ``0 < |k| ≤ cutoff``
+(the mean is left out: the images' background level is unknown). Dividing it by ``‖B‖`` gives
+the normalised cross-correlation, which is what :class:`RefinementResult` reports. All
+candidates of a batch of images are projected by one NUFFT, and the shift grid is evaluated as two
+small matrix products per candidate (separable phase ramps over the kept frequencies), so no
+loop runs over images.
+
+Conventions
+-----------
+Orientations are unit quaternions, scalar-last ``(x, y, z, w)``, of the projection convention
+of :mod:`cryo_orient.tomography.projection` (``p(x, y) = ∫ V(Rᵀ (x, y, z)) dz``). A shift
+``(dy, dx)`` in pixels is how far the particle sits from the image centre (pixel ``n // 2``), as
+in :mod:`cryo_orient.orientation.shifts`: ``I(y, x) = R(y − dy, x − dx)``. RELION's origin is its
+negative, ``rlnOriginXAngst = −dx · pixel size`` (:func:`cryo_orient.data.relion.write_particles`
+writes it so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import finufft
+import numpy as np
+from tqdm.auto import tqdm
+
+from cryo_orient.geometry import rotations
+from cryo_orient.orientation.shifts import center_images
+from cryo_orient.tomography.backends import slice_frequencies
+from cryo_orient.tomography.ctf import CTFParams, check_pixel_size, ctf_values
+from cryo_orient.tomography.fsc import FSCResult, fsc
+from cryo_orient.tomography.reconstruct import reconstruct
+from cryo_orient.validation import InputError, Settings, as_rng, choice, image_stack
+
+__all__ = [
+    "LOWPASS_POLICIES",
+    "RefineConfig",
+    "RefinementResult",
+    "band",
+    "half_sets",
+    "perturbations",
+    "refine",
+    "search_poses",
+]
+
+LOWPASS_POLICIES = ("fsc", "fixed")
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineConfig(Settings):
+    """Settings of :func:`refine`.
+
+    Attributes
+    ----------
+    max_iterations : int
+        Search-and-reconstruct rounds at most.
+    angular_step : float
+        Degrees: the coarsest perturbation of the first round's local search. Each later round
+        starts at half its predecessor's step, but not below ``min_angular_step``.
+    min_angular_step : float
+        Degrees: the smallest coarsest step of a round.
+    local_steps : int
+        Levels of the coarse-to-fine search per round, the step halved at each; the finest step
+        of a round is ``step / 2 ** (local_steps - 1)`` (its "angular step").
+    shift_range : float
+        Pixels: the radius of the shift search around each image's current shift at the first
+        level of a round (halved with each level, down to two shift steps).
+    shift_step : float
+        Pixels between the shifts searched; the peak is then refined by a parabola.
+    max_shift : float or None
+        Pixels: no shift leaves this disc around the image centre (None: no bound).
+    lowpass : {"fsc", "fixed"}
+        The search's frequency cutoff: at the half maps' FSC 0.143 crossing (clipped to
+        ``[lowpass_min, lowpass_max]``), or always ``lowpass_max``.
+    lowpass_min, lowpass_max : float
+        Fractions of Nyquist bounding the cutoff (``lowpass_max ≤ 1``; Nyquist itself is never
+        used: its coefficients are not Hermitian-consistent).
+    initial_lowpass : float
+        Fraction of Nyquist: the cutoff of the first search when a reference map is given (it is
+        used for both halves, low-passed there, as RELION's initial low-pass).
+    reconstruction_iterations : int
+        CG iterations of each half map's reconstruction (the count regularises).
+    moved_tolerance : float
+        Convergence: stop when at most this fraction of poses moved by more than half the
+        round's angular step and the resolution did not improve by ``resolution_tolerance``.
+    resolution_tolerance : float
+        Relative improvement of the resolution (Å) that counts as improving.
+    batch_size : int
+        Images per NUFFT batch (each projects ``27 ×`` that many slices).
+    half_set_seed : int
+        Seed of the random split into two halves.
+    fsc_mask : bool
+        Multiply the half maps by a soft spherical mask before their FSC.
+    """
+
+    _unknown_keys = "refine setting(s)"
+
+    max_iterations: int = 8
+    angular_step: float = 4.0
+    min_angular_step: float = 1.0
+    local_steps: int = 4
+    shift_range: float = 3.0
+    shift_step: float = 0.5
+    max_shift: float | None = None
+    lowpass: str = "fsc"
+    lowpass_min: float = 0.15
+    lowpass_max: float = 1.0
+    initial_lowpass: float = 0.4
+    reconstruction_iterations: int = 20
+    moved_tolerance: float = 0.02
+    resolution_tolerance: float = 0.01
+    batch_size: int = 64
+    half_set_seed: int = 0
+    fsc_mask: bool = True
+
+    def __post_init__(self):
+        choice(self.lowpass, "lowpass", LOWPASS_POLICIES)
+        for name in ("max_iterations", "local_steps", "reconstruction_iterations", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.half_set_seed, bool) or not isinstance(self.half_set_seed, (int, np.integer)):
+            raise InputError(f"half_set_seed must be an integer, got {self.half_set_seed!r}")
+        for name in ("angular_step", "min_angular_step", "shift_step"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+                raise InputError(f"{name} must be a positive number, got {value!r}")
+        for name in ("shift_range", "moved_tolerance", "resolution_tolerance"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+                raise InputError(f"{name} must be a number >= 0, got {value!r}")
+        if self.max_shift is not None and not (np.isfinite(self.max_shift) and self.max_shift >= 0):
+            raise InputError(f"max_shift must be a number of pixels >= 0 or None, got {self.max_shift!r}")
+        for name in ("lowpass_min", "lowpass_max", "initial_lowpass"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value <= 1):
+                raise InputError(f"{name} must be a fraction of Nyquist in (0, 1], got {value!r}")
+        if self.lowpass_min > self.lowpass_max:
+            raise InputError(
+                f"lowpass_min ({self.lowpass_min}) exceeds lowpass_max ({self.lowpass_max}); swap or change them"
+            )
+
+    def round_step(self, iteration: int) -> float:
+        """Degrees: the coarsest step of round ``iteration`` (from 0)."""
+        return max(self.angular_step * 0.5**iteration, min(self.min_angular_step, self.angular_step))
+
+    def finest_step(self, iteration: int) -> float:
+        """Degrees: the finest step of round ``iteration``, the round's angular step."""
+        return self.round_step(iteration) * 0.5 ** (self.local_steps - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinementResult:
+    """What :func:`refine` found.
+
+    Attributes
+    ----------
+    quaternions : ndarray, shape (N, 4)
+        Refined orientations (scalar-last unit quaternions).
+    shifts : ndarray, shape (N, 2)
+        Refined ``(dy, dx)`` in pixels (module docstring's sign).
+    subsets : ndarray of int, shape (N,)
+        Each image's half set, 1 or 2 (RELION's ``rlnRandomSubset``).
+    scores : ndarray, shape (N,)
+        Normalised cross-correlation of each image with its half map's model at its pose, over
+        the last search's frequencies.
+    half_maps : ndarray, shape (2, n, n, n)
+        The two half maps from the refined poses.
+    volume : ndarray, shape (n, n, n)
+        The map from all images.
+    fsc : FSCResult
+        The half maps' FSC (``fsc.resolution(0.143)``: the resolution).
+    resolution : float
+        Å at FSC 0.143 of the half maps (Nyquist if not crossed).
+    log : list of dict
+        Per round (round 0: the starting poses): ``iteration``, ``resolution``, ``crossed``,
+        ``cutoff`` (the fraction of Nyquist the round's search used), ``angular_step`` (its finest
+        step, degrees), ``moved_fraction`` (poses that moved by more than half of it),
+        ``rms_shift_change`` (px), ``median_score``, ``seconds``.
+    stop_reason : str
+        ``"converged"`` or ``"max_iterations"``.
+    seconds : float
+    """
+
+    quaternions: np.ndarray
+    shifts: np.ndarray
+    subsets: np.ndarray
+    scores: np.ndarray
+    half_maps: np.ndarray
+    volume: np.ndarray
+    fsc: FSCResult
+    resolution: float
+    log: list
+    stop_reason: str
+    seconds: float
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The result as a dict of arrays (for a stage cache; no pickles): :meth:`from_arrays` inverts it."""
+        return {
+            "quaternions": self.quaternions,
+            "shifts": self.shifts,
+            "subsets": self.subsets,
+            "scores": self.scores,
+            "half_maps": self.half_maps,
+            "volume": self.volume,
+            "fsc_frequency": self.fsc.frequency,
+            "fsc_correlation": self.fsc.correlation,
+            "fsc_counts": self.fsc.counts,
+            "fsc_voxel_size": np.asarray(self.fsc.voxel_size),
+            "resolution": np.asarray(self.resolution),
+            "log": np.asarray(json.dumps(self.log)),
+            "stop_reason": np.asarray(self.stop_reason),
+            "seconds": np.asarray(self.seconds),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays) -> RefinementResult:
+        """The result that :meth:`to_arrays` gave ``arrays``."""
+        curve = FSCResult(
+            frequency=np.asarray(arrays["fsc_frequency"]),
+            correlation=np.asarray(arrays["fsc_correlation"]),
+            counts=np.asarray(arrays["fsc_counts"]),
+            voxel_size=float(arrays["fsc_voxel_size"]),
+        )
+        return cls(
+            quaternions=np.asarray(arrays["quaternions"]),
+            shifts=np.asarray(arrays["shifts"]),
+            subsets=np.asarray(arrays["subsets"]),
+            scores=np.asarray(arrays["scores"]),
+            half_maps=np.asarray(arrays["half_maps"]),
+            volume=np.asarray(arrays["volume"]),
+            fsc=curve,
+            resolution=float(arrays["resolution"]),
+            log=json.loads(str(arrays["log"])),
+            stop_reason=str(arrays["stop_reason"]),
+            seconds=float(arrays["seconds"]),
+        )
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def half_sets(n: int, rng=None) -> np.ndarray:
+    """A random split of ``n`` images into two halves of sizes ``ceil(n/2)`` and ``floor(n/2)``.
+
+    Returns an int array of 1s and 2s (RELION's ``rlnRandomSubset``), the same for the same
+    ``rng`` seed.
+    """
+    n = int(n)
+    if n < 2:
+        raise InputError(f"two half sets need at least 2 images, got {n}")
+    order = as_rng(rng).permutation(n)
+    subsets = np.empty(n, dtype=int)
+    subsets[order[: (n + 1) // 2]] = 1
+    subsets[order[(n + 1) // 2 :]] = 2
+    return subsets
+
+
+def perturbations(step_deg: float) -> np.ndarray:
+    """The 27 quaternions of rotations by ``(-s, 0, s)`` about each lab axis combined, as rotation
+    vectors ``s · (i, j, k)``, ``i, j, k ∈ {-1, 0, 1}``; the identity first (ties keep a pose)."""
+    s = np.radians(float(step_deg))
+    grid = np.array([(i, j, k) for i in (0, -1, 1) for j in (0, -1, 1) for k in (0, -1, 1)], dtype=np.float64)
+    vectors = s * grid
+    angle = np.linalg.norm(vectors, axis=1)
+    axis = np.divide(vectors, angle[:, None], out=np.zeros_like(vectors), where=angle[:, None] > 0)
+    return np.concatenate([axis * np.sin(angle / 2)[:, None], np.cos(angle / 2)[:, None]], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Band:
+    """The frequencies a search compares: ``0 < |k| ≤ cutoff`` on the half spectrum of
+    ``rfft2(ifftshift(image))``, as a block of its rows and columns and a mask within it."""
+
+    size: int
+    rows: np.ndarray  # indices into the spectrum's rows (fftfreq)
+    cols: np.ndarray  # indices into its columns (rfftfreq)
+    ky: np.ndarray  # radians per pixel of each kept row
+    kx: np.ndarray
+    mask: np.ndarray  # (len(rows), len(cols)) bool
+    weight: np.ndarray  # (len(cols),) Hermitian weights of the columns
+
+    @property
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ky, kx)`` of the kept frequencies, in the order of ``mask``'s True entries."""
+        kyy, kxx = np.meshgrid(self.ky, self.kx, indexing="ij")
+        return kyy[self.mask], kxx[self.mask]
+
+    def take(self, spectra: np.ndarray) -> np.ndarray:
+        """The band's block of half spectra ``(..., size, size // 2 + 1)``."""
+        return spectra[..., self.rows, :][..., self.cols]
+
+
+def band(size: int, cutoff: float) -> Band:
+    """The frequencies ``0 < |k| ≤ cutoff · π`` (``cutoff`` a fraction of Nyquist) of ``size``-px
+    images, Nyquist's row and column left out."""
+    size = int(size)
+    if not 0 < cutoff <= 1:
+        raise InputError(f"cutoff must be a fraction of Nyquist in (0, 1], got {cutoff!r}")
+    ky_all, kx_all, weight = slice_frequencies(size)
+    radius = cutoff * np.pi + 1e-12
+    nyquist = np.pi - 1e-12
+    rows = np.flatnonzero((np.abs(ky_all) <= radius) & (np.abs(ky_all) < nyquist))
+    cols = np.flatnonzero((kx_all <= radius) & (kx_all < nyquist))
+    ky, kx = ky_all[rows], kx_all[cols]
+    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
+    mask = (k2 <= radius**2) & (k2 > 0)
+    return Band(size, rows, cols, ky, kx, mask, weight[cols])
+
+
+def _spectra(images) -> np.ndarray:
+    return np.fft.rfft2(np.fft.ifftshift(np.asarray(images, dtype=np.float64), axes=(-2, -1)), axes=(-2, -1))
+
+
+class _SliceProjector:
+    """Fourier slices of one volume at the band's frequencies, for many rotations per NUFFT.
+
+    The points are ``Rᵀ (kx, ky, 0)`` ordered (z, y, x), the geometry of
+    :func:`cryo_orient.tomography.backends.slice_points`, restricted to the band.
+    """
+
+    def __init__(self, volume, bnd: Band, eps=1e-5, nthreads=None):
+        self.band = bnd
+        self.coeffs = np.asarray(volume, dtype=np.complex64)
+        opts = {} if nthreads is None else {"nthreads": int(nthreads)}
+        self.plan = finufft.Plan(2, self.coeffs.shape, eps=eps, isign=-1, dtype=np.complex64, **opts)
+        ky, kx = bnd.points
+        self.k = np.stack([kx, ky]).astype(np.float32)  # (2, points)
+
+    def __call__(self, quaternions) -> np.ndarray:
+        """``(M, rows, cols)`` complex64 slices (zero outside the band's mask) for ``(M, 4)`` rotations."""
+        R = rotations.quaternion_to_matrix(quaternions).astype(np.float32)
+        # Rᵀ (kx, ky, 0) = kx R[0, :] + ky R[1, :]: component c is R[:, :2, c] @ (kx, ky).
+        pts = [(R[:, :2, c] @ self.k).ravel() for c in (2, 1, 0)]  # (z, y, x), as the volume's axes
+        self.plan.setpts(*pts)
+        values = self.plan.execute(self.coeffs).reshape(len(R), -1)
+        out = np.zeros((len(R), *self.band.mask.shape), dtype=np.complex64)
+        out[:, self.band.mask] = values
+        return out
+
+
+def _parabola_offsets(left, centre, right) -> np.ndarray:
+    """Vertex offsets (in grid steps, within ±0.5) of parabolas through three samples each."""
+    curvature = left - 2 * centre + right
+    safe = np.where(curvature < 0, curvature, -1.0)
+    return np.where(curvature < 0, np.clip(0.5 * (left - right) / safe, -0.5, 0.5), 0.0)
+
+
+def _check_ctf(ctf, pixel_size, n):
+    if ctf is None:
+        return None, None
+    if not isinstance(ctf, CTFParams):
+        raise InputError(f"ctf must be a CTFParams (cryo_orient.tomography.ctf), got {type(ctf).__name__}")
+    if len(ctf) not in (1, n):
+        raise InputError(f"got {n} images but CTF parameters for {len(ctf)}; give one set per image (or one)")
+    if pixel_size is None:
+        raise InputError("a CTF needs the pixel size: pass pixel_size= in Å per pixel")
+    return ctf, check_pixel_size(pixel_size)
+
+
+def _ctf_block(ctf, pixel_size, size, index, bnd: Band):
+    if ctf is None:
+        return None
+    c = ctf_values(ctf, size, pixel_size, index=slice(0, 1) if len(ctf) == 1 else index)
+    return bnd.take(c).astype(np.float32)
+
+
+def _check_poses(quaternions, shifts, n):
+    q = np.asarray(quaternions, dtype=np.float64)
+    if q.shape != (n, 4) or not np.all(np.isfinite(q)) or np.any(np.linalg.norm(q, axis=1) < 1e-12):
+        raise InputError(f"quaternions must be ({n}, 4) finite non-zero (x, y, z, w), one per image; got {q.shape}")
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    s = np.zeros((n, 2)) if shifts is None else np.asarray(shifts, dtype=np.float64)
+    if s.shape != (n, 2) or not np.all(np.isfinite(s)):
+        raise InputError(f"shifts must be ({n}, 2) finite (dy, dx) pixels, one per image; got {s.shape}")
+    return q, s.copy()
+
+
+def search_poses(
+    reference,
+    images,
+    quaternions,
+    shifts=None,
+    *,
+    step: float,
+    levels: int = 4,
+    shift_range: float = 3.0,
+    shift_step: float = 0.5,
+    max_shift: float | None = None,
+    cutoff: float = 1.0,
+    ctf=None,
+    pixel_size=None,
+    batch_size: int = 64,
+    nthreads=None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local search of each image's orientation and shift against a reference map.
+
+    Parameters
+    ----------
+    reference : ndarray, shape (n, n, n)
+        The map, indexed ``[z, y, x]``, voxel = pixel; compared only at frequencies up to
+        ``cutoff`` (its low-pass). Not modified.
+    images : ndarray, shape (N, n, n)
+        The particle images (CTF-modulated where ``ctf`` is given, off centre by ``shifts``).
+    quaternions : array_like, shape (N, 4)
+        Current orientations; the search is local around them.
+    shifts : array_like, shape (N, 2), optional
+        Current ``(dy, dx)`` in pixels (default zeros).
+    step : float
+        Degrees: the first level's perturbation (see :func:`perturbations`).
+    levels : int
+        Coarse-to-fine levels, the step halved after each.
+    shift_range, shift_step : float
+        Pixels: radius of the first level's shift search around the current shift (halved per
+        level, at least two steps) and the spacing of its grid (0 range: shifts are kept).
+    max_shift : float, optional
+        Pixels: a bound on ``|shift|``.
+    cutoff : float
+        Fraction of Nyquist: the highest frequency compared.
+    ctf : CTFParams, optional
+        One set per image (or one): the model is ``C · P``.
+    pixel_size : float, optional
+        Å per pixel; needed with ``ctf``.
+    batch_size : int
+        Images per NUFFT (``27 × batch_size`` slices).
+    nthreads : int, optional
+        finufft threads (its interpolation is deterministic for any count).
+    progress : bool
+
+    Returns
+    -------
+    quaternions : ndarray, shape (N, 4)
+    shifts : ndarray, shape (N, 2)
+    scores : ndarray, shape (N,)
+        Normalised cross-correlation at the chosen pose (module docstring).
+    """
+    images = image_stack(images, "images", square=True)
+    n, size = images.shape[0], images.shape[-1]
+    reference = np.asarray(reference)
+    if reference.shape != (size,) * 3:
+        raise InputError(
+            f"the reference is {reference.shape} but the images are {size} px; give a {size}³ map "
+            "(resample it to the images' pixel size and box)"
+        )
+    q, s = _check_poses(quaternions, shifts, n)
+    ctf, pixel_size = _check_ctf(ctf, pixel_size, n)
+    levels = int(levels)
+    bnd = band(size, cutoff)
+    project = _SliceProjector(reference, bnd, nthreads=nthreads)
+    deltas = [perturbations(step * 0.5**level) for level in range(levels)]
+    out_q, out_s, out_scores = q.copy(), s.copy(), np.zeros(n)
+    with tqdm(total=n, disable=not progress, desc="pose search", unit="img") as bar:
+        for start in range(0, n, int(batch_size)):
+            sl = slice(start, min(start + int(batch_size), n))
+            spectra = bnd.take(_spectra(images[sl])).astype(np.complex64)
+            c = _ctf_block(ctf, pixel_size, size, sl, bnd)
+            qb, sb = q[sl], s[sl]
+            for level, delta in enumerate(deltas):
+                radius = 0.0 if shift_range == 0 else max(shift_range * 0.5**level, 2 * shift_step)
+                qb, sb, score = _search_level(project, bnd, spectra, c, qb, sb, delta, radius, shift_step, max_shift)
+            out_q[sl], out_s[sl], out_scores[sl] = qb, sb, score
+            bar.update(sl.stop - sl.start)
+    return rotations.canonical(out_q), out_s, out_scores
+
+
+def _search_level(project, bnd: Band, spectra, c, q, s, delta, radius, shift_step, max_shift):
+    """One level for a batch: the best of 27 perturbed orientations, each with its best shift on
+    the grid of ``radius`` around the current shift."""
+    b, k = len(q), len(delta)
+    candidates = rotations.multiply(delta[None, :, :], q[:, None, :])  # δ ⊗ q: lab-frame perturbations
+    slices = project(candidates.reshape(-1, 4)).reshape(b, k, *bnd.mask.shape)
+    model = slices if c is None else slices * c[:, None]
+    norm = np.sqrt(np.einsum("bkrc,c->bk", np.abs(model) ** 2, bnd.weight.astype(np.float32)))
+    image_norm = np.sqrt(np.einsum("brc,c->b", np.abs(spectra * bnd.mask) ** 2, bnd.weight.astype(np.float32)))
+    # The image moved back by its current shift: the grid below is then around that shift.
+    ramp = np.exp(1j * (bnd.ky[:, None] * s[:, None, None, 0] + bnd.kx[None, :] * s[:, None, None, 1]))
+    centred = spectra * ramp.astype(np.complex64)
+    cross = centred[:, None] * np.conj(model)  # (b, k, rows, cols)
+    steps = int(np.floor(radius / shift_step + 1e-9))
+    grid = shift_step * np.arange(-steps, steps + 1)
+    # score(g) = Re Σ w B conj(CP) e^{ik·g}: separable in (gy, ky) and (gx, kx).
+    ey = np.exp(1j * np.outer(grid, bnd.ky)).astype(np.complex64)  # (G, rows)
+    ex = (np.exp(1j * np.outer(grid, bnd.kx)) * bnd.weight).astype(np.complex64)  # (G, cols)
+    cc = (ey @ cross @ ex.T).real  # (b, k, G, G), [gy, gx]
+    gy, gx = np.meshgrid(grid, grid, indexing="ij")
+    allowed = np.broadcast_to(gy**2 + gx**2 <= radius**2 + 1e-9, (b, *gy.shape))
+    if max_shift is not None:
+        allowed = allowed & ((s[:, 0, None, None] + gy) ** 2 + (s[:, 1, None, None] + gx) ** 2 <= max_shift**2 + 1e-9)
+        allowed = allowed | ((gy == 0) & (gx == 0))[None]  # the current shift stays possible
+    scores = np.where(allowed[:, None], cc / np.maximum(norm, 1e-30)[:, :, None, None], -np.inf)
+    flat = scores.reshape(b, -1).argmax(axis=1)
+    best_k, iy, ix = np.unravel_index(flat, scores.shape[1:])
+    rows = np.arange(b)
+    peak = scores[rows, best_k, iy, ix]
+    n_grid = len(grid)
+
+    def neighbour(dy, dx):
+        jy, jx = np.clip(iy + dy, 0, n_grid - 1), np.clip(ix + dx, 0, n_grid - 1)
+        value = scores[rows, best_k, jy, jx]
+        inside = (iy + dy == jy) & (ix + dx == jx) & np.isfinite(value)
+        return np.where(inside, value, peak)
+
+    oy = _parabola_offsets(neighbour(-1, 0), peak, neighbour(1, 0))
+    ox = _parabola_offsets(neighbour(0, -1), peak, neighbour(0, 1))
+    new_s = s + np.stack([grid[iy] + oy * shift_step, grid[ix] + ox * shift_step], axis=1)
+    if max_shift is not None:
+        r = np.hypot(new_s[:, 0], new_s[:, 1])
+        over = r > max_shift
+        new_s[over] *= (max_shift / r[over])[:, None]
+    new_q = candidates[rows, best_k]
+    return new_q, new_s, peak / np.maximum(image_norm, 1e-30)
+
+
+# --------------------------------------------------------------------------- the iteration
+
+
+def _reconstruct_half(images, q, shifts, index, size, ctf, pixel_size, iterations):
+    kwargs = {}
+    if ctf is not None:
+        kwargs = {"ctf": ctf if len(ctf) == 1 else ctf.subset(index), "pixel_size": pixel_size}
+    centred = center_images(images[index], shifts[index])
+    return reconstruct(centred, q[index], (size,) * 3, "nufft", iterations=iterations, **kwargs).volume
+
+
+def _half_maps(images, q, shifts, subsets, size, ctf, pixel_size, iterations):
+    return np.stack(
+        [
+            _reconstruct_half(images, q, shifts, np.flatnonzero(subsets == h), size, ctf, pixel_size, iterations)
+            for h in (1, 2)
+        ]
+    )
+
+
+def _cutoff(curve: FSCResult, config: RefineConfig, pixel: float) -> float:
+    """The next search's cutoff (fraction of Nyquist) from the half maps' FSC."""
+    if config.lowpass == "fixed":
+        return float(config.lowpass_max)
+    resolution, _ = curve.resolution(0.143)
+    return float(np.clip(2 * pixel / resolution, config.lowpass_min, config.lowpass_max))
+
+
+def refine(
+    images,
+    quaternions,
+    shifts=None,
+    *,
+    config=None,
+    ctf=None,
+    pixel_size=None,
+    reference=None,
+    nthreads=None,
+    progress=False,
+    callback=None,
+) -> RefinementResult:
+    """Refine orientations and shifts by local searches against gold-standard half maps.
+
+    Parameters
+    ----------
+    images : array_like, shape (N, n, n)
+        Particle images indexed ``[y, x]`` in raw units (CTF-modulated where ``ctf`` is given;
+        the contrast of the map's projections). Not modified.
+    quaternions : array_like, shape (N, 4)
+        Starting orientations (scalar-last; the convention of
+        :mod:`cryo_orient.tomography.projection`).
+    shifts : array_like, shape (N, 2), optional
+        Starting ``(dy, dx)`` in pixels (default zeros).
+    config : RefineConfig or dict, optional
+    ctf : CTFParams, optional
+        One set per image (or one for all); then ``pixel_size`` is needed.
+    pixel_size : float, optional
+        Å per pixel (also the unit of the resolutions; 1 when not given).
+    reference : ndarray, shape (n, n, n), optional
+        A map in the images' frame: the first round searches both halves against it, low-passed
+        to ``config.initial_lowpass``; without it, against the half maps of the starting poses
+        (the maps' frame then follows the poses and may drift with them by a fraction of their
+        error, as a global rotation and translation).
+    nthreads : int, optional
+        finufft threads of the search.
+    progress : bool
+        Progress bars.
+    callback : callable, optional
+        ``callback(iteration, quaternions, shifts)`` after each round (e.g. to follow errors
+        against a known truth).
+
+    Returns
+    -------
+    RefinementResult
+    """
+    start = time.perf_counter()
+    config = config if isinstance(config, RefineConfig) else RefineConfig.from_dict(dict(config or {}))
+    images = image_stack(images, "images", square=True)
+    n, size = images.shape[0], images.shape[-1]
+    q, s = _check_poses(quaternions, shifts, n)
+    pixel = 1.0 if pixel_size is None else check_pixel_size(pixel_size)
+    ctf, pixel_size = _check_ctf(ctf, pixel_size, n)
+    if reference is not None:
+        reference = np.asarray(reference, dtype=np.float64)
+        if reference.shape != (size,) * 3:
+            raise InputError(
+                f"the reference is {reference.shape} but the images are {size} px; give a {size}³ map "
+                "(resample it to the images' pixel size and box)"
+            )
+    subsets = half_sets(n, config.half_set_seed)
+    halves = [np.flatnonzero(subsets == h) for h in (1, 2)]
+    mask = "soft_sphere" if config.fsc_mask else None
+
+    def maps_and_fsc(q, s):
+        maps = _half_maps(images, q, s, subsets, size, ctf, pixel, config.reconstruction_iterations)
+        return maps, fsc(maps[0], maps[1], pixel, mask=mask)
+
+    maps, curve = maps_and_fsc(q, s)
+    resolution, crossed = curve.resolution(0.143)
+    log = [
+        {
+            "iteration": 0,
+            "resolution": resolution,
+            "crossed": crossed,
+            "cutoff": None,
+            "angular_step": None,
+            "moved_fraction": None,
+            "rms_shift_change": None,
+            "median_score": None,
+            "seconds": time.perf_counter() - start,
+        }
+    ]
+    best = resolution
+    scores = np.zeros(n)
+    stop = "max_iterations"
+    for iteration in range(config.max_iterations):
+        tick = time.perf_counter()
+        if iteration == 0 and reference is not None:
+            cutoff, targets = float(config.initial_lowpass), (reference, reference)
+        else:
+            cutoff, targets = _cutoff(curve, config, pixel), (maps[0], maps[1])
+        new_q, new_s = q.copy(), s.copy()
+        for h, index in enumerate(halves):
+            # Half h is searched against its own map only (gold standard).
+            new_q[index], new_s[index], scores[index] = search_poses(
+                targets[h],
+                images[index],
+                q[index],
+                s[index],
+                step=config.round_step(iteration),
+                levels=config.local_steps,
+                shift_range=config.shift_range,
+                shift_step=config.shift_step,
+                max_shift=config.max_shift,
+                cutoff=cutoff,
+                ctf=None if ctf is None else (ctf if len(ctf) == 1 else ctf.subset(index)),
+                pixel_size=pixel_size,
+                batch_size=config.batch_size,
+                nthreads=nthreads,
+                progress=progress,
+            )
+        fine = config.finest_step(iteration)
+        moved = float(np.mean(np.degrees(rotations.distance(q, new_q)) > 0.5 * fine))
+        shift_change = float(np.sqrt(np.mean(np.sum((new_s - s) ** 2, axis=1))))
+        q, s = new_q, new_s
+        maps, curve = maps_and_fsc(q, s)
+        resolution, crossed = curve.resolution(0.143)
+        log.append(
+            {
+                "iteration": iteration + 1,
+                "resolution": resolution,
+                "crossed": crossed,
+                "cutoff": cutoff,
+                "angular_step": fine,
+                "moved_fraction": moved,
+                "rms_shift_change": shift_change,
+                "median_score": float(np.median(scores)),
+                "seconds": time.perf_counter() - tick,
+            }
+        )
+        if callback is not None:
+            callback(iteration + 1, q.copy(), s.copy())
+        improved = resolution < best * (1 - config.resolution_tolerance)
+        best = min(best, resolution)
+        # The step keeps shrinking over the first rounds; converged only once it is at its floor.
+        at_floor = config.round_step(iteration) <= config.round_step(iteration + 1)
+        if at_floor and not improved and moved <= config.moved_tolerance:
+            stop = "converged"
+            break
+    kwargs = {} if ctf is None else {"ctf": ctf, "pixel_size": pixel}
+    volume = reconstruct(
+        center_images(images, s), q, (size,) * 3, "nufft", iterations=config.reconstruction_iterations, **kwargs
+    ).volume
+    return RefinementResult(
+        quaternions=rotations.canonical(q),
+        shifts=s,
+        subsets=subsets,
+        scores=scores,
+        half_maps=maps,
+        volume=volume,
+        fsc=curve,
+        resolution=float(resolution),
+        log=log,
+        stop_reason=stop,
+        seconds=time.perf_counter() - start,
+    )
