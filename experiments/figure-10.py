@@ -55,13 +55,7 @@ labels = [
 ]
 fixed_noise_datasets = []
 pipeline = {}  # the profile's [pipeline] table (PipelineConfig's settings); {}: its defaults
-paper_recovery = {"recovery_mode": "faithful", "recovery_restarts": 1}  # [] datasets: none
-paper_recovery_datasets = [
-    "5j0n-full-so3",
-    "5j0n-full-so3-noise16",
-    "ribosome-quarter-so3",
-    "ribosome-quarter-so3-snr-12db",
-]
+paper_recovery = {"recovery_mode": "faithful", "recovery_restarts": 1}  # {}: no second recovery
 
 # %%
 import dataclasses
@@ -93,7 +87,7 @@ for name in fixed_noise_datasets:
 
 # The paper's recovery of the same estimators' distances (recovery only: no gauge, no volumes).
 paper = {}
-for name in paper_recovery_datasets:
+for name in datasets if paper_recovery else []:
     print(f"== {name}, the paper's recovery")
     paper[name] = run_recovery(
         Path(sim_dir) / f"{name}.h5", dataclasses.replace(config, **paper_recovery), cache_dir=cache_dir
