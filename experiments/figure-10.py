@@ -125,11 +125,11 @@ for k, (name, label) in enumerate(zip(datasets, labels)):
         p = paper[name]
         plots.note(
             ax,
-            f"the paper's recovery (one run, Euler box): E_OR median {p['E_OR_median']:.3f}, mean "
-            f"{p['E_OR_mean']:.3f} rad,\nL_OR {p['L_OR']:.4f}; topology: "
+            f"the paper's recovery (one run, Euler box):\nE_OR median {p['E_OR_median']:.3f}, mean "
+            f"{p['E_OR_mean']:.3f} rad\nL_OR {p['L_OR']:.4f}; topology: "
             + ("likely unwound" if p["topology"]["unwound"] else "not unwound"),
-            xy=(0.03, 0.03),
-            fontsize=7,
+            xy=(0.47, 0.04),
+            fontsize=6.5,
         )
 for ax in axes.flat[n:]:
     ax.set_visible(False)
