@@ -394,6 +394,19 @@ def _summary(ctx) -> dict:
     }
 
 
+def _run_stages(stages, dataset, config, cache_dir, progress, log):
+    """``stages`` on one dataset (a path or Dataset) with the stage cache under ``cache_dir``."""
+    config = PipelineConfig.from_dict(config if isinstance(config, PipelineConfig) else dict(config))
+    dataset = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
+    ctx = run_stages(
+        stages,
+        {"dataset": dataset, "config": config, "cache_dir": Path(cache_dir), "progress": progress},
+        StageCache(Path(cache_dir) / "pipeline"),
+        log=log,
+    )
+    return dataset, ctx
+
+
 def run_case(dataset, config, *, cache_dir, progress=True, log=print) -> dict:
     """Run every stage of :data:`STAGES` on one dataset; return orientations, volumes, FSC curves and numbers.
 
@@ -418,14 +431,7 @@ def run_case(dataset, config, *, cache_dir, progress=True, log=print) -> dict:
         (name → :class:`cryo_orient.tomography.fsc.FSCResult`), ``summary`` (JSON-able numbers),
         the true map and its voxel size, and ``test_indices``.
     """
-    config = PipelineConfig.from_dict(config if isinstance(config, PipelineConfig) else dict(config))
-    dataset = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
-    ctx = run_stages(
-        STAGES,
-        {"dataset": dataset, "config": config, "cache_dir": Path(cache_dir), "progress": progress},
-        StageCache(Path(cache_dir) / "pipeline"),
-        log=log,
-    )
+    dataset, ctx = _run_stages(STAGES, dataset, config, cache_dir, progress, log)
     truth, voxel_size = ctx["truth"]
     return {
         "q_true": ctx["q_true"],
@@ -465,14 +471,8 @@ def run_recovery(dataset, config, *, cache_dir, progress=False, log=None) -> dic
         the recovery (``recovery_mode``, ``recovery_init``, ``recovery_init_coverage``,
         ``recovery_restarts``), plus ``errors`` (per-orientation errors after alignment, an array).
     """
-    config = PipelineConfig.from_dict(config if isinstance(config, PipelineConfig) else dict(config))
-    dataset = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
-    ctx = run_stages(
-        RECOVERY_STAGES,
-        {"dataset": dataset, "config": config, "cache_dir": Path(cache_dir), "progress": progress},
-        StageCache(Path(cache_dir) / "pipeline"),
-        log=log,
-    )
+    dataset, ctx = _run_stages(RECOVERY_STAGES, dataset, config, cache_dir, progress, log)
+    config = ctx["config"]
     rec, aligned = ctx["recovery"], ctx["alignment"]
     return {
         "estimator": ctx["estimator"].describe(),
