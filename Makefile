@@ -44,7 +44,7 @@ ifneq ($(PROFILE_GOALS),)
   include $(BUILD)/profile.mk
 endif
 
-.PHONY: help install lock reproduce report simulate test test-unit smoke lint bench compare foreign foreign-stack \
+.PHONY: help install lock reproduce report simulate test test-unit smoke lint bench compare foreign foreign-stack refinement \
         clean clean-all \
         $(IMPLEMENTED)
 
@@ -172,6 +172,12 @@ $(BUILD)/notebooks/compare.ipynb: $(COMPARE_VENV)/.installed experiments/compare
 foreign: $(BUILD)/notebooks/foreign.ipynb ## Optional: orient on a RELION-format stack with CTF (errors, FSC, sections, time)
 	$(BIN)/cryo-orient report --profile $(PROFILE)
 	@echo "foreign -> $(FIG_DIR)/foreign.png, foreign.json, REPORT.md"
+
+# Optional, beyond the paper: our refinement beside RELION 3.1's auto-refine (needs RELION:
+# apt-get install relion openmpi-bin) on the same stack, start and reference.
+refinement: $(BUILD)/notebooks/refinement.ipynb ## Optional: our refinement vs RELION auto-refine (errors, FSC, resolution, time)
+	$(BIN)/cryo-orient report --profile $(PROFILE)
+	@echo "refinement -> $(FIG_DIR)/refinement.png, refinement.json, REPORT.md"
 
 foreign-stack: $(STAMP) ## Write a 70S stack like the mirror's ASPIRE one with relion_project into data/foreign/
 	$(BIN)/python experiments/foreign/make_stack.py --out data/foreign/aspire-70s-ctf

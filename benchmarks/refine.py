@@ -39,14 +39,6 @@ def padded(volume, box):
     return out
 
 
-def perturbed(q, degrees, rng):
-    axis = rng.normal(size=(len(q), 3))
-    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
-    half = np.radians(degrees) / 2
-    delta = np.concatenate([axis * np.sin(half), np.full((len(q), 1), np.cos(half))], axis=1)
-    return rotations.multiply(delta, q)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True)
@@ -67,7 +59,7 @@ def main(argv=None):
     truth = part.quaternions[index]
     true_shifts = part.shifts[index]
     rng = np.random.default_rng(args.seed)
-    start = perturbed(truth, args.perturb, rng)
+    start = rotations.perturb(truth, args.perturb, rng)
     volume, _ = load(dataset.config["volume"], progress=False)
     reference = None if args.no_reference else padded(volume, part.image_size)
     settings = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}

@@ -46,6 +46,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cryo_orient.data import load_volume, read_particles
+from cryo_orient.data.particles import locate
 from cryo_orient.data.relion import read_particle_table, write_particles
 from cryo_orient.geometry import rotations
 from cryo_orient.orientation.alignment import align_rigid
@@ -54,22 +55,12 @@ from cryo_orient.tomography import fsc
 from cryo_orient.tomography.ctf import CTFParams, apply_ctf
 from cryo_orient.tomography.projection import project
 from cryo_orient.tomography.reconstruct import reconstruct
-from cryo_orient.validation import InputError
 from cryo_orient.workflow import plots, records
 from cryo_orient.workflow.orient import OrientConfig
 from cryo_orient.workflow.orient import orient as run_orient
 
-
-def located(name):
-    """A path as given, or under $DATA_MIRROR, or under data/foreign (`make foreign-stack`)."""
-    for base in (Path("."), Path(os.environ.get("DATA_MIRROR", "")), Path("data/foreign")):
-        if (base / name).is_file():
-            return base / name
-    raise InputError(f"{name} is neither a file nor in $DATA_MIRROR or data/foreign; make it with `make foreign-stack`")
-
-
 work = Path("build") / profile / "foreign"
-star, truth_star, reference_map = located(particles), located(truth), located(reference)
+star, truth_star, reference_map = locate(particles), locate(truth), locate(reference)
 if n_particles:
     # The first rows of the stack, as a STAR file of their own (same stacks, same columns).
     work.mkdir(parents=True, exist_ok=True)

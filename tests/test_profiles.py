@@ -130,7 +130,11 @@ def test_optional_targets_are_synced_but_not_reproduced(project):
     mk = (project / "build" / "tiny" / "profile.mk").read_text().splitlines()
     reproduced = next(line for line in mk if line.startswith("PROFILE_TARGETS := ")).split()[2:]
     optional = next(line for line in mk if line.startswith("OPTIONAL_TARGETS := ")).split()[2:]
-    assert "compare" not in reproduced and "foreign" not in reproduced and optional == ["compare", "foreign"]
+    assert not {"compare", "foreign", "refinement"} & set(reproduced) and optional == [
+        "compare",
+        "foreign",
+        "refinement",
+    ]
     assert {"figure-10", "figure-11"} <= set(reproduced)
     assert any(
         line.startswith("build/tiny/notebooks/compare.ipynb: ") and "5j0n-full-so3-noise4.h5" in line for line in mk

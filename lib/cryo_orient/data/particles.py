@@ -16,6 +16,7 @@ up to 1,000 images evenly spread over the stack). There are no ``"clean"`` image
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -29,7 +30,23 @@ from cryo_orient.data.dataset import READERS, Dataset
 from cryo_orient.geometry import rotations
 from cryo_orient.validation import InputError
 
-__all__ = ["read_particles"]
+__all__ = ["locate", "read_particles"]
+
+#: Where :func:`locate` looks for a file named relative to no folder: the working folder, the data
+#: mirror, and where ``make foreign-stack`` writes its stack.
+SEARCH_FOLDERS = (".", "$DATA_MIRROR", "data/foreign")
+
+
+def locate(name) -> Path:
+    """A path as given, or under ``$DATA_MIRROR``, or under ``data/foreign`` (:data:`SEARCH_FOLDERS`)."""
+    for folder in SEARCH_FOLDERS:
+        base = Path(os.environ.get("DATA_MIRROR", "")) if folder == "$DATA_MIRROR" else Path(folder)
+        if folder == "$DATA_MIRROR" and not os.environ.get("DATA_MIRROR"):
+            continue
+        if (base / name).is_file():
+            return base / name
+    raise InputError(f"{name} is neither a file nor in $DATA_MIRROR or data/foreign; make it with `make foreign-stack`")
+
 
 #: Images read to estimate the dataset's mean and standard deviation.
 STATISTICS_SAMPLE = 1000

@@ -24,6 +24,7 @@ __all__ = [
     "Perturbation",
     "add_noise",
     "noise_variance_for_snr",
+    "normalize_background",
     "random_shifts",
     "shift_images",
     "standardize",
@@ -110,6 +111,47 @@ def standardize(images, mean=None, std=None) -> np.ndarray:
     if not np.isfinite(std) or std <= 0:
         raise InputError(f"cannot standardise: the standard deviation is {std!r} (constant images?)")
     return ((images - mean) / std).astype(images.dtype, copy=False)
+
+
+def normalize_background(images, radius, *, invert=False) -> np.ndarray:
+    """Per-image normalisation of the background, as ``relion_preprocess --norm --no_ramp`` does it.
+
+    Each image has the mean of its pixels outside the circle of ``radius`` (pixels, about the
+    centre pixel ``n // 2``) subtracted and is divided by their standard deviation, so that the
+    solvent is noise of mean 0 and standard deviation 1: what RELION's refinement expects (its
+    noise model is estimated from such images). ``invert`` negates the images as well
+    (``--invert_contrast``: particles denser than the solvent bright, RELION's convention).
+
+    Parameters
+    ----------
+    images : array_like, shape (N, n, n)
+        Not modified.
+    radius : float
+        Pixels; the background is the pixels farther than this from the centre.
+    invert : bool
+
+    Returns
+    -------
+    ndarray, shape (N, n, n)
+        float32.
+    """
+    images = validation.image_stack(images, square=True)
+    n = images.shape[-1]
+    radius = validation.positive(radius, "radius")
+    y, x = np.indices((n, n)) - n // 2
+    outside = np.hypot(y, x) > radius
+    if outside.sum() < 10:
+        raise InputError(
+            f"normalize_background: a radius of {radius:g} px leaves {int(outside.sum())} background pixels in a "
+            f"{n} px box; give a smaller radius (about the particle's, at most {n // 2 - 1} px)"
+        )
+    background = images[:, outside].astype(np.float64)
+    mean = background.mean(axis=1)[:, None, None]
+    std = background.std(axis=1)[:, None, None]
+    if np.any(std <= 0):
+        raise InputError("normalize_background: an image has a constant background (standard deviation 0)")
+    sign = -1.0 if invert else 1.0
+    return (sign * (images - mean) / std).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

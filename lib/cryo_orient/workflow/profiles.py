@@ -51,10 +51,10 @@ SHARED_SECTIONS = ("pipeline",)
 
 #: Targets that ``make reproduce`` leaves out (they need more than the default install: ``make
 #: compare`` has its own venv with ASPIRE; ``make foreign`` a particle stack from the mirror or
-#: ``make foreign-stack``). Their parameter files and dataset dependencies are
-#: written as for any target, but they are listed as ``OPTIONAL_TARGETS`` in ``profile.mk``, not in
-#: ``PROFILE_TARGETS``; each is built by its own ``make <target>``.
-OPTIONAL_TARGETS = ("compare", "foreign")
+#: ``make foreign-stack``; ``make refinement`` RELION and that stack). Their parameter files and
+#: dataset dependencies are written as for any target, but they are listed as ``OPTIONAL_TARGETS``
+#: in ``profile.mk``, not in ``PROFILE_TARGETS``; each is built by its own ``make <target>``.
+OPTIONAL_TARGETS = ("compare", "foreign", "refinement")
 
 
 class ProfileError(ValueError):
