@@ -145,6 +145,7 @@ bench: $(STAMP) ## Speed: projection (NUFFT vs reference, ASTRA on GPU), recover
 	$(BIN)/python benchmarks/recovery.py
 	$(BIN)/python benchmarks/alignment.py
 	$(BIN)/python benchmarks/siamese.py
+	$(BIN)/python benchmarks/refine_speed.py
 
 # Optional: our pipeline against common lines (ASPIRE-Python's synchronization voting) on the same
 # projections. ASPIRE lives in its own venv, never in the default install; the notebook runs in the

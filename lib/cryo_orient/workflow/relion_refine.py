@@ -127,7 +127,9 @@ def auto_refine_command(
 
 
 def _resolution(model_star: Path) -> float:
-    return float(starfile.read(model_star)["model_general"]["rlnCurrentResolution"].iloc[0])
+    general = starfile.read(model_star)["model_general"]  # a one-row block: a dict (or a frame)
+    value = general["rlnCurrentResolution"]
+    return float(value.iloc[0] if hasattr(value, "iloc") else value)
 
 
 def _iterations(out_dir: Path) -> list[dict]:
