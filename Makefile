@@ -139,12 +139,13 @@ lint: $(STAMP) ## ruff (lint and format check) on the code and notebooks; hadoli
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/hadolint Dockerfile
 
-bench: $(STAMP) ## Speed: projection (NUFFT vs reference, ASTRA on GPU), recovery, alignment, reconstruction, distance learning
+bench: $(STAMP) ## Speed: projection (NUFFT vs reference, ASTRA on GPU), recovery, alignment, reconstruction, distance learning, on-the-fly input
 	$(BIN)/python benchmarks/projection.py
 	$(BIN)/python benchmarks/reconstruction.py
 	$(BIN)/python benchmarks/recovery.py
 	$(BIN)/python benchmarks/alignment.py
 	$(BIN)/python benchmarks/siamese.py
+	$(BIN)/python benchmarks/onthefly.py
 
 # Optional: our pipeline against common lines (ASPIRE-Python's synchronization voting) on the same
 # projections. ASPIRE lives in its own venv, never in the default install; the notebook runs in the
