@@ -2,6 +2,7 @@
 (deterministic per seed, epoch and batch), train_general's run folder and its resume, the CLI."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -111,6 +112,9 @@ def test_a_batch_is_a_function_of_its_generator_and_its_labels_are_the_distances
     for field in ("images_a", "images_b", "labels", "quaternions_a", "maps", "snr_db"):
         assert np.array_equal(getattr(a, field), getattr(b, field))
     assert not np.array_equal(a.images_a, c.images_a)
+    # A library sent to a worker process (pickled, without its cache) makes the same batch.
+    copied = sim.simulate_pairs(pickle.loads(pickle.dumps(library)), 12, 24, rng=np.random.default_rng([0, 3, 1, 2]))
+    assert np.array_equal(copied.images_a, a.images_a) and np.array_equal(copied.images_b, a.images_b)
     assert a.images_a.shape == a.images_b.shape == (12, 24, 24) and a.images_a.dtype == np.float32
     assert np.all(np.isfinite(a.images_a)) and np.all(np.isfinite(a.images_b))
     both = np.stack([a.images_a, a.images_b])

@@ -211,6 +211,15 @@ class MapLibrary:
     def __len__(self) -> int:
         return len(self.maps)
 
+    def __getstate__(self):
+        # For worker processes (PyDataset's use_multiprocessing): the maps, not the lock or cache.
+        return {"maps": self.maps}
+
+    def __setstate__(self, state):
+        self.maps = state["maps"]
+        self._cache = {}
+        self._lock = threading.Lock()
+
     @property
     def fingerprints(self) -> list[dict]:
         """Name and content hash of every map, in order (what a training run's identity records)."""
