@@ -19,7 +19,7 @@ from cryo_orient.validation import InputError
 
 # Bright, CTF-free, unshifted pairs: a tiny network learns something in a few short epochs.
 EASY = dict(snr_db_min=10.0, snr_db_max=20.0, ctf=None, shift_limit=0.0, scale_levels=2)
-TINY = dict(input_size=24, n_features=16, batch_size=16, epochs=4, learning_rate=1e-3, seed=1)
+TINY = dict(input_size=24, n_features=16, batch_size=64, epochs=4, learning_rate=1e-3, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,7 @@ def test_train_general_learns_writes_a_run_folder_and_resumes_exactly(library, m
     full = _train(library, tmp_path / "full", feature_distance="squared_cosine")
     assert full.history["epoch"] == [1, 2, 3, 4]
     assert full.history["loss"][-1] < full.history["loss"][0]
-    assert full.history["pairs_seen"][-1] == 4 * 6 * 16
+    assert full.history["pairs_seen"][-1] == 4 * 6 * 64
     run = json.loads((tmp_path / "full" / "run.json").read_text())
     assert run["stop_reason"] == "epochs" and run["provenance"]["trainer"] == "train_general"
     assert [m["name"] for m in run["identity"]["library"]] == [str(mrc_map), "pseudo-5-0", "pseudo-5-1"]
