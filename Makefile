@@ -139,12 +139,13 @@ lint: $(STAMP) ## ruff (lint and format check) on the code and notebooks; hadoli
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/hadolint Dockerfile
 
-bench: $(STAMP) ## Speed: projection (NUFFT vs reference, ASTRA on GPU), recovery, alignment, reconstruction, distance learning
+bench: $(STAMP) ## Speed: projection (NUFFT vs reference, ASTRA on GPU), recovery, alignment, reconstruction, distance learning, on-the-fly input, refinement
 	$(BIN)/python benchmarks/projection.py
 	$(BIN)/python benchmarks/reconstruction.py
 	$(BIN)/python benchmarks/recovery.py
 	$(BIN)/python benchmarks/alignment.py
 	$(BIN)/python benchmarks/siamese.py
+	$(BIN)/python benchmarks/onthefly.py
 	$(BIN)/python benchmarks/refine_speed.py
 
 # Optional: our pipeline against common lines (ASPIRE-Python's synchronization voting) on the same

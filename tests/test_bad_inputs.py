@@ -63,6 +63,7 @@ def api_case(id, shown, call, expect, code=2):
 
 SIM = "simulate --out {w}/out.h5 --quiet --set volume={blob} --set n_projections=10 --set size=24"
 TRAIN = "train --dataset {d} --out {w}/run --quiet"
+GENERAL = "train-general --out {w}/general --quiet"
 RUN = "run --dataset {d} --out {w}/runout --quiet"
 GAUGE = "gauge --dataset {d} --out {w}/g.star --quiet"
 RECON = "reconstruct --dataset {d} --out {w}/v.mrc --quiet"
@@ -448,6 +449,30 @@ CASES = [
         2,
         r"<tmp>/notes.txt: is a file, not a folder",
     ),
+    # ------------------------------------------------------------------ train-general
+    cli_case(
+        "train-general-no-maps",
+        GENERAL,
+        2,
+        r"nothing to train on; give --maps NAME_OR_MRC ... and/or --pseudo-molecules",
+    ),
+    cli_case(
+        "train-general-missing-map",
+        GENERAL + " --maps {w}/nope.mrc",
+        2,
+        r"volume '.*nope.mrc' is neither a registered name",
+    ),
+    cli_case("train-general-batch-regime", GENERAL + " --maps {blob} --set regime=batch", 2, r"not \"batch\""),
+    cli_case(
+        "train-general-fill", GENERAL + " --maps {blob} --simulation fill_min=2", 2, r"need 0 < fill_min <= fill_max"
+    ),
+    cli_case(
+        "train-general-unknown-simulation",
+        GENERAL + " --maps {blob} --simulation colour=red",
+        2,
+        r"unknown on-the-fly simulation setting\(s\) \['colour'\]",
+    ),
+    cli_case("train-general-steps-0", GENERAL + " --maps {blob} --steps-per-epoch 0", 2, r"expected an integer >= 1"),
     # ------------------------------------------------------------------ embed
     cli_case("embed-model-missing", EMBED + " --model {w}/norun", 2, r"<tmp>/norun is not a training run"),
     cli_case("embed-model-file", EMBED + " --model {text}", 2, r"<tmp>/notes.txt is not a folder"),

@@ -20,7 +20,7 @@ from cryo_orient import data
 from cryo_orient.artifacts import atomic_output, check_free_space, jsonable, save_text
 from cryo_orient.data import relion
 from cryo_orient.data.dataset import SPLITS, read_dataset
-from cryo_orient.estimation import siamese
+from cryo_orient.estimation import onthefly, siamese
 from cryo_orient.simulation import simulate
 from cryo_orient.tomography import fsc, projection, reconstruct
 from cryo_orient.validation import CryoOrientError, DataError, InputError, ResourceError
@@ -68,15 +68,15 @@ def _config_file(path) -> dict:
     return values
 
 
-def _set_values(items) -> dict:
-    """``--set key=value`` overrides."""
+def _set_values(items, option="--set", example="epochs=3") -> dict:
+    """``--set key=value`` overrides (or those of another repeatable ``option``)."""
     values = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise CommandError(f"--set expects KEY=VALUE, got {item!r}; write e.g. --set epochs=3")
+            raise CommandError(f"{option} expects KEY=VALUE, got {item!r}; write e.g. {option} {example}")
         if not key.strip():
-            raise CommandError(f"--set {item!r} names no setting; write e.g. --set epochs=3")
+            raise CommandError(f"{option} {item!r} names no setting; write e.g. {option} {example}")
         values[key.strip().replace("-", "_")] = _parse_value(raw)
     return values
 
@@ -121,6 +121,45 @@ def _cmd_train(args) -> int:
     print(
         f"{args.out}: {result.epochs} epochs, {result.seconds:.0f} s, stop: {result.stop_reason}, "
         f"last train loss {result.history['loss'][-1]:.4f}, validation MAE {result.history['val_mae'][-1]:.4f}"
+    )
+    return 0
+
+
+#: ``train-general`` options that set a TrainingConfig field (over --config and --set).
+_GENERAL_TRAINING_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "input_size",
+    "n_features",
+    "feature_distance",
+    "learning_rate",
+    "seed",
+)
+
+
+def _cmd_train_general(args) -> int:
+    if not args.maps and not args.pseudo_molecules:
+        raise CommandError("nothing to train on; give --maps NAME_OR_MRC ... and/or --pseudo-molecules N")
+    values = _config_values(args)
+    values |= {k: getattr(args, k) for k in _GENERAL_TRAINING_OPTIONS if getattr(args, k) is not None}
+    values.setdefault("regime", "uniform")
+    config = siamese.TrainingConfig.from_dict(values)
+    simulation = _set_values(args.simulation, "--simulation", "snr_db_min=-10")
+    result = onthefly.train_general(
+        args.maps,
+        config,
+        args.out,
+        n_pseudo_molecules=args.pseudo_molecules,
+        simulation=simulation,
+        steps_per_epoch=args.steps_per_epoch,
+        n_val_pairs=args.val_pairs,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(
+        f"{args.out}: {len(args.maps)} maps and {args.pseudo_molecules} pseudo-molecules, {result.epochs} epochs, "
+        f"{result.seconds:.0f} s, stop: {result.stop_reason}, last train loss {result.history['loss'][-1]:.4f}, "
+        f"validation MAE {result.history['val_mae'][-1]:.4f}"
     )
     return 0
 
@@ -472,6 +511,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_cmd_train)
+
+    gen = sub.add_parser(
+        "train-general",
+        help="train one distance estimator on a library of maps, with pairs simulated on the fly",
+    )
+    gen.add_argument("--maps", nargs="+", default=[], metavar="NAME_OR_MRC", help="registered names or MRC files")
+    gen.add_argument("--pseudo-molecules", type=_count(0), default=0, metavar="N", help="add N random pseudo-molecules")
+    gen.add_argument("--out", required=True, help="run folder (model.keras, history.csv); an unfinished run resumes")
+    gen.add_argument("--epochs", type=_count(1))
+    gen.add_argument("--steps-per-epoch", type=_count(1), default=100, help="batches an epoch (default 100)")
+    gen.add_argument("--batch-size", type=_count(2), help="pairs a batch")
+    gen.add_argument("--input-size", type=_count(8), metavar="PX", help="the model's input side in pixels")
+    gen.add_argument("--n-features", type=_count(1))
+    gen.add_argument("--feature-distance", choices=siamese.FEATURE_DISTANCES)
+    gen.add_argument("--learning-rate", type=_positive_float)
+    gen.add_argument("--seed", type=_count(0))
+    gen.add_argument("--val-pairs", type=_count(2), default=512, help="pairs of the fixed validation set (default 512)")
+    gen.add_argument("--workers", type=_count(1), default=1, help="Keras workers simulating batches (threads)")
+    _settings_options(gen, "TrainingConfig", "--set loss=mse")
+    gen.add_argument(
+        "--simulation",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set one on-the-fly simulation setting, e.g. --simulation snr_db_min=-10 (repeatable)",
+    )
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=_cmd_train_general)
 
     emb = sub.add_parser("embed", help="feature vectors of a dataset's projections from a trained model")
     emb.add_argument("--model", required=True, help="a run folder written by `cryo-orient train`")

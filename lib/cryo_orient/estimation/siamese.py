@@ -833,7 +833,12 @@ def _save_model(model, path):
 def _validation_metrics(encoder, images, q, pairs, kind, batch_size):
     features = embed(encoder, images, batch_size=batch_size, progress=False)
     d_p = feature_distances(features[pairs[:, 0]], features[pairs[:, 1]], kind)
-    err = d_p - _pair_labels(q, pairs)
+    return _error_metrics(d_p, _pair_labels(q, pairs))
+
+
+def _error_metrics(d_p, d_q) -> dict:
+    """The validation columns of the history: MAE, MSE and RMS of ``d_p − d_q``."""
+    err = d_p - d_q
     return {
         "val_mae": float(np.mean(np.abs(err))),
         "val_mse": float(np.mean(err**2)),
@@ -928,9 +933,22 @@ def train(
         perturbation=perturbation,
         progress=progress,
     )
+    return _run_training(
+        config, identity, out_dir, lambda *resumed, **kw: _train_loop(config, identity, *resumed, **kw, **loop)
+    )
+
+
+def _run_training(config, identity, out_dir, loop, *, record=None):
+    """Run ``loop(history, fit_model, done_reason, out_dir, state=...)`` from scratch (no
+    ``out_dir``) or from where the run folder ``out_dir`` stopped: the one way every training
+    (:func:`train`, :func:`cryo_orient.estimation.onthefly.train_general`) opens its run folder.
+
+    ``identity`` is what the run is; a folder holding another one is an error. ``record``: extra
+    items of ``run.json`` written when the run starts (e.g. provenance), not part of the identity.
+    """
     history = {k: [] for k in HISTORY_FIELDS}
     if out_dir is None:
-        return _train_loop(config, identity, history, None, None, None, **loop)
+        return loop(history, None, None, None, state=None)
     out_dir = Path(out_dir)
     ensure_folder(out_dir)
     # Two trainings into one folder run one after the other; the second finds the first's
@@ -960,8 +978,15 @@ def train(
                 fit_model = encoder_of(model) if config.regime == "batch" else model
                 done_reason = previous["stop_reason"]
         else:
-            save_text(json.dumps({"identity": jsonable(identity), "stop_reason": None}, indent=2) + "\n", run_file)
-        return _train_loop(config, identity, history, fit_model, done_reason, out_dir, state=state, **loop)
+            _write_run_json(run_file, identity, None, record)
+        return loop(history, fit_model, done_reason, out_dir, state=state)
+
+
+def _write_run_json(path, identity, stop_reason, record=None) -> None:
+    run = {"identity": jsonable(identity), "stop_reason": stop_reason}
+    if record:
+        run.update(jsonable(record))
+    save_text(json.dumps(run, indent=2) + "\n", path)
 
 
 def _train_loop(
@@ -985,6 +1010,43 @@ def _train_loop(
     progress,
 ):
     n_train = len(train_q)
+    encoder_only = config.regime == "batch"
+
+    def epoch_data(epoch):
+        epoch_rng = np.random.default_rng([config.seed, 2, epoch])
+        if perturbation is not None:
+            images = resize_images(perturbation.apply(train_images, epoch_rng), config.input_size)
+        else:
+            images = fixed_train
+        if encoder_only:
+            data = _image_dataset(images, train_q, config.batch_size, epoch_rng)
+            sizes = [min(config.batch_size, n_train - k * config.batch_size) for k in range(len(data))]
+            return data, sum(b * (b - 1) // 2 for b in sizes), sum(sizes)
+        data = _pair_dataset(images, train_pairs, train_labels, config.batch_size, epoch_rng)
+        return data, len(train_pairs), 2 * len(train_pairs)
+
+    def validate(encoder):
+        return _validation_metrics(encoder, val_images, val_q, val_pairs, config.feature_distance, config.batch_size)
+
+    return _epoch_loop(
+        config,
+        history,
+        fit_model,
+        done_reason,
+        out_dir,
+        state=state,
+        epoch_data=epoch_data,
+        validate=validate,
+        progress=progress,
+        desc=f"training ({config.regime})",
+    )
+
+
+def _epoch_loop(config, history, fit_model, done_reason, out_dir, *, state, epoch_data, validate, progress, desc):
+    """The epochs of a training, shared by :func:`train` and the on-the-fly training: fit one epoch
+    of ``epoch_data(epoch)`` (a Keras input, and the pairs and images it holds), validate with
+    ``validate(encoder)`` (the history's validation columns), and after each epoch write the
+    checkpoint and the users' copies; stop at ``config.epochs`` or ``config.target_val_mae``."""
     _seed_everything(config.seed)
     if state is not None:
         _restore_rng_state(state)
@@ -1007,28 +1069,15 @@ def _train_loop(
 
     bar = None
     if progress and done_reason is None and start_epoch < config.epochs:
-        bar = tqdm(total=config.epochs, initial=start_epoch, desc=f"training ({config.regime})", unit="epoch")
+        bar = tqdm(total=config.epochs, initial=start_epoch, desc=desc, unit="epoch")
     last_epoch = start_epoch if done_reason is not None else config.epochs  # a finished run: no epochs
     try:
         for epoch in range(start_epoch + 1, last_epoch + 1):
-            epoch_rng = np.random.default_rng([config.seed, 2, epoch])
-            if perturbation is not None:
-                images = resize_images(perturbation.apply(train_images, epoch_rng), config.input_size)
-            else:
-                images = fixed_train
-            if encoder_only:
-                data = _image_dataset(images, train_q, config.batch_size, epoch_rng)
-                sizes = [min(config.batch_size, n_train - k * config.batch_size) for k in range(len(data))]
-                pairs_seen += sum(b * (b - 1) // 2 for b in sizes)
-                images_seen += sum(sizes)
-            else:
-                data = _pair_dataset(images, train_pairs, train_labels, config.batch_size, epoch_rng)
-                pairs_seen += len(train_pairs)
-                images_seen += 2 * len(train_pairs)
+            data, n_pairs, n_images = epoch_data(epoch)
+            pairs_seen += n_pairs
+            images_seen += n_images
             logs = fit_model.fit(data, epochs=1, verbose=0, shuffle=False).history
-            metrics = _validation_metrics(
-                encoder, val_images, val_q, val_pairs, config.feature_distance, config.batch_size
-            )
+            metrics = validate(encoder)
             row = {
                 "epoch": epoch,
                 "loss": float(logs["loss"][-1]),
@@ -1061,10 +1110,9 @@ def _train_loop(
             bar.close()
     if out_dir is not None:
         _export(out_dir, model, history)  # after a kill between the checkpoint and its copies
-        save_text(
-            json.dumps({"identity": jsonable(identity), "stop_reason": stop_reason}, indent=2) + "\n",
-            out_dir / "run.json",
-        )
+        # The stop reason, keeping what run.json recorded when the run started.
+        run = _read_run_json(out_dir / "run.json")
+        _write_run_json(out_dir / "run.json", run.pop("identity"), stop_reason, run | {"stop_reason": stop_reason})
     seconds = history["seconds"][-1] if history["seconds"] else 0.0
     return TrainingResult(
         model=model, history=history, config=config, seconds=seconds, stop_reason=stop_reason, out_dir=out_dir
