@@ -17,7 +17,9 @@ is measured here by :func:`cryo_orient.orientation.refine.search_poses` with one
 ``--bf-orientations`` random orientations (27 candidates each: a global search on a random grid
 of ``27 ×`` that many orientations) on ``--bf-images`` images; the full search's time is that cost
 times the grid's size times the images, an extrapolation that is linear in both (stated so in
-the record). Ratio: that time over the refinement's time to its stop.
+the record). It is an upper estimate: each image's candidates are projected apart, where a real
+brute force would project each grid orientation once for all images. Ratio: that time over the
+refinement's time to its stop.
 """
 
 from __future__ import annotations
@@ -67,8 +69,11 @@ def one_size(volume, voxel, size, args):
     began = time.perf_counter()
     result = refine(images, start, config=config, pixel_size=pixel, reference=small, callback=follow)
     total = time.perf_counter() - began
+    if len(result.log) < 2:
+        raise SystemExit("refine ran no round; give --max-iterations 1 or more")
     finest = min(row["angular_step"] for row in result.log[1:])
-    shift_points = int(np.sum(np.hypot(*np.mgrid[-8:9, -8:9]) * config.shift_step <= config.shift_range))
+    reach = int(np.ceil(config.shift_range / config.shift_step))
+    shift_points = int(np.sum(np.hypot(*np.mgrid[-reach : reach + 1, -reach : reach + 1]) <= reach))
 
     # Brute force with the same code: one level of 27 candidates around random orientations.
     sample = images[: args.bf_images]

@@ -55,6 +55,8 @@ def test_command_modes():
     glob = relion_refine.auto_refine_command("p.star", "ref.mrc", "out", particle_diameter=200, initial_lowpass=25)
     assert "--sigma_ang" not in glob and glob[glob.index("--healpix_order") + 1] == "2"
     assert {"--auto_refine", "--split_random_halves", "--ctf"} <= set(glob)
+    with pytest.raises(InputError, match="at least 3 MPI"):
+        relion_refine.auto_refine_command("p.star", "r.mrc", "o", particle_diameter=2, initial_lowpass=2, mpi=2)
     with pytest.raises(InputError, match="sigma_ang"):
         relion_refine.auto_refine_command("p.star", "r.mrc", "o", mode="local", particle_diameter=2, initial_lowpass=2)
 
@@ -101,3 +103,65 @@ def test_relion_local_auto_refine_improves_a_start_and_is_read_back_in_the_input
     )
     assert "cached" in said[-1]
     np.testing.assert_array_equal(again.quaternions, run.quaternions)
+
+
+def _fake_run(tmp_path, n=6):
+    """A STAR file of n particles (one stack) and a folder holding what a finished RELION run leaves,
+    its particles written in reversed order, with the record auto_refine writes."""
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((n, 16, 16))
+    write_particle_stack(tmp_path / "particles.mrcs", images, 2.0)
+    import mrcfile
+
+    with mrcfile.new(tmp_path / "ref.mrc") as mrc:
+        mrc.set_data(np.zeros((16, 16, 16), np.float32))
+        mrc.voxel_size = 2.0
+    q = rotations.uniform_so3(n, rng=1)
+    (tmp_path / "in.star").write_text(
+        "data_optics\nloop_\n_rlnOpticsGroup\n_rlnImagePixelSize\n_rlnVoltage\n_rlnSphericalAberration\n"
+        "_rlnAmplitudeContrast\n_rlnImageSize\n_rlnImageDimensionality\n1 2.0 300 2.7 0.1 16 2\n\n"
+        "data_particles\nloop_\n_rlnImageName\n_rlnOpticsGroup\n"
+        + "".join(f"{k + 1:06d}@particles.mrcs 1\n" for k in range(n))
+    )
+    star = tmp_path / "in.star"
+    table = read_particle_table(star)
+    out = tmp_path / "relion"
+    out.mkdir()
+    order = np.arange(n)[::-1]
+    write_particles(
+        out / "run_data.star",
+        table.subset(order),
+        quaternions=q[order],
+        shifts=np.zeros((n, 2)),
+        image_names=[f"{k + 1:06d}@particles.mrcs" for k in order],
+    )
+    (out / "run_model.star").write_text("data_model_general\n_rlnCurrentResolution 12.5\n")
+    (out / "run_class001.mrc").write_bytes(b"")
+    settings = dict(mode="global", particle_diameter=30, initial_lowpass=10)
+    command = relion_refine.auto_refine_command(star.name, (tmp_path / "ref.mrc").resolve(), out.resolve(), **settings)
+    record = {
+        "command": command,
+        "seconds": 1.0,
+        "image_keys": [f"{k + 1}@particles.mrcs" for k in range(n)],
+        "inputs": relion_refine._input_digests(star.resolve(), (tmp_path / "ref.mrc").resolve(), table),
+    }
+    import json
+
+    (out / "relion.json").write_text(json.dumps(record))
+    return star, tmp_path / "ref.mrc", out, q, settings, images
+
+
+def test_a_cached_run_is_read_back_in_the_input_order_and_a_changed_input_is_not_reused(tmp_path, monkeypatch):
+    star, ref, out, q, settings, images = _fake_run(tmp_path)
+    said = []
+    run = relion_refine.auto_refine(star, ref, out, log=said.append, **settings)
+    assert "cached" in said[-1] and run.resolution == 12.5
+    np.testing.assert_allclose(np.abs(np.sum(run.quaternions * q, axis=1)), 1, atol=1e-5)  # reordered back
+    # The same images written again (mrcfile stamps the time in the header): still the cached run.
+    write_particle_stack(tmp_path / "particles.mrcs", images, 2.0)
+    assert relion_refine.auto_refine(star, ref, out, log=said.append, **settings).resolution == 12.5
+    # A rewritten stack with other images (same path, same names): the cache must not be used.
+    write_particle_stack(tmp_path / "particles.mrcs", np.ones((6, 16, 16)) + np.arange(256).reshape(16, 16), 2.0)
+    monkeypatch.setattr(relion_refine.shutil, "which", lambda program: None)
+    with pytest.raises(relion_refine.UnavailableError, match="mpirun is not installed"):
+        relion_refine.auto_refine(star, ref, out, log=said.append, **settings)

@@ -19,13 +19,16 @@ RELION expects normalised particles (background of mean 0 and standard deviation
 contrast), as :func:`cryo_orient.simulation.noise.normalize_background` writes them; its image
 names are relative to the folder it runs in, which is the STAR file's folder here.
 
-A run is cached: ``relion.json`` in ``out_dir`` records the command; a later call with the same
-command and a complete output reads it instead of running again.
+A run is cached: ``relion.json`` in ``out_dir`` records the command and the sha256 of its inputs
+(the STAR file, the reference and every stack the STAR file names); a later call with the same
+command and inputs and a complete output reads it instead of running again. RELION's log goes to
+``relion.log`` as it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -34,10 +37,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import starfile
 
-from cryo_orient.artifacts import atomic_output, jsonable, save_text
+from cryo_orient.artifacts import file_lock, jsonable, save_text
 from cryo_orient.data.relion import read_particle_table
 from cryo_orient.validation import InputError, RunError, UnavailableError, choice
 
@@ -101,6 +105,11 @@ def auto_refine_command(
 ) -> list[str]:
     """The ``mpirun ... relion_refine_mpi`` command line of :func:`auto_refine` (see there)."""
     mode = choice(mode, "mode", MODES)
+    if int(mpi) < 3:
+        raise InputError(
+            f"RELION's gold-standard refinement needs at least 3 MPI processes (a leader and one per half), "
+            f"got mpi={mpi}; give mpi=3"
+        )
     if mode == "local" and not (sigma_ang and sigma_ang > 0):
         raise InputError("a local RELION refinement needs sigma_ang (degrees), e.g. a third of the start's error")
     if healpix_order is None:
@@ -127,24 +136,48 @@ def auto_refine_command(
 
 
 def _resolution(model_star: Path) -> float:
-    general = starfile.read(model_star)["model_general"]  # a one-row block: a dict (or a frame)
+    general = starfile.read(model_star, always_dict=True)["model_general"]  # one row: a dict (or a frame)
     value = general["rlnCurrentResolution"]
     return float(value.iloc[0] if hasattr(value, "iloc") else value)
 
 
 def _iterations(out_dir: Path) -> list[dict]:
+    """The resolution of every iteration RELION ran (its iteration 0, the start, has none)."""
     rows = []
     for path in sorted(out_dir.glob("run_it[0-9][0-9][0-9]_half1_model.star")):
         iteration = int(re.search(r"_it(\d+)_", path.name).group(1))
-        rows.append({"iteration": iteration, "resolution": _resolution(path)})
+        resolution = _resolution(path)
+        if iteration > 0 and np.isfinite(resolution):
+            rows.append({"iteration": iteration, "resolution": resolution})
     return rows
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a file's content; of an MRC file's shape, voxel size and data only, since mrcfile
+    stamps the creation time into a header label (a rewritten identical stack must still match)."""
+    digest = hashlib.sha256()
+    if path.suffix in (".mrc", ".mrcs"):
+        with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+            digest.update(repr((mrc.data.shape, mrc.data.dtype.str, mrc.voxel_size.tolist())).encode())
+            digest.update(np.ascontiguousarray(mrc.data).tobytes())
+        return digest.hexdigest()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _input_digests(star: Path, reference: Path, table) -> dict:
+    """sha256 of every file the run reads, by path (the cache key beside the command)."""
+    stacks = sorted({path for _, path in table.image_names()})
+    return {str(path): _sha256(path) for path in [star, reference, *stacks]}
 
 
 def _read(out_dir: Path, record: dict) -> RelionRefinement:
     table = read_particle_table(out_dir / "run_data.star")
     keys = [_image_key(name) for name in table.particles["rlnImageName"]]
     if keys != record["image_keys"]:
-        # RELION writes its particles in its own order (by random subset): put them back in the input's.
+        # Should RELION write its particles in another order (3.1.3 keeps the input's), put them back.
         position = {key: k for k, key in enumerate(keys)}
         missing = [key for key in record["image_keys"] if key not in position]
         if missing:
@@ -209,32 +242,38 @@ def auto_refine(star, reference, out_dir, *, log=print, **settings) -> RelionRef
     command = auto_refine_command(star.name, reference, out_dir, **settings)
     table = read_particle_table(star)
     keys = [_image_key(name) for name in table.particles["rlnImageName"]]
+    inputs = _input_digests(star, reference, table)
     record_path = out_dir / _RECORD
-    if record_path.is_file() and _complete(out_dir):
-        record = json.loads(record_path.read_text())
-        if record.get("command") == command and record.get("image_keys") == keys:
-            log(f"relion: cached run in {out_dir} ({record['seconds']:.0f} s when it ran)")
-            return _read(out_dir, record)
-    for program in ("mpirun", _PROGRAM):
-        if shutil.which(program) is None:
-            raise UnavailableError(
-                f"{program} is not installed; install RELION and OpenMPI (Debian: apt-get install relion openmpi-bin)"
-            )
-    if out_dir.exists():
+    with file_lock(record_path):  # one run per folder at a time
+        if record_path.is_file() and _complete(out_dir):
+            record = json.loads(record_path.read_text())
+            if record.get("command") == command and record.get("image_keys") == keys and record.get("inputs") == inputs:
+                log(f"relion: cached run in {out_dir} ({record['seconds']:.0f} s when it ran)")
+                return _read(out_dir, record)
+        for program in ("mpirun", _PROGRAM):
+            if shutil.which(program) is None:
+                raise UnavailableError(
+                    f"{program} is not installed; install RELION and OpenMPI "
+                    "(Debian: apt-get install relion openmpi-bin)"
+                )
+        record_path.unlink(missing_ok=True)  # the record goes only with a run that completed
         for old in out_dir.glob("run_*"):  # an interrupted or different run: start afresh
             old.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log(f"relion: {' '.join(command)}")
-    start = time.perf_counter()
-    with atomic_output(out_dir / "relion.log") as tmp, open(tmp, "w") as out:
-        done = subprocess.run(command, cwd=star.parent, stdout=out, stderr=subprocess.STDOUT, check=False)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0 or not _complete(out_dir):
+        log(f"relion: {' '.join(command)} (log: {out_dir / 'relion.log'})")
+        start = time.perf_counter()
+        with open(out_dir / "relion.log", "w") as out:
+            done = subprocess.run(command, cwd=star.parent, stdout=out, stderr=subprocess.STDOUT, check=False)
+        seconds = time.perf_counter() - start
+        return _finish(out_dir, record_path, done.returncode, command, keys, inputs, seconds, log)
+
+
+def _finish(out_dir, record_path, returncode, command, keys, inputs, seconds, log) -> RelionRefinement:
+    if returncode != 0 or not _complete(out_dir):
         tail = (out_dir / "relion.log").read_text(errors="replace").strip().splitlines()[-5:]
         raise RunError(
-            f"RELION's auto-refine failed (exit {done.returncode}); {out_dir / 'relion.log'} ends: {' | '.join(tail)}"
+            f"RELION's auto-refine failed (exit {returncode}); {out_dir / 'relion.log'} ends: {' | '.join(tail)}"
         )
-    record = {"command": command, "seconds": round(seconds, 2), "image_keys": keys}
+    record = {"command": command, "seconds": round(seconds, 2), "image_keys": keys, "inputs": inputs}
     save_text(json.dumps(jsonable(record)) + "\n", record_path)
     result = _read(out_dir, record)
     log(f"relion: {len(result.iterations)} iterations, final resolution {result.resolution:.2f} Å, {seconds:.0f} s")
