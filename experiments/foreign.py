@@ -183,16 +183,7 @@ for correction, fit in fits.items():
     )
 ax.set(xlabel="error after rotation + hand alignment (°)", ylabel="particles", title=f"(a) {true_stack.n} particles")
 ax.legend(fontsize=8)
-shown = [
-    (f"{name}: {c.resolution(0.5)[0]:.1f} / {c.resolution(0.143)[0]:.1f} Å", c.frequency, c.correlation, {})
-    for name, c in curves.items()
-]
-plots.fsc_curves(
-    axes[0, 1],
-    shown,
-    title="(b) FSC with the true map",
-    legend_kw=dict(fontsize=8, title="resolution at 0.5 / 0.143", title_fontsize=8, loc="lower left"),
-)
+plots.fsc_results(axes[0, 1], curves, title="(b) FSC with the true map")
 ax = axes[1, 0]
 mid = true_map.shape[0] // 2
 ours = runs[corrections[0]]["volume"]

@@ -200,16 +200,7 @@ for name, e in errors.items():
 ax.set(xlabel="error against the truth (°; the last bin holds all beyond)", ylabel="particles")
 ax.set_title(f"(a) {truth.n} particles, start {start_error_deg:g}° off")
 ax.legend(fontsize=8)
-shown = [
-    (f"{name}: {c.resolution(0.5)[0]:.1f} / {c.resolution(0.143)[0]:.1f} Å", c.frequency, c.correlation, {})
-    for name, c in curves.items()
-]
-plots.fsc_curves(
-    axes[0, 1],
-    shown,
-    title="(b) FSC of each final map with the true map",
-    legend_kw=dict(fontsize=8, title="resolution at 0.5 / 0.143", title_fontsize=8, loc="lower left"),
-)
+plots.fsc_results(axes[0, 1], curves, title="(b) FSC of each final map with the true map")
 ax = axes[1, 0]
 for name, run in runs.items():
     its = np.array(run["iterations"], dtype=float)

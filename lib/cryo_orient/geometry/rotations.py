@@ -54,6 +54,7 @@ from cryo_orient import validation
 from cryo_orient.validation import InputError, InputTypeError, as_rng
 
 __all__ = [
+    "axis_angle",
     "canonical",
     "conjugate",
     "distance",
@@ -582,6 +583,18 @@ def uniform_so3(n, rng=None):
     return canonical(as_rng(rng).standard_normal((n, 4)))
 
 
+def axis_angle(axis, angle) -> np.ndarray:
+    """Unit quaternions ``(x, y, z, w)`` of rotations by ``angle`` (radians) about ``axis``.
+
+    ``axis`` (shape (n, 3), any non-zero length: it is normalised) and ``angle`` (shape (n,))
+    are not modified; the result is not canonicalised (``w = cos(angle / 2)``).
+    """
+    axis = np.asarray(axis, dtype=np.float64)
+    half = np.asarray(angle, dtype=np.float64) / 2
+    unit = axis / np.linalg.norm(axis, axis=-1, keepdims=True)
+    return np.concatenate([unit * np.sin(half)[..., None], np.cos(half)[..., None]], axis=-1)
+
+
 def perturb(q, angle_deg, rng=None):
     """Each orientation rotated by exactly ``angle_deg`` degrees about its own random axis.
 
@@ -607,10 +620,7 @@ def perturb(q, angle_deg, rng=None):
     if not 0.0 <= angle <= 180.0:
         raise InputError(f"angle_deg must be in [0, 180] degrees, got {angle_deg!r}")
     axis = as_rng(rng).standard_normal((len(q), 3))
-    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
-    half = np.radians(angle) / 2
-    delta = np.concatenate([axis * np.sin(half), np.full((len(q), 1), np.cos(half))], axis=1)
-    return canonical(multiply(delta, q))
+    return canonical(multiply(axis_angle(axis, np.full(len(q), np.radians(angle))), q))
 
 
 def _acceptance(coverage, offset):

@@ -263,9 +263,7 @@ def relative_rotations(n, rng=None) -> np.ndarray:
     """``n`` rotations of angle uniform in [0, π] about uniform axes (unit quaternions, scalar last)."""
     rng = as_rng(rng)
     angle = rng.uniform(0.0, np.pi, n)
-    axis = rng.standard_normal((n, 3))
-    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
-    return np.concatenate([axis * np.sin(angle / 2)[:, None], np.cos(angle / 2)[:, None]], axis=1)
+    return rotations.axis_angle(rng.standard_normal((n, 3)), angle)
 
 
 def _fill_levels(config: OnTheFlyConfig) -> np.ndarray:

@@ -29,6 +29,7 @@ __all__ = [
     "cuboid",
     "error_histogram",
     "fsc_curves",
+    "fsc_results",
     "loss_curve",
     "recovery_panel",
     "thumbnail",
@@ -264,6 +265,17 @@ def fsc_curves(
         ax.set_title(title)
     legend = ax.legend(**legend_kw) if legend_kw is not None else None
     return {"curves": lines, "thresholds": marks, "legend": legend}
+
+
+def fsc_results(ax, results: Mapping, *, title=None) -> dict:
+    """:func:`fsc_curves` of named :class:`~cryo_orient.tomography.fsc.FSCResult` s, each labelled
+    with its resolutions at 0.5 and 0.143 (Å), the legend at the lower left."""
+    shown = [
+        (f"{name}: {c.resolution(0.5)[0]:.1f} / {c.resolution(0.143)[0]:.1f} Å", c.frequency, c.correlation, {})
+        for name, c in results.items()
+    ]
+    legend_kw = dict(fontsize=8, title="resolution at 0.5 / 0.143", title_fontsize=8, loc="lower left")
+    return fsc_curves(ax, shown, title=title, legend_kw=legend_kw)
 
 
 # --------------------------------------------------------------------------- schematics
