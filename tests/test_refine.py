@@ -250,6 +250,46 @@ def test_same_seed_same_result(reference):
     assert not np.array_equal(a.subsets, c.subsets)
 
 
+def test_a_killed_refinement_resumes_to_the_same_result(reference, tmp_path):
+    volume, pixel = reference
+    images, q, _, rng = _images(volume, 60, seed=6, shift=1.0)
+    start = _perturbed(q, 3.0, rng)
+    config = {"max_iterations": 3, "reconstruction_iterations": 8, "local_steps": 2, "moved_tolerance": 0.0}
+    errors = lambda it, qq, ss: {"error": _median_error_deg(q, qq)}  # noqa: E731
+    whole = refine(images, start, config=config, pixel_size=pixel, callback=errors)
+    checkpoint = tmp_path / "refine.partial.npz"
+
+    def killed(iteration, qq, ss):
+        if iteration == 2:
+            raise KeyboardInterrupt  # killed after round 1's checkpoint
+        return errors(iteration, qq, ss)
+
+    with pytest.raises(KeyboardInterrupt):
+        refine(images, start, config=config, pixel_size=pixel, callback=killed, checkpoint=checkpoint)
+    assert len(json.loads(str(np.load(checkpoint)["log"]))) == 2  # rounds 0 and 1 were kept
+    rounds = []
+    resumed = refine(
+        images,
+        start,
+        config=config,
+        pixel_size=pixel,
+        checkpoint=checkpoint,
+        callback=lambda it, qq, ss: rounds.append(it) or errors(it, qq, ss),
+    )
+    assert rounds == [2, 3]  # only what was left ran
+    np.testing.assert_array_equal(resumed.quaternions, whole.quaternions)
+    np.testing.assert_array_equal(resumed.shifts, whole.shifts)
+    np.testing.assert_array_equal(resumed.half_maps, whole.half_maps)
+    assert [e["error"] for e in resumed.log] == [e["error"] for e in whole.log]
+    assert [e["resolution"] for e in resumed.log] == [e["resolution"] for e in whole.log]
+    # A checkpoint of other inputs (another start) is not used.
+    rounds.clear()
+    refine(
+        images, q, config=config, pixel_size=pixel, checkpoint=checkpoint, callback=lambda it, qq, ss: rounds.append(it)
+    )
+    assert rounds == [0, 1, 2, 3]
+
+
 def test_refine_stops_on_convergence(reference):
     volume, pixel = reference
     images, q, _, _ = _images(volume, 60, seed=7)

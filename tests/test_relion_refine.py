@@ -55,6 +55,12 @@ def test_command_modes():
     glob = relion_refine.auto_refine_command("p.star", "ref.mrc", "out", particle_diameter=200, initial_lowpass=25)
     assert "--sigma_ang" not in glob and glob[glob.index("--healpix_order") + 1] == "2"
     assert {"--auto_refine", "--split_random_halves", "--ctf"} <= set(glob)
+    # A fixed seed (RELION's default is the clock), and the seed is part of the command (the cache key).
+    assert glob[glob.index("--random_seed") + 1] == "0"
+    seeded = relion_refine.auto_refine_command(
+        "p.star", "ref.mrc", "out", particle_diameter=200, initial_lowpass=25, random_seed=7
+    )
+    assert seeded[seeded.index("--random_seed") + 1] == "7"
     with pytest.raises(InputError, match="at least 3 MPI"):
         relion_refine.auto_refine_command("p.star", "r.mrc", "o", particle_diameter=2, initial_lowpass=2, mpi=2)
     with pytest.raises(InputError, match="sigma_ang"):

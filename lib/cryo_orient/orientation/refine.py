@@ -49,13 +49,17 @@ writes it so).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
+import zipfile
+from pathlib import Path
 
 import finufft
 import numpy as np
 from tqdm.auto import tqdm
 
+from cryo_orient.artifacts import atomic_output, jsonable
 from cryo_orient.geometry import rotations
 from cryo_orient.orientation.shifts import center_images
 from cryo_orient.tomography.backends import slice_frequencies
@@ -584,6 +588,7 @@ def refine(
     nthreads=None,
     progress=False,
     callback=None,
+    checkpoint=None,
 ) -> RefinementResult:
     """Refine orientations and shifts by local searches against gold-standard half maps.
 
@@ -612,8 +617,14 @@ def refine(
     progress : bool
         Progress bars.
     callback : callable, optional
-        ``callback(iteration, quaternions, shifts)`` after each round (e.g. to follow errors
-        against a known truth).
+        ``callback(iteration, quaternions, shifts)`` for the starting poses (iteration 0) and after
+        each round (e.g. to follow errors against a known truth). A dict it returns is added to
+        that round's ``log`` entry (so it is kept in a checkpoint too).
+    checkpoint : path, optional
+        A ``.npz`` file the state is saved to after every round (atomically). If it exists and
+        was written for the same images, starting poses, reference and settings, the refinement
+        resumes after its last round and gives the same result as an uninterrupted run; a
+        checkpoint of other inputs is ignored and overwritten. The caller removes it when done.
 
     Returns
     -------
@@ -641,25 +652,33 @@ def refine(
         maps = _half_maps(images, q, s, subsets, size, ctf, pixel, config.reconstruction_iterations)
         return maps, fsc(maps[0], maps[1], pixel, mask=mask)
 
+    fingerprint = _fingerprint(images, q, s, reference, ctf, pixel, config)
+    state = _load_checkpoint(checkpoint, fingerprint)
+    if state is None:
+        log, scores, stop, first = [], np.zeros(n), "max_iterations", 0
+    else:
+        q, s, scores, log, stop = state["q"], state["s"], state["scores"], state["log"], state["stop"]
+        first = len(log) - 1
     maps, curve = maps_and_fsc(q, s)
     resolution, crossed = curve.resolution(0.143)
-    log = [
-        {
-            "iteration": 0,
-            "resolution": resolution,
-            "crossed": crossed,
-            "cutoff": None,
-            "angular_step": None,
-            "moved_fraction": None,
-            "rms_shift_change": None,
-            "median_score": None,
-            "seconds": time.perf_counter() - start,
-        }
-    ]
-    best = resolution
-    scores = np.zeros(n)
-    stop = "max_iterations"
-    for iteration in range(config.max_iterations):
+    if not log:
+        log.append(
+            {
+                "iteration": 0,
+                "resolution": resolution,
+                "crossed": crossed,
+                "cutoff": None,
+                "angular_step": None,
+                "moved_fraction": None,
+                "rms_shift_change": None,
+                "median_score": None,
+                "seconds": time.perf_counter() - start,
+                **_called(callback, 0, q, s),
+            }
+        )
+        _save_checkpoint(checkpoint, fingerprint, q, s, scores, log, stop)
+    best = min(entry["resolution"] for entry in log)
+    for iteration in range(first, config.max_iterations if stop == "max_iterations" else first):
         tick = time.perf_counter()
         if iteration == 0 and reference is not None:
             cutoff, targets = float(config.initial_lowpass), (reference, reference)
@@ -702,16 +721,17 @@ def refine(
                 "rms_shift_change": shift_change,
                 "median_score": float(np.median(scores)),
                 "seconds": time.perf_counter() - tick,
+                **_called(callback, iteration + 1, q, s),
             }
         )
-        if callback is not None:
-            callback(iteration + 1, q.copy(), s.copy())
         improved = resolution < best * (1 - config.resolution_tolerance)
         best = min(best, resolution)
         # The step keeps shrinking over the first rounds; converged only once it is at its floor.
         at_floor = config.round_step(iteration) <= config.round_step(iteration + 1)
         if at_floor and not improved and moved <= config.moved_tolerance:
             stop = "converged"
+        _save_checkpoint(checkpoint, fingerprint, q, s, scores, log, stop)
+        if stop == "converged":
             break
     kwargs = {} if ctf is None else {"ctf": ctf, "pixel_size": pixel}
     volume = reconstruct(
@@ -728,5 +748,61 @@ def refine(
         resolution=float(resolution),
         log=log,
         stop_reason=stop,
-        seconds=time.perf_counter() - start,
+        # A resumed run counts the rounds it loaded at the seconds they took.
+        seconds=time.perf_counter() - start + sum(entry["seconds"] for entry in log[1 : first + 1]),
     )
+
+
+def _called(callback, iteration, q, s) -> dict:
+    if callback is None:
+        return {}
+    extra = callback(iteration, q.copy(), s.copy())
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+def _fingerprint(images, q, s, reference, ctf, pixel, config) -> str:
+    """What a checkpoint must have been written for: every input of :func:`refine`'s result."""
+    h = hashlib.sha256()
+    for array in (images, q, s, reference):
+        if array is not None:
+            array = np.ascontiguousarray(array)
+            h.update(str((array.dtype, array.shape)).encode())
+            h.update(array.tobytes())
+    if ctf is not None:
+        h.update(json.dumps(jsonable(dataclasses.asdict(ctf)), sort_keys=True).encode())
+    h.update(json.dumps(jsonable({"pixel": pixel, **config.to_dict()}), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _save_checkpoint(path, fingerprint, q, s, scores, log, stop):
+    if path is None:
+        return
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                fingerprint=np.asarray(fingerprint),
+                q=q,
+                s=s,
+                scores=scores,
+                log=np.asarray(json.dumps(jsonable(log))),
+                stop=np.asarray(stop),
+            )
+
+
+def _load_checkpoint(path, fingerprint):
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["fingerprint"]) != fingerprint:
+                return None
+            return {
+                "q": np.array(f["q"]),
+                "s": np.array(f["s"]),
+                "scores": np.array(f["scores"]),
+                "log": json.loads(str(f["log"])),
+                "stop": str(f["stop"]),
+            }
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return None  # a corrupt checkpoint: start again

@@ -36,6 +36,8 @@ from cryo_orient.estimation import ESTIMATORS, make_estimator
 from cryo_orient.estimation.base import DistanceEstimator
 from cryo_orient.geometry import rotations, volumes
 from cryo_orient.orientation import alignment, gauge, recovery, topology
+from cryo_orient.orientation.refine import RefineConfig, RefinementResult, refine
+from cryo_orient.orientation.shifts import center_images
 from cryo_orient.simulation import simulate
 from cryo_orient.tomography import fsc, projection, reconstruct
 from cryo_orient.validation import InputError, InputTypeError, Settings
@@ -43,6 +45,7 @@ from cryo_orient.workflow.stages import Stage, StageCache, digest, run_stages
 
 __all__ = [
     "RECOVERY_STAGES",
+    "REFINE_STAGES",
     "STAGES",
     "VOLUME_SETS",
     "PipelineConfig",
@@ -64,6 +67,8 @@ class PipelineConfig(Settings):
     ``estimator`` names the distance estimator (:data:`cryo_orient.estimation.ESTIMATORS`);
     ``training`` and ``fresh_noise`` configure a trained one (the Siamese network), and
     ``estimator_options`` are passed to the others (e.g. ``{"sigma": 0.1}`` for ``"perturbed"``).
+    ``refine`` (a table of :class:`cryo_orient.orientation.refine.RefineConfig` settings; None:
+    no refinement) adds :data:`REFINE_STAGES` after the reconstructions (beyond the paper).
     """
 
     estimator: str = "siamese"
@@ -81,6 +86,7 @@ class PipelineConfig(Settings):
     gauge_pairs: int = 4000
     gauge_candidates: int = 3000
     seed: int = 0
+    refine: dict | None = None
 
     _unknown_keys = "pipeline config key(s)"
     _known_keys = "keys"
@@ -110,6 +116,10 @@ class PipelineConfig(Settings):
         ):
             validation.positive_int(getattr(self, name), name)
         validation.integer(self.seed, "seed", 0)
+        if self.refine is not None:
+            if not isinstance(self.refine, dict):
+                raise InputTypeError(f"pipeline config: refine must be a table of refine settings, got {self.refine!r}")
+            RefineConfig.from_dict(dict(self.refine))  # unknown or bad settings fail here, not after training
 
     @classmethod
     def from_dict(cls, values) -> PipelineConfig:
@@ -363,6 +373,103 @@ STAGES = [
 ]
 
 
+def _refinement(ctx) -> dict:
+    """Refine the gauge-free orientations against their own half maps: the noisy images, no
+    reference and no ground truth (what a user could run); E_OR against the truth is followed
+    per round for the record only."""
+    config = ctx["config"]
+    q_true = ctx["q_true"]
+
+    def errors(iteration, q, shifts):
+        a = alignment.align(q_true, q)
+        return {"E_OR_median": a.median_error, "E_OR_mean": a.mean_error}
+
+    cache = StageCache(Path(ctx["cache_dir"]) / "pipeline")
+    checkpoint = cache.path("refinement", ctx["keys"]["refinement"]).with_suffix(".partial.npz")
+    result = refine(
+        ctx["noisy"],
+        ctx["q_gauge"],
+        config=RefineConfig.from_dict(dict(config.refine)),
+        pixel_size=ctx["truth"][1],
+        progress=ctx["progress"],
+        callback=errors,
+        checkpoint=checkpoint,
+    )
+    checkpoint.unlink(missing_ok=True)
+    return result.to_arrays()
+
+
+def _refinement_log(ctx, arrays) -> str:
+    result = RefinementResult.from_arrays(arrays)
+    first, last = result.log[0], result.log[-1]
+    return (
+        f"refinement: {len(result.log) - 1} rounds ({result.stop_reason}), E_OR median "
+        f"{np.degrees(first['E_OR_median']):.2f}° -> {np.degrees(last['E_OR_median']):.2f}°, half maps "
+        f"{first['resolution']:.1f} -> {result.resolution:.1f} Å, {result.seconds:.0f} s"
+    )
+
+
+def _place_refined(ctx) -> dict:
+    """The refined reconstruction (pipeline solver, noisy images centred by the refined shifts)
+    on the true map's grid, placed as the gauge-free volumes are, and its FSC with the map."""
+    truth, voxel_size = ctx["truth"]
+    volume = ctx["volume:refined_noisy_images"]["volume"].astype(np.float64)
+    M, _ = volumes.refine_alignment(volume, truth, gauge.volume_frame(ctx["refined_alignment"])["matrix"])
+    on_map = volumes.transform_volume(volume, M, truth.shape)
+    return {"cube": volume, "on_map": on_map, "fsc": fsc.fsc(on_map, truth, voxel_size)}
+
+
+#: The refinement after :data:`STAGES`, run where ``config.refine`` is set (beyond the paper).
+REFINE_STAGES = [
+    Stage(
+        "refinement",
+        ("noisy", "q_gauge", "q_true", "truth", "config", "cache_dir", "progress"),
+        _refinement,
+        key=lambda ctx: (
+            "refinement",
+            ctx["keys"]["gauge"],
+            RefineConfig.from_dict(dict(ctx["config"].refine)).to_dict(),
+            ctx["truth"][1],
+        ),
+        log=_refinement_log,
+    ),
+    Stage("refined", ("refinement",), lambda ctx: RefinementResult.from_arrays(ctx["refinement"])),
+    Stage("q_refined", ("refined",), lambda ctx: ctx["refined"].quaternions),
+    Stage("refined_images", ("noisy", "refined"), lambda ctx: center_images(ctx["noisy"], ctx["refined"].shifts)),
+    Stage("refined_alignment", ("q_true", "q_refined"), lambda ctx: alignment.align(ctx["q_true"], ctx["q_refined"])),
+    _volume_stage("refined_noisy_images", "refined_images", "q_refined"),
+    Stage(
+        "refined_placed",
+        ("truth", "refined_alignment", "volume:refined_noisy_images"),
+        _place_refined,
+        log=lambda ctx, placed: "reconstruction 'refined_noisy_images': FSC 0.5 at {:.1f} Å, 0.143 at {:.1f} Å".format(
+            placed["fsc"].summary()["resolution_0.5"], placed["fsc"].summary()["resolution_0.143"]
+        ),
+    ),
+]
+
+
+def _refinement_summary(ctx) -> dict:
+    result, aligned = ctx["refined"], ctx["refined_alignment"]
+    return {
+        "settings": RefineConfig.from_dict(dict(ctx["config"].refine)).to_dict(),
+        "start": "gauge-free recovered orientations (q_gauge), noisy images, no reference",
+        "rounds": len(result.log) - 1,
+        "stop_reason": result.stop_reason,
+        "seconds": result.seconds,
+        "E_OR_median": aligned.median_error,
+        "E_OR_mean": aligned.mean_error,
+        "E_OR_median_deg": float(np.degrees(aligned.median_error)),
+        "E_OR_mean_deg": float(np.degrees(aligned.mean_error)),
+        "reflected": aligned.reflected,
+        # The test datasets here are centred: the refined shifts' RMS is their error.
+        "shift_rms_px": float(np.sqrt(np.mean(np.sum(result.shifts**2, axis=1)))),
+        "half_map_resolution": result.resolution,
+        "log": result.log,
+        "fsc": ctx["refined_placed"]["fsc"].summary(),
+    }
+
+
 def _summary(ctx) -> dict:
     rec, aligned, chosen, frame, placed = ctx["recovery"], ctx["alignment"], ctx["gauge"], ctx["frame"], ctx["placed"]
     size = ctx["clean"].shape[-1]
@@ -391,6 +498,7 @@ def _summary(ctx) -> dict:
         "reconstruction_backend": ctx["backend"],
         "reconstruction_seconds": placed["seconds"],
         "fsc": {name: curve.summary() for name, curve in placed["fsc"].items()},
+        **({"refinement": _refinement_summary(ctx)} if "refined" in ctx else {}),
     }
 
 
@@ -429,10 +537,25 @@ def run_case(dataset, config, *, cache_dir, progress=True, log=print) -> dict:
         step), ``errors`` (per-orientation error after alignment), ``volumes`` (name → volume on
         the map grid), ``cube_volumes`` (name → reconstruction on the detector cube), ``fsc``
         (name → :class:`cryo_orient.tomography.fsc.FSCResult`), ``summary`` (JSON-able numbers),
-        the true map and its voxel size, and ``test_indices``.
+        the true map and its voxel size, and ``test_indices``. With ``config.refine`` also
+        ``q_refined``, ``refined_shifts`` (px), ``refined_errors`` (after alignment),
+        ``refined_volume`` (the refined poses' reconstruction from the noisy images, on the map
+        grid), ``refined_fsc`` (with the true map) and ``refined_half_fsc`` (of the half maps).
     """
-    dataset, ctx = _run_stages(STAGES, dataset, config, cache_dir, progress, log)
+    config = PipelineConfig.from_dict(config if isinstance(config, PipelineConfig) else dict(config))
+    stages = STAGES + REFINE_STAGES if config.refine is not None else STAGES
+    dataset, ctx = _run_stages(stages, dataset, config, cache_dir, progress, log)
     truth, voxel_size = ctx["truth"]
+    refined = {}
+    if "refined" in ctx:
+        refined = {
+            "q_refined": ctx["q_refined"],
+            "refined_shifts": ctx["refined"].shifts,
+            "refined_errors": ctx["refined_alignment"].errors,
+            "refined_volume": ctx["refined_placed"]["on_map"],
+            "refined_fsc": ctx["refined_placed"]["fsc"],
+            "refined_half_fsc": ctx["refined"].fsc,
+        }
     return {
         "q_true": ctx["q_true"],
         "q_recovered": ctx["recovery"]["quaternions"],
@@ -448,6 +571,7 @@ def run_case(dataset, config, *, cache_dir, progress=True, log=print) -> dict:
         "voxel_size": voxel_size,
         "test_indices": ctx["test"].index,
         "dataset_path": dataset.path,
+        **refined,
     }
 
 
@@ -535,7 +659,9 @@ def write_outputs(result: dict, dataset, out_dir) -> list[Path]:
     volume on the detector cube as it came out (possibly rotated or mirrored: no ground truth
     touched it), centred on the same point; ``orientations_aligned.star`` and
     ``orientations_gauge.star`` for the test projections (RELION convention, see
-    :mod:`cryo_orient.data.relion`).
+    :mod:`cryo_orient.data.relion`); after a refinement ``refined.mrc`` (placed on the map like
+    the gauge-free volume) and ``orientations_refined.star`` (refined poses and origins, in the
+    refinement's own frame).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -553,4 +679,17 @@ def write_outputs(result: dict, dataset, out_dir) -> list[Path]:
     size = int(dataset.config["size"] or cube.shape[0])
     for name, q in (("aligned", result["q_aligned"]), ("gauge", result["q_gauge"])):
         written.append(relion.write_star(out / f"orientations_{name}.star", q, pixel_size=voxel, image_size=size))
+    if "q_refined" in result:
+        written.append(
+            data.write_volume(out / "refined.mrc", result["refined_volume"].astype(np.float32), voxel, origin=origin)
+        )
+        written.append(
+            relion.write_star(
+                out / "orientations_refined.star",
+                result["q_refined"],
+                pixel_size=voxel,
+                image_size=size,
+                shifts=result["refined_shifts"],
+            )
+        )
     return written

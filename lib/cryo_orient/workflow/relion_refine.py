@@ -101,6 +101,7 @@ def auto_refine_command(
     ctf=True,
     mpi=3,
     threads=1,
+    random_seed=0,
     extra=(),
 ) -> list[str]:
     """The ``mpirun ... relion_refine_mpi`` command line of :func:`auto_refine` (see there)."""
@@ -128,6 +129,8 @@ def auto_refine_command(
     command += ["--offset_range", f"{offset_range:g}", "--offset_step", f"{offset_step:g}", "--oversampling", "1"]
     command += ["--sym", "C1", "--low_resol_join_halves", "40", "--norm", "--scale", "--pad", "2"]
     command += ["--dont_combine_weights_via_disc", "--pool", "30", "--j", str(int(threads))]
+    # RELION seeds its half-set split and sampling from the clock unless given a seed.
+    command += ["--random_seed", str(int(random_seed))]
     if ctf:
         command.append("--ctf")
     if mode == "local":
@@ -228,7 +231,8 @@ def auto_refine(star, reference, out_dir, *, log=print, **settings) -> RelionRef
         the mask), ``initial_lowpass`` (Å, ``--ini_high``), ``healpix_order``,
         ``auto_local_healpix_order``, ``sigma_ang`` (degrees, local mode), ``offset_range`` and
         ``offset_step`` (pixels), ``ctf``, ``mpi`` (processes: one leader and ``mpi - 1``
-        workers), ``threads`` (per worker), ``extra`` (more arguments).
+        workers), ``threads`` (per worker), ``random_seed`` (``--random_seed``, default 0: without
+        one RELION seeds from the clock and no two runs agree), ``extra`` (more arguments).
 
     Returns
     -------
