@@ -24,7 +24,7 @@ from cryo_orient.estimation import onthefly, siamese
 from cryo_orient.simulation import simulate
 from cryo_orient.tomography import fsc, projection, reconstruct
 from cryo_orient.validation import CryoOrientError, DataError, InputError, ResourceError
-from cryo_orient.workflow import orient, pipeline, report
+from cryo_orient.workflow import map_free, orient, pipeline, report
 from cryo_orient.workflow import refine as refine_workflow
 from cryo_orient.workflow.profiles import OPTIONAL_TARGETS, load_profile, merge_settings
 
@@ -333,9 +333,29 @@ def _cmd_orient(args) -> int:
     settings = _config_values(args) | {k: v for k, v in options.items() if v is not None}
     if args.refine_set and not args.refine:
         raise CommandError("--refine-set needs --refine; add --refine or drop --refine-set")
+    if (args.reference is None) == (args.estimator is None):
+        raise CommandError(
+            "give either --reference MAP.mrc (train an estimator on it) or --estimator DIR (a trained one, no map)"
+        )
     refine_settings = None
     if args.refine:
         refine_settings = refine_workflow.RefineConfig.from_dict(_set_values(args.refine_set))
+    if args.estimator is not None:
+        training = [f"--{k.replace('_', '-')}" for k in ("n_train", "epochs", "n_features") if options[k] is not None]
+        if training or args.reference_angpix is not None:
+            given = training + (["--reference-angpix"] if args.reference_angpix is not None else [])
+            raise CommandError(f"{', '.join(given)}: no use with --estimator (nothing is trained, there is no map)")
+        map_free.orient_map_free(
+            args.particles,
+            args.estimator,
+            args.out,
+            config=orient.OrientConfig.from_dict(settings),
+            angpix=args.angpix,
+            cache_dir=args.cache_dir,
+            refine=refine_settings,
+            progress=not args.quiet,
+        )
+        return 0
     orient.orient(
         args.particles,
         args.reference,
@@ -620,10 +640,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     ori = sub.add_parser(
         "orient",
-        help="orientations and a map for a RELION particle stack (STAR + MRCS, with CTF), given a reference map",
+        help="orientations and a map for a RELION particle stack (STAR + MRCS, with CTF), given a reference map "
+        "or a trained estimator",
     )
     ori.add_argument("particles", help="a RELION 3.0-5 particle STAR file")
-    ori.add_argument("--reference", required=True, help="an MRC map of the particle (resampled to the stack)")
+    ori.add_argument(
+        "--reference", help="an MRC map of the particle (resampled to the stack; an estimator is trained on it)"
+    )
+    ori.add_argument(
+        "--estimator", help="a trained estimator's run folder (cryo-orient train-general): no map needed (map-free)"
+    )
     ori.add_argument("--out", required=True, help="folder for particles.star, map.mrc and orient.json")
     ori.add_argument("--angpix", type=float, help="the stack's pixel size in Å (default: the STAR file's)")
     ori.add_argument("--reference-angpix", type=float, help="the reference's voxel size in Å (default: its header's)")

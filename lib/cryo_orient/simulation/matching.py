@@ -22,6 +22,9 @@ shift spread
 
 The sample is evenly spread over the stack and the orientations are drawn from ``rng``, so the
 measurement is deterministic.
+
+Without a reference, :func:`blob_contrast` decides the contrast alone: the stack's mean image,
+a blob of the particles' mean projection at low resolution, correlated with a centred Gaussian.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from cryo_orient.tomography.ctf import CTFParams, apply_ctf
 from cryo_orient.tomography.projection import project
 from cryo_orient.validation import InputError, as_rng, choice
 
-__all__ = ["INVERT_CHOICES", "StackModel", "match_stack", "radial_power"]
+__all__ = ["INVERT_CHOICES", "StackModel", "blob_contrast", "match_stack", "radial_power"]
 
 INVERT_CHOICES = ("auto", "yes", "no")
 # Below this |correlation| the contrast cannot be told from the mean images.
@@ -193,3 +196,44 @@ def match_stack(stack: Dataset, volume, *, invert="auto", n_images=1000, rng=Non
         shift_sigma=sigma,
         n_images=len(rows),
     )
+
+
+def blob_contrast(stack: Dataset, *, invert="auto", n_images=1000) -> tuple[bool, float]:
+    """Decide a stack's contrast without a reference: is its mean image a bright central blob?
+
+    At low resolution the CTF is positive (underfocus, RELION's sign), so in RELION's convention
+    the mean of many particle images, whatever their orientations, is a bright blob at the
+    centre (the particles' mean projection, blurred by their offsets); in the opposite contrast it
+    is dark. The mean image (Gaussian-smoothed, σ = 1 px) is correlated with a centred Gaussian of
+    σ = box / 8.
+
+    Parameters
+    ----------
+    stack : Dataset
+    invert : {"auto", "yes", "no"}
+        ``"yes"`` / ``"no"`` are returned as given (with the correlation, for the record).
+    n_images : int
+        Images evenly spread over the stack.
+
+    Returns
+    -------
+    invert : bool
+        Whether the images are to be negated to match RELION's convention.
+    correlation : float
+        Of the mean image with the blob, in [-1, 1]; its sign decides ``"auto"``.
+    """
+    invert = choice(invert, "invert", INVERT_CHOICES)
+    rows = np.unique(np.linspace(0, stack.n - 1, min(stack.n, int(n_images))).astype(int))
+    mean = stack.images("raw", index=rows).mean(axis=0)
+    n = stack.image_size
+    y, x = np.mgrid[:n, :n] - n // 2
+    blob = np.exp(-(x**2 + y**2) / (2 * (n / 8) ** 2))
+    correlation = _correlation(ndimage.gaussian_filter(mean, 1.0), blob)
+    if invert != "auto":
+        return invert == "yes", correlation
+    if abs(correlation) < _AMBIGUOUS:
+        raise InputError(
+            f"{stack.path}: cannot tell the stack's contrast from its mean image (correlation "
+            f"{correlation:+.2f} with a central blob); give --invert-contrast yes or no"
+        )
+    return bool(correlation < 0), correlation

@@ -58,7 +58,7 @@ from cryo_orient.validation import InputError, Settings, choice
 from cryo_orient.workflow.refine import load_reference, log_lines, relative_image_names, write_refinement
 from cryo_orient.workflow.stages import Stage, StageCache, digest, run_stages
 
-__all__ = ["CORRECTIONS", "OrientConfig", "corrected", "orient"]
+__all__ = ["CORRECTIONS", "OrientConfig", "corrected", "orient", "write_outputs"]
 
 CORRECTIONS = ("phase_flip", "wiener", "none")
 
@@ -388,6 +388,45 @@ def _stage_seconds(ctx, cache_dir: Path) -> dict:
     return {step: timings.get(f"{step}:{key}") for step, key in identity.items()}
 
 
+def write_outputs(
+    out_dir, stack, *, invert, signed_images, quaternions, shifts, volume, refined=None, refine_config=None
+) -> dict:
+    """Write ``particles.star`` and ``map.mrc`` (or, after a refinement, what
+    :func:`cryo_orient.workflow.refine.write_refinement` writes) into ``out_dir``.
+
+    ``signed_images()`` gives the stack's images in RELION's contrast; they are written to
+    ``particles.mrcs`` when ``invert`` (RELION reads the contrast from the images, as after
+    ``relion_preprocess --invert_contrast``), else the STAR file names the input's stacks.
+    ``shifts`` None writes no origins. Returns the paths by role (``record``: where
+    ``orient.json`` goes, written by the caller).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"star": out_dir / "particles.star", "map": out_dir / "map.mrc", "record": out_dir / "orient.json"}
+    if invert:
+        paths["stack"] = out_dir / "particles.mrcs"
+        write_particle_stack(paths["stack"], signed_images(), stack.pixel_size)
+        names = [f"{k + 1:06d}@particles.mrcs" for k in range(stack.n)]
+    else:
+        names = relative_image_names(stack, out_dir)
+    if refined is None:
+        write_particles(
+            paths["star"],
+            stack.metadata["star"],
+            quaternions=quaternions,
+            shifts=shifts,
+            image_names=names,
+            image_size=stack.image_size,
+        )
+        write_volume(paths["map"], volume, stack.pixel_size)
+    else:
+        written = write_refinement(
+            out_dir, stack, refined, record={"config": refine_config.to_dict()}, image_names=names
+        )
+        paths |= {k: v for k, v in written.items() if k != "record"} | {"refine_record": written["record"]}
+    return paths
+
+
 def _key(*names):
     def key(ctx):
         return tuple(ctx["keys"][n] if n in ctx["keys"] else n for n in names) + (ctx["config"].to_dict(),)
@@ -542,30 +581,17 @@ def orient(
             log(line)
         q, shifts, volume_out = refined.quaternions, refined.shifts, refined.volume
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"star": out_dir / "particles.star", "map": out_dir / "map.mrc", "record": out_dir / "orient.json"}
-    if model.invert:
-        # RELION reads the contrast from the images: write them inverted, as relion_preprocess does.
-        paths["stack"] = out_dir / "particles.mrcs"
-        write_particle_stack(paths["stack"], _signed_images(ctx), stack.pixel_size)
-        names = [f"{k + 1:06d}@particles.mrcs" for k in range(stack.n)]
-    else:
-        names = relative_image_names(stack, out_dir)
-    if refined is None:
-        write_particles(
-            paths["star"],
-            stack.metadata["star"],
-            quaternions=q,
-            shifts=shifts if config.shifts == "estimate" else None,
-            image_names=names,
-            image_size=stack.image_size,
-        )
-        write_volume(paths["map"], volume_out, stack.pixel_size)
-    else:
-        written = write_refinement(
-            out_dir, stack, refined, record={"config": refine_config.to_dict()}, image_names=names
-        )
-        paths |= {k: v for k, v in written.items() if k != "record"} | {"refine_record": written["record"]}
+    paths = write_outputs(
+        out_dir,
+        stack,
+        invert=model.invert,
+        signed_images=lambda: _signed_images(ctx),
+        quaternions=q,
+        shifts=shifts if config.shifts == "estimate" else None,
+        volume=volume_out,
+        refined=refined,
+        refine_config=refine_config,
+    )
     record = {
         "particles": str(particles),
         "reference": str(reference),
