@@ -44,7 +44,7 @@ ifneq ($(PROFILE_GOALS),)
   include $(BUILD)/profile.mk
 endif
 
-.PHONY: help install lock reproduce report simulate test test-unit smoke lint bench compare foreign foreign-stack refinement \
+.PHONY: help install lock reproduce report simulate test test-unit smoke lint bench compare foreign foreign-stack refinement generalization \
         clean clean-all \
         $(IMPLEMENTED)
 
@@ -180,6 +180,12 @@ foreign: $(BUILD)/notebooks/foreign.ipynb ## Optional: orient on a RELION-format
 refinement: $(BUILD)/notebooks/refinement.ipynb ## Optional: our refinement vs RELION auto-refine (errors, FSC, resolution, time)
 	$(BIN)/cryo-orient report --profile $(PROFILE)
 	@echo "refinement -> $(FIG_DIR)/refinement.png, refinement.json, REPORT.md"
+
+# Optional, beyond the paper: leave-one-out over the proteins, a general estimator trained on the
+# other maps (on the fly) against the estimator trained on the protein itself.
+generalization: $(BUILD)/notebooks/generalization.ipynb ## Optional: estimators for proteins never seen in training (leave-one-out E_OR)
+	$(BIN)/cryo-orient report --profile $(PROFILE)
+	@echo "generalization -> $(FIG_DIR)/generalization.png, generalization.csv, REPORT.md"
 
 foreign-stack: $(STAMP) ## Write a 70S stack like the mirror's ASPIRE one with relion_project into data/foreign/
 	$(BIN)/python experiments/foreign/make_stack.py --out data/foreign/aspire-70s-ctf

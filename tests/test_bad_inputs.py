@@ -1405,6 +1405,31 @@ CASES = [
         2,
         r"unknown refine setting",
     ),
+    # ------------------------------------------------------------------ map-free (orient --estimator)
+    cli_case(
+        "orient-neither-reference-nor-estimator",
+        "orient {star_good} --out {w}/orient --quiet",
+        2,
+        r"give either --reference MAP\.mrc .* or --estimator DIR",
+    ),
+    cli_case(
+        "orient-reference-and-estimator",
+        ORIENT.format(star="{star_good}") + " --estimator {w}/run",
+        2,
+        r"give either --reference",
+    ),
+    cli_case(
+        "orient-estimator-missing",
+        "orient {star_good} --estimator {w}/none --out {w}/orient --quiet",
+        2,
+        r"none is not a training run .*train-general|none is not a training run",
+    ),
+    cli_case(
+        "orient-estimator-with-training-options",
+        "orient {star_good} --estimator {w}/none --epochs 5 --out {w}/orient --quiet",
+        2,
+        r"--epochs: no use with --estimator",
+    ),
     # ------------------------------------------------------------------ refinement (cryo-orient refine)
     cli_case("refine-no-angles", REFINE.format(star="{star_good}"), 2, r"no rlnAngleRot, .*cryo-orient orient"),
     cli_case(

@@ -2,6 +2,7 @@
 the estimator's input correction, the command's outputs, its cache, and RELION's reading of them."""
 
 import json
+import shutil
 
 import mrcfile
 import numpy as np
@@ -9,10 +10,12 @@ import pytest
 
 from cryo_orient import cli
 from cryo_orient.data import load_volume, read_particles
-from cryo_orient.estimation import onthefly
+from cryo_orient.estimation import make_estimator, onthefly
 from cryo_orient.geometry import rotations
 from cryo_orient.simulation.matching import blob_contrast
+from cryo_orient.simulation.simulate import SimulationConfig, simulate_dataset
 from cryo_orient.validation import InputError
+from cryo_orient.workflow import pipeline
 from cryo_orient.workflow.map_free import estimator_correction, orient_map_free
 from cryo_orient.workflow.orient import OrientConfig
 from stacks import make_stack, small_map
@@ -131,3 +134,36 @@ def test_cli_map_free_orient_on_a_missing_estimator_is_one_line(tmp_path, refere
         cli.main(["orient", str(truth["star"]), "--estimator", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
     message = capsys.readouterr().err.strip()
     assert err.value.code != 0 and len(message.splitlines()) == 1 and "is not a training run" in message
+
+
+def test_a_pretrained_estimator_runs_the_pipeline(tmp_path, reference, estimator):
+    volume, pixel = reference
+    path = tmp_path / "map.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(volume.astype(np.float32))
+        m.voxel_size = pixel
+    dataset = simulate_dataset(
+        SimulationConfig(volume=str(path), n_projections=60, seed=4), tmp_path / "d.h5", progress=False
+    )
+    settings = dict(
+        estimator="pretrained",
+        estimator_options={"path": str(estimator)},
+        recovery_restarts=1,
+        recovery_max_steps=200,
+        reconstruction_iterations=3,
+        gauge_images=10,
+        gauge_pairs=100,
+        gauge_candidates=20,
+    )
+    case = pipeline.run_case(dataset, settings, cache_dir=tmp_path / "cache", progress=False, log=None)
+    described = case["summary"]["estimator"]
+    assert described["name"] == "pretrained" and described["path"] == str(estimator)
+    assert described["key"].startswith("pretrained-") and np.isfinite(case["summary"]["E_OR_median"])
+    # The key is the run's (identity and history), not the folder's name: a copy has the same key.
+    copy = tmp_path / "copy"
+    shutil.copytree(estimator, copy)
+    a = make_estimator("pretrained", path=estimator).fit(None)
+    b = make_estimator("pretrained", path=copy).fit(None)
+    assert a.key == b.key == described["key"]
+    with pytest.raises(InputError, match="needs estimator_options.path"):
+        make_estimator("pretrained")

@@ -130,10 +130,11 @@ def test_optional_targets_are_synced_but_not_reproduced(project):
     mk = (project / "build" / "tiny" / "profile.mk").read_text().splitlines()
     reproduced = next(line for line in mk if line.startswith("PROFILE_TARGETS := ")).split()[2:]
     optional = next(line for line in mk if line.startswith("OPTIONAL_TARGETS := ")).split()[2:]
-    assert not {"compare", "foreign", "refinement"} & set(reproduced) and optional == [
+    assert not {"compare", "foreign", "refinement", "generalization"} & set(reproduced) and optional == [
         "compare",
         "foreign",
         "refinement",
+        "generalization",
     ]
     assert {"figure-10", "figure-11"} <= set(reproduced)
     assert any(

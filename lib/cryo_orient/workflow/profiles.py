@@ -54,7 +54,7 @@ SHARED_SECTIONS = ("pipeline",)
 #: ``make foreign-stack``; ``make refinement`` RELION and that stack). Their parameter files and
 #: dataset dependencies are written as for any target, but they are listed as ``OPTIONAL_TARGETS``
 #: in ``profile.mk``, not in ``PROFILE_TARGETS``; each is built by its own ``make <target>``.
-OPTIONAL_TARGETS = ("compare", "foreign", "refinement")
+OPTIONAL_TARGETS = ("compare", "foreign", "refinement", "generalization")
 
 
 class ProfileError(ValueError):
