@@ -122,7 +122,7 @@ curve_styles = [
 ]
 
 if refine:
-    curve_styles.append(("refined", "noisy", "(e) refined, {noisy}, noisy images", dict(color="tab:green", lw=2)))
+    curve_styles.append(("refined", "noisy", "(e) refined, {noisy}, noisy images", dict(color="tab:green")))
 n_volumes = 6 if refine else 5
 fig, axes = plt.subplots(
     len(proteins),
