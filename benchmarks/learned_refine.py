@@ -41,14 +41,7 @@ def binned_map(name: str, factor: int, path: Path) -> Path:
     cube = np.zeros((n, n, n))
     lo = [(n - s) // 2 for s in volume.shape]
     cube[tuple(slice(a, a + s) for a, s in zip(lo, volume.shape))] = volume
-    binned = resample_volume(cube, voxel, factor * voxel, n // factor).astype(np.float32)
-    # Written only when it changes: the file's bytes key the dataset simulated from it (and so
-    # every cached stage after it), and a rewritten MRC header is new bytes.
-    if path.is_file():
-        old, old_voxel = data.load_volume(path)
-        if old.shape == binned.shape and np.array_equal(old, binned) and np.isclose(old_voxel, factor * voxel):
-            return path
-    data.write_volume(path, binned, factor * voxel)
+    data.write_volume(path, resample_volume(cube, voxel, factor * voxel, n // factor), factor * voxel)
     return path
 
 

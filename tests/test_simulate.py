@@ -7,6 +7,7 @@ import pytest
 import starfile
 
 from cryo_orient.cli import main as cli_main
+from cryo_orient.data import load_volume, write_volume
 from cryo_orient.data.dataset import read_dataset
 from cryo_orient.simulation import simulate
 from cryo_orient.simulation.simulate import (
@@ -190,6 +191,21 @@ def test_cache_hit_skips_and_config_change_recomputes(volume_file, tmp_path, mon
     monkeypatch.undo()
     simulate_dataset(config(volume_file, noise_variance=2.0), path, progress=False)
     assert read_dataset(path).noise_variance == 2.0
+
+
+def test_map_fingerprint_is_its_content(volume_file, tmp_path):
+    """A map rewritten with the same data keys the same dataset (mrcfile stamps the time into its
+    header), other data or another voxel size another one."""
+    data, voxel = load_volume(volume_file)
+    key = simulate.volume_source(config(volume_file))[2]
+    again = write_volume(tmp_path / "again.mrc", data, voxel)
+    with mrcfile.open(again, mode="r+") as mrc:
+        mrc.add_label("rewritten")  # as a later write's time stamp: other header bytes
+    assert again.read_bytes() != volume_file.read_bytes()
+    assert simulate.volume_source(config(again))[2] == key
+    other_voxel = write_volume(tmp_path / "voxel.mrc", data, 2 * voxel)
+    other_data = write_volume(tmp_path / "data.mrc", 2 * data, voxel)
+    assert key not in {simulate.volume_source(config(p))[2] for p in (other_voxel, other_data)}
 
 
 def test_failure_leaves_no_partial_file(volume_file, tmp_path, monkeypatch):

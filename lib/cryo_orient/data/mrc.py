@@ -8,6 +8,7 @@ Conventions: volumes are indexed ``[z, y, x]`` (as ``mrcfile`` gives ``.data``),
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ from cryo_orient import validation
 from cryo_orient.artifacts import atomic_output
 from cryo_orient.validation import DataError, InputError, MissingInputError
 
-__all__ = ["load_volume", "write_volume"]
+__all__ = ["content_digest", "load_volume", "write_volume"]
 
 
 def _axis_permutation(header) -> tuple[int, int, int]:
@@ -37,6 +38,17 @@ def _is_stack(path: Path, header) -> bool:
     if path.name.lower().endswith(".mrcs"):
         return True
     return int(header.ispg) == 0 and int(header.mz) == 1 and int(header.nz) > 1
+
+
+def content_digest(path) -> str:
+    """sha256 of an MRC file's shape, data type, voxel size and data, not of its bytes: mrcfile
+    stamps the creation time into a header label, so a rewritten identical map must still match
+    (cache keys of what was computed from it)."""
+    digest = hashlib.sha256()
+    with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+        digest.update(repr((mrc.data.shape, mrc.data.dtype.str, mrc.voxel_size.tolist())).encode())
+        digest.update(np.ascontiguousarray(mrc.data).tobytes())
+    return digest.hexdigest()
 
 
 def load_volume(path) -> tuple[np.ndarray, float]:

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from cryo_orient import artifacts, data
 from cryo_orient.artifacts import atomic_output, check_free_space, file_lock
 from cryo_orient.data import relion
+from cryo_orient.data.mrc import content_digest
 from cryo_orient.geometry import rotations
 from cryo_orient.simulation.noise import (
     SHIFT_MODES,
@@ -241,7 +242,7 @@ def volume_source(config: SimulationConfig):
         )
     if not np.any(volume):
         raise InputError(f"the map {path} is all zeros, so every projection would be blank; give a real map")
-    return volume, voxel_size, hashlib.sha256(path.read_bytes()).hexdigest()
+    return volume, voxel_size, content_digest(path)
 
 
 #: Settings of a simulated CTF and their defaults (``pixel_size`` None: the map's voxel size).

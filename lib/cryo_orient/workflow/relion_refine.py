@@ -37,11 +37,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import starfile
 
 from cryo_orient.artifacts import file_lock, jsonable, save_text
+from cryo_orient.data.mrc import content_digest
 from cryo_orient.data.relion import read_particle_table
 from cryo_orient.validation import InputError, RunError, UnavailableError, choice
 
@@ -156,14 +156,11 @@ def _iterations(out_dir: Path) -> list[dict]:
 
 
 def _sha256(path: Path) -> str:
-    """sha256 of a file's content; of an MRC file's shape, voxel size and data only, since mrcfile
-    stamps the creation time into a header label (a rewritten identical stack must still match)."""
-    digest = hashlib.sha256()
+    """sha256 of a file's content; of an MRC file's shape, voxel size and data only
+    (:func:`cryo_orient.data.mrc.content_digest`: a rewritten identical stack must still match)."""
     if path.suffix in (".mrc", ".mrcs"):
-        with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
-            digest.update(repr((mrc.data.shape, mrc.data.dtype.str, mrc.voxel_size.tolist())).encode())
-            digest.update(np.ascontiguousarray(mrc.data).tobytes())
-        return digest.hexdigest()
+        return content_digest(path)
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
