@@ -1,5 +1,6 @@
 """Tests of cryo_orient.geometry.rotations: conventions, conversions, distances, sampling."""
 
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from scipy.spatial.transform import Rotation
 
 import cryo_orient
 from cryo_orient.geometry import rotations as rot
+from cryo_orient.validation import InputError
 
 FULL = np.array([2.0, 1.0, 2.0])
 IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
@@ -575,3 +577,28 @@ def test_sample_orientations_dispatch_and_aliases():
 def test_sample_orientations_unknown_method_lists_valid_ones():
     with pytest.raises(ValueError, match="uniform_so3.*uniform_S2.*uniform_euler.*uniform_angles"):
         rot.sample_orientations(10, "uniform_s03")
+
+
+@pytest.mark.parametrize("step", [10.0, 7.5])
+def test_so3_grid_covers_so3_evenly_at_its_step(step):
+    grid = rot.so3_grid(step)
+    s = np.radians(step)
+    assert len(grid) == math.ceil(4 * np.pi / s**2) * math.ceil(2 * np.pi / s)
+    np.testing.assert_allclose(np.linalg.norm(grid, axis=1), 1.0)
+    assert np.all(grid[:, 3] >= 0)
+    np.testing.assert_array_equal(grid, rot.so3_grid(step))  # deterministic
+    # Every rotation is near a grid point. Measured, 2,000 random rotations: the nearest grid
+    # point at most 0.77 (10°) and 0.80 (7.5°) steps away, median 0.50.
+    probe = rot.uniform_so3(2000, rng=0)
+    nearest = np.degrees(2 * np.arccos(np.clip(np.abs(probe @ grid.T).max(axis=1), 0, 1)))
+    assert nearest.max() < 0.85 * step and np.median(nearest) < 0.55 * step
+    # Evenly: the viewing directions' mean is the origin and cos(tilt) uniform (Haar measure).
+    directions = rot.viewing_direction(grid)
+    np.testing.assert_allclose(directions.mean(axis=0), 0.0, atol=1e-3)
+    assert stats.kstest(directions[:, 2], "uniform", args=(-1, 2)).pvalue > 0.01
+
+
+@pytest.mark.parametrize("step", [0, -1.0, 91.0, float("nan")])
+def test_so3_grid_refuses_bad_steps(step):
+    with pytest.raises(InputError, match="step_deg"):
+        rot.so3_grid(step)

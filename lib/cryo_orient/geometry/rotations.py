@@ -67,6 +67,7 @@ __all__ = [
     "quaternion_to_euler",
     "quaternion_to_matrix",
     "sample_orientations",
+    "so3_grid",
     "uniform_euler",
     "uniform_so3",
     "uniform_so3_in_box",
@@ -581,6 +582,43 @@ def uniform_so3(n, rng=None):
     """
     n = _as_count(n)
     return canonical(as_rng(rng).standard_normal((n, 4)))
+
+
+def so3_grid(step_deg: float) -> np.ndarray:
+    """A deterministic, near-uniform grid on SO(3) with about ``step_deg`` degrees between neighbours.
+
+    Viewing directions on a Fibonacci sphere (``ceil(4π / s²)`` points, ``s`` the step in radians:
+    equal areas of ``s²``) times ``ceil(2π / s)`` equally spaced in-plane angles, as the paper's
+    Euler angles ``(theta3, theta2, theta1)`` = (in-plane, polar angle of the direction, its
+    azimuth). Uniform directions and uniform in-plane angles are uniform on SO(3) (the Haar
+    measure in ZYZ angles is ``sin(theta2) dtheta1 dtheta2 dtheta3``); the grid is its
+    deterministic counterpart, as RELION's HEALPix directions times psi are.
+
+    Parameters
+    ----------
+    step_deg : float
+        Degrees, in (0, 90].
+
+    Returns
+    -------
+    ndarray, shape (M, 4)
+        Canonical unit quaternions; ``M ≈ 8π² / s³`` (about 30,000 at 7.5°, 120,000 at 5°).
+    """
+    if isinstance(step_deg, bool) or not isinstance(step_deg, (int, float, np.floating, np.integer)):
+        raise InputTypeError(f"step_deg must be a number of degrees, got {type(step_deg).__name__}")
+    if not (np.isfinite(step_deg) and 0 < step_deg <= 90):
+        raise InputError(f"step_deg must be in (0, 90] degrees, got {step_deg!r}")
+    s = np.radians(float(step_deg))
+    n_dir, n_psi = math.ceil(4 * np.pi / s**2), math.ceil(2 * np.pi / s)
+    i = np.arange(n_dir)
+    theta2 = np.arccos(1 - (2 * i + 1) / n_dir)
+    theta1 = np.mod(i * np.pi * (3 - np.sqrt(5)), TWO_PI)  # the golden angle
+    theta3 = TWO_PI * np.arange(n_psi) / n_psi
+    angles = np.stack(
+        [np.repeat(theta3[None, :], n_dir, 0), np.repeat(theta2[:, None], n_psi, 1), np.repeat(theta1[:, None], n_psi, 1)],
+        axis=-1,
+    )
+    return euler_to_quaternion(angles.reshape(-1, 3))
 
 
 def axis_angle(axis, angle) -> np.ndarray:

@@ -6,7 +6,10 @@ Starting poses (e.g. the learned pipeline's, some 10° off) are refined by itera
    grid of ``3 × 3 × 3`` perturbation rotations ``δ ⊗ q`` (``δ`` a rotation by ``-s``, ``0`` or
    ``+s`` about each of the lab axes x, y, z: two tilts and the in-plane angle), taking the best,
    then again with the step halved, ``local_steps`` times (coarse to fine, hill climbing); at
-   every candidate the in-plane shift is searched on a grid around the current shift;
+   every candidate the in-plane shift is searched on a grid around the current shift; in the
+   first ``global_rounds`` rounds also an exhaustive search over a grid of all of SO(3)
+   (:func:`global_search`), refined locally in the same way, for the poses too far from their
+   start for a local search: each image keeps the better-scoring of the two;
 2. **reconstruction** of each half set (:func:`half_sets`) from its own images and poses
    (:func:`cryo_orient.tomography.reconstruct.reconstruct`, the CTF in the normal equations);
 3. the **FSC of the two half maps**: the 0.143 crossing is the current resolution, and the
@@ -73,6 +76,7 @@ __all__ = [
     "RefineConfig",
     "RefinementResult",
     "band",
+    "global_search",
     "half_sets",
     "perturbations",
     "refine",
@@ -127,6 +131,17 @@ class RefineConfig(Settings):
         Seed of the random split into two halves.
     fsc_mask : bool
         Multiply the half maps by a soft spherical mask before their FSC.
+    global_rounds : int
+        The first this many rounds also search every image globally (:func:`global_search`
+        over all of SO(3) at ``global_step``, against the same half map and cutoff), refine the
+        grid's best locally as well, and keep, per image, whichever of the two local searches
+        (from the current pose, from the global best) scores higher. It rescues the poses too far
+        from their start for the local search alone; 0: local searches only.
+    global_step : float
+        Degrees between the rotations of the global search's grid.
+    global_shift_range, global_shift_step : float
+        Pixels: the global search's shift grid around each image's current shift (0 range:
+        shifts are left to the local search).
     """
 
     _unknown_keys = "refine setting(s)"
@@ -148,20 +163,30 @@ class RefineConfig(Settings):
     batch_size: int = 64
     half_set_seed: int = 0
     fsc_mask: bool = True
+    global_rounds: int = 0
+    global_step: float = 5.0
+    global_shift_range: float = 0.0
+    global_shift_step: float = 1.0
 
     def __post_init__(self):
         choice(self.lowpass, "lowpass", LOWPASS_POLICIES)
+        if isinstance(self.global_rounds, bool) or not isinstance(self.global_rounds, (int, np.integer)):
+            raise InputError(f"global_rounds must be an integer >= 0, got {self.global_rounds!r}")
+        if self.global_rounds < 0:
+            raise InputError(f"global_rounds must be an integer >= 0, got {self.global_rounds!r}")
+        if not (isinstance(self.global_step, (int, float)) and 0 < self.global_step <= 90):
+            raise InputError(f"global_step must be in (0, 90] degrees, got {self.global_step!r}")
         for name in ("max_iterations", "local_steps", "reconstruction_iterations", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(self.half_set_seed, bool) or not isinstance(self.half_set_seed, (int, np.integer)):
             raise InputError(f"half_set_seed must be an integer, got {self.half_set_seed!r}")
-        for name in ("angular_step", "min_angular_step", "shift_step"):
+        for name in ("angular_step", "min_angular_step", "shift_step", "global_shift_step"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise InputError(f"{name} must be a positive number, got {value!r}")
-        for name in ("shift_range", "moved_tolerance", "resolution_tolerance"):
+        for name in ("shift_range", "moved_tolerance", "resolution_tolerance", "global_shift_range"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise InputError(f"{name} must be a number >= 0, got {value!r}")
@@ -212,7 +237,8 @@ class RefinementResult:
         Per round (round 0: the starting poses): ``iteration``, ``resolution``, ``crossed``,
         ``cutoff`` (the fraction of Nyquist the round's search used), ``angular_step`` (its finest
         step, degrees), ``moved_fraction`` (poses that moved by more than half of it),
-        ``rms_shift_change`` (px), ``median_score``, ``seconds``.
+        ``rms_shift_change`` (px), ``median_score``, ``seconds``; in the rounds with a global
+        search, ``global_fraction`` (poses taken from the global search's branch).
     stop_reason : str
         ``"converged"`` or ``"max_iterations"``.
     seconds : float
@@ -363,14 +389,18 @@ class _SliceProjector:
         ky, kx = bnd.points
         self.k = np.stack([kx, ky]).astype(np.float32)  # (2, points)
 
-    def __call__(self, quaternions) -> np.ndarray:
-        """``(M, rows, cols)`` complex64 slices (zero outside the band's mask) for ``(M, 4)`` rotations."""
+    def values(self, quaternions) -> np.ndarray:
+        """``(M, P)`` complex64 slices at the band's ``P`` kept frequencies (:attr:`Band.points`)."""
         R = rotations.quaternion_to_matrix(quaternions).astype(np.float32)
         # Rᵀ (kx, ky, 0) = kx R[0, :] + ky R[1, :]: component c is R[:, :2, c] @ (kx, ky).
         pts = [(R[:, :2, c] @ self.k).ravel() for c in (2, 1, 0)]  # (z, y, x), as the volume's axes
         self.plan.setpts(*pts)
-        values = self.plan.execute(self.coeffs).reshape(len(R), -1)
-        out = np.zeros((len(R), *self.band.mask.shape), dtype=np.complex64)
+        return self.plan.execute(self.coeffs).reshape(len(R), -1)
+
+    def __call__(self, quaternions) -> np.ndarray:
+        """``(M, rows, cols)`` complex64 slices (zero outside the band's mask) for ``(M, 4)`` rotations."""
+        values = self.values(quaternions)
+        out = np.zeros((len(values), *self.band.mask.shape), dtype=np.complex64)
         out[:, self.band.mask] = values
         return out
 
@@ -548,6 +578,117 @@ def _search_level(project, bnd: Band, spectra, c, q, s, delta, radius, shift_ste
     return new_q, new_s, peak / np.maximum(image_norm, 1e-30)
 
 
+def global_search(
+    reference,
+    images,
+    shifts=None,
+    *,
+    step: float = 5.0,
+    cutoff: float = 0.5,
+    shift_range: float = 0.0,
+    shift_step: float = 1.0,
+    ctf=None,
+    pixel_size=None,
+    chunk_size: int = 4096,
+    nthreads=None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exhaustive search of each image's orientation over a grid of all of SO(3).
+
+    Every image is scored (the module docstring's score) against the reference's slices at every
+    rotation of :func:`cryo_orient.geometry.rotations.so3_grid` (``step``) and, where
+    ``shift_range > 0``, every shift of a grid of ``shift_step`` within ``shift_range`` of its
+    current shift; the best is returned. It needs no starting orientation, so it finds the poses a
+    local search cannot reach; its answer is at most about ``0.8 × step`` from the grid's best
+    (:func:`search_poses` then refines it). The scores of all images against a chunk of rotations
+    are two real matrix products (image spectra times slices, and the CTF² times the slices'
+    power for the models' norms), so the cost is ``N × M × P`` multiply-adds for ``M`` rotations
+    and ``P`` frequencies below ``cutoff``, times the shifts.
+
+    Parameters
+    ----------
+    reference : ndarray, shape (n, n, n)
+        The map (``[z, y, x]``), compared only below ``cutoff``. Not modified.
+    images : ndarray, shape (N, n, n)
+    shifts : array_like, shape (N, 2), optional
+        Current ``(dy, dx)`` in pixels (default zeros): kept, or the centre of the shift grid.
+    step : float
+        Degrees between neighbouring grid rotations.
+    cutoff : float
+        Fraction of Nyquist: the highest frequency compared (a low-pass; a coarse grid needs no
+        fine detail, and fine detail would make the score too narrow for the grid).
+    shift_range, shift_step : float
+        Pixels: the shift grid (0 range: shifts are kept).
+    ctf : CTFParams, optional
+        One set per image (or one): the model is ``C · P``.
+    pixel_size : float, optional
+        Å per pixel; needed with ``ctf``.
+    chunk_size : int
+        Grid rotations projected per NUFFT.
+    nthreads : int, optional
+        finufft threads.
+    progress : bool
+
+    Returns
+    -------
+    quaternions : ndarray, shape (N, 4)
+        The best grid rotations (canonical).
+    shifts : ndarray, shape (N, 2)
+    scores : ndarray, shape (N,)
+        Normalised cross-correlation at the best pose.
+    """
+    images = image_stack(images, "images", square=True)
+    n, size = images.shape[0], images.shape[-1]
+    reference = np.asarray(reference)
+    if reference.shape != (size,) * 3:
+        raise InputError(
+            f"the reference is {reference.shape} but the images are {size} px; give a {size}³ map "
+            "(resample it to the images' pixel size and box)"
+        )
+    _, s = _check_poses(np.tile([0.0, 0.0, 0.0, 1.0], (n, 1)), shifts, n)
+    ctf, pixel_size = _check_ctf(ctf, pixel_size, n)
+    if not (np.isfinite(shift_range) and shift_range >= 0 and np.isfinite(shift_step) and shift_step > 0):
+        raise InputError(f"shift_range must be >= 0 and shift_step > 0 pixels, got {shift_range!r}, {shift_step!r}")
+    grid = rotations.so3_grid(step)
+    bnd = band(size, cutoff)
+    project = _SliceProjector(reference, bnd, nthreads=nthreads)
+    ky, kx = bnd.points
+    weight = np.broadcast_to(bnd.weight, bnd.mask.shape)[bnd.mask]
+    spectra = bnd.take(_spectra(images))[:, bnd.mask] * np.exp(1j * (ky * s[:, :1] + kx * s[:, 1:]))
+    image_norm = np.sqrt(np.sum(weight * np.abs(spectra) ** 2, axis=1))
+    c = None if ctf is None else _ctf_block(ctf, pixel_size, size, slice(None), bnd)[:, bnd.mask]
+    weighted = weight * spectra * (1.0 if c is None else c)  # w B C: the model's CTF moved onto the image
+    power_weight = (weight[None] * (1.0 if c is None else c**2)).astype(np.float32)  # (N or 1, P)
+    steps = int(np.floor(shift_range / shift_step + 1e-9))
+    offsets = [
+        (gy, gx)
+        for gy in shift_step * np.arange(-steps, steps + 1)
+        for gx in shift_step * np.arange(-steps, steps + 1)
+        if gy**2 + gx**2 <= shift_range**2 + 1e-9
+    ]
+    offsets.sort(key=lambda g: g[0] ** 2 + g[1] ** 2)  # the current shift first: ties keep it
+    # Each shift's image spectra as one real matrix: Re Σ X conj(P) = [Re X, Im X] · [Re P, Im P].
+    moved = [weighted * np.exp(1j * (ky * gy + kx * gx)) for gy, gx in offsets]
+    moved = [np.concatenate([m.real, m.imag], axis=1).astype(np.float32) for m in moved]
+    best = np.full(n, -np.inf)
+    best_rot, best_shift = np.zeros(n, dtype=int), np.zeros(n, dtype=int)
+    chunk_size = int(chunk_size)
+    with tqdm(total=len(grid), disable=not progress, desc="global search", unit="rot") as bar:
+        for start in range(0, len(grid), chunk_size):
+            slices = project.values(grid[start : start + chunk_size])  # (M, P)
+            inverse_norm = 1 / np.sqrt(np.maximum(power_weight @ (np.abs(slices) ** 2).T, 1e-30))  # (N or 1, M)
+            stacked = np.concatenate([slices.real, slices.imag], axis=1).T  # (2P, M)
+            for j, m in enumerate(moved):
+                scores = (m @ stacked) * inverse_norm  # (N, M)
+                top = scores.argmax(axis=1)
+                value = scores[np.arange(n), top]
+                better = value > best
+                best[better], best_rot[better], best_shift[better] = value[better], start + top[better], j
+            bar.update(len(slices))
+    found_s = s + np.asarray(offsets)[best_shift]
+    return grid[best_rot], found_s, best / np.maximum(image_norm, 1e-30)
+
+
 # --------------------------------------------------------------------------- the iteration
 
 
@@ -685,25 +826,50 @@ def refine(
         else:
             cutoff, targets = _cutoff(curve, config, pixel), (maps[0], maps[1])
         new_q, new_s = q.copy(), s.copy()
+        from_global = np.zeros(n, dtype=bool)
         for h, index in enumerate(halves):
             # Half h is searched against its own map only (gold standard).
-            new_q[index], new_s[index], scores[index] = search_poses(
-                targets[h],
-                images[index],
-                q[index],
-                s[index],
-                step=config.round_step(iteration),
-                levels=config.local_steps,
-                shift_range=config.shift_range,
-                shift_step=config.shift_step,
-                max_shift=config.max_shift,
-                cutoff=cutoff,
-                ctf=None if ctf is None else (ctf if len(ctf) == 1 else ctf.subset(index)),
-                pixel_size=pixel_size,
-                batch_size=config.batch_size,
-                nthreads=nthreads,
-                progress=progress,
-            )
+            half_ctf = None if ctf is None else (ctf if len(ctf) == 1 else ctf.subset(index))
+
+            def local(start_q, start_s, h=h, index=index, half_ctf=half_ctf):
+                return search_poses(
+                    targets[h],
+                    images[index],
+                    start_q,
+                    start_s,
+                    step=config.round_step(iteration),
+                    levels=config.local_steps,
+                    shift_range=config.shift_range,
+                    shift_step=config.shift_step,
+                    max_shift=config.max_shift,
+                    cutoff=cutoff,
+                    ctf=half_ctf,
+                    pixel_size=pixel_size,
+                    batch_size=config.batch_size,
+                    nthreads=nthreads,
+                    progress=progress,
+                )
+
+            new_q[index], new_s[index], scores[index] = local(q[index], s[index])
+            if iteration < config.global_rounds:
+                grid_q, grid_s, _ = global_search(
+                    targets[h],
+                    images[index],
+                    s[index],
+                    step=config.global_step,
+                    cutoff=cutoff,
+                    shift_range=config.global_shift_range,
+                    shift_step=config.global_shift_step,
+                    ctf=half_ctf,
+                    pixel_size=pixel_size,
+                    nthreads=nthreads,
+                    progress=progress,
+                )
+                other_q, other_s, other_scores = local(grid_q, grid_s)
+                take = other_scores > scores[index]
+                new_q[index[take]], new_s[index[take]] = other_q[take], other_s[take]
+                scores[index[take]] = other_scores[take]
+                from_global[index[take]] = True
         fine = config.finest_step(iteration)
         moved = float(np.mean(np.degrees(rotations.distance(q, new_q)) > 0.5 * fine))
         shift_change = float(np.sqrt(np.mean(np.sum((new_s - s) ** 2, axis=1))))
@@ -720,6 +886,7 @@ def refine(
                 "moved_fraction": moved,
                 "rms_shift_change": shift_change,
                 "median_score": float(np.median(scores)),
+                **({"global_fraction": float(np.mean(from_global))} if iteration < config.global_rounds else {}),
                 "seconds": time.perf_counter() - tick,
                 **_called(callback, iteration + 1, q, s),
             }
@@ -728,7 +895,8 @@ def refine(
         best = min(best, resolution)
         # The step keeps shrinking over the first rounds; converged only once it is at its floor.
         at_floor = config.round_step(iteration) <= config.round_step(iteration + 1)
-        if at_floor and not improved and moved <= config.moved_tolerance:
+        global_ahead = iteration + 1 < config.global_rounds  # a global round still to come
+        if at_floor and not improved and moved <= config.moved_tolerance and not global_ahead:
             stop = "converged"
         _save_checkpoint(checkpoint, fingerprint, q, s, scores, log, stop)
         if stop == "converged":
