@@ -23,8 +23,12 @@
 # learned pipeline's error, without its failures), the same reference (the true map, low-passed
 # to `initial_lowpass` Å for the first iteration) and the same shift range. RELION runs with
 # local searches from that start (`--sigma_ang`) and, where `relion_modes` holds "global", its usual
-# global search from the reference alone. (a) the orientation error against the truth; (b) the
-# FSC of each final map with the true map; (c) the half maps' resolution per iteration; (d) wall time.
+# global search from the reference alone. Ours runs likewise: "local" from the start, and, where
+# `our_modes` holds "global", from no start at all (random orientations, zero origins) with
+# `global_refine`'s rounds of global search (`RefineConfig.global_rounds`: the whole of SO(3) and
+# a shift grid, against the reference, then against each half's map). (a) the orientation error
+# against the truth; (b) the FSC of each final map with the true map; (c) the half maps'
+# resolution per iteration; (d) wall time.
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -41,6 +45,8 @@ particle_diameter = 220.0  # Å: RELION's mask
 initial_lowpass = 25.0  # Å: the first iteration's reference low-pass, for both refiners
 shift_range_sigmas = 3.0  # the shift search reaches this many of the stack's offset σ (measured)
 refine = {}  # RefineConfig settings (cryo_orient.orientation.refine) beyond the above
+our_modes = ["local"]  # our runs: local from the start; global from random orientations, the reference alone
+global_refine = {"global_rounds": 2, "global_step": 7.5, "global_shift_step": 2.0}  # "global": settings beyond `refine`
 relion_modes = ["local", "global"]  # RELION auto-refine runs: local from the start, global from the reference
 relion_mpi = 3  # RELION processes: one leader, two workers on 2 cores
 
@@ -98,19 +104,33 @@ print(
 
 # %%
 runs = {}
-started = time.perf_counter()
-ours = refine_particles(start_star, work / "reference.mrc", work / "ours", config=config, progress=False)
-ours_seconds = time.perf_counter() - started
-result = ours["result"]
-runs["ours"] = {
-    "quaternions": result.quaternions,
-    "shifts": result.shifts,
-    "map": result.volume,
-    "half_maps": result.half_maps,
-    "resolution": result.resolution,
-    "iterations": [(row["iteration"], row["resolution"]) for row in result.log],
-    "seconds": ours_seconds,
+# "global": no start; the global search's shift grid spans the local search's range.
+random_star = work / "random-start.star"
+random_q = rotations.uniform_so3(truth.n, rng=seed)
+write_particles(random_star, table, quaternions=random_q, shifts=np.zeros((truth.n, 2)), image_names=names)
+our_runs = {
+    "local": ("ours", start_star, config),
+    "global": (
+        "ours global",
+        random_star,
+        RefineConfig.from_dict(config.to_dict() | {"global_shift_range": shift_range} | dict(global_refine)),
+    ),
 }
+for mode in our_modes:
+    name, star, settings = our_runs[mode]
+    started = time.perf_counter()
+    ours = refine_particles(star, work / "reference.mrc", work / name.replace(" ", "-"), config=settings, progress=False)
+    result = ours["result"]
+    runs[name] = {
+        "quaternions": result.quaternions,
+        "shifts": result.shifts,
+        "map": result.volume,
+        "half_maps": result.half_maps,
+        "resolution": result.resolution,
+        "iterations": [(row["iteration"], row["resolution"]) for row in result.log],
+        "seconds": time.perf_counter() - started,
+        "config": settings.to_dict(),
+    }
 for mode in relion_modes:
     run = auto_refine(
         start_star,
@@ -174,14 +194,16 @@ for name, run in runs.items():
         "half_map_resolution_soft_sphere_angstrom": halves.resolution(0.143)[0],
         "fsc_truth_0.5_angstrom": curve.resolution(0.5)[0],
         "fsc_truth_0.143_angstrom": curve.resolution(0.143)[0],
-        "iterations": len(run["iterations"]) - (1 if name == "ours" else 0),
+        "iterations": len(run["iterations"]) - (1 if name.startswith("ours") else 0),
         "seconds": float(run["seconds"]),
-    } | ({"command": run["command"]} if "command" in run else {})
-if "RELION local" in runs:
-    summary["ours_over_relion_local"] = {
-        "time_ratio": summary["ours"]["seconds"] / summary["RELION local"]["seconds"],
-        "median_error_ratio": summary["ours"]["median_error_deg"] / summary["RELION local"]["median_error_deg"],
-    }
+    } | {key: run[key] for key in ("command", "config") if key in run}
+for mode in ("local", "global"):
+    ours_name = "ours" if mode == "local" else "ours global"
+    if ours_name in runs and f"RELION {mode}" in runs:
+        summary[f"{ours_name.replace(' ', '_')}_over_relion_{mode}"] = {
+            "time_ratio": summary[ours_name]["seconds"] / summary[f"RELION {mode}"]["seconds"],
+            "median_error_ratio": summary[ours_name]["median_error_deg"] / summary[f"RELION {mode}"]["median_error_deg"],
+        }
 for name, values in summary.items():
     print(name, values)
 

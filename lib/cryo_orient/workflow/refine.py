@@ -80,7 +80,9 @@ def log_lines(result: RefinementResult) -> list[str]:
         lines.append(
             f"  refine {row['iteration']}: {res}, cutoff {row['cutoff']:.2f} Nyquist, step {row['angular_step']:.2f}°, "
             f"{100 * row['moved_fraction']:.0f}% moved, shifts changed {row['rms_shift_change']:.2f} px RMS, "
-            f"score {row['median_score']:.3f}, {row['seconds']:.0f} s"
+            f"score {row['median_score']:.3f}, "
+            + (f"{100 * row['global_fraction']:.0f}% from the global search, " if "global_fraction" in row else "")
+            + f"{row['seconds']:.0f} s"
         )
     lines.append(f"  refine: {result.stop_reason} after {len(result.log) - 1} rounds, {result.seconds:.0f} s")
     return lines
