@@ -119,7 +119,9 @@ our_runs = {
 for mode in our_modes:
     name, star, settings = our_runs[mode]
     started = time.perf_counter()
-    ours = refine_particles(star, work / "reference.mrc", work / name.replace(" ", "-"), config=settings, progress=False)
+    ours = refine_particles(
+        star, work / "reference.mrc", work / name.replace(" ", "-"), config=settings, progress=False
+    )
     result = ours["result"]
     runs[name] = {
         "quaternions": result.quaternions,
@@ -202,7 +204,8 @@ for mode in ("local", "global"):
     if ours_name in runs and f"RELION {mode}" in runs:
         summary[f"{ours_name.replace(' ', '_')}_over_relion_{mode}"] = {
             "time_ratio": summary[ours_name]["seconds"] / summary[f"RELION {mode}"]["seconds"],
-            "median_error_ratio": summary[ours_name]["median_error_deg"] / summary[f"RELION {mode}"]["median_error_deg"],
+            "median_error_ratio": summary[ours_name]["median_error_deg"]
+            / summary[f"RELION {mode}"]["median_error_deg"],
         }
 for name, values in summary.items():
     print(name, values)

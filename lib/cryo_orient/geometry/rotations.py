@@ -615,7 +615,11 @@ def so3_grid(step_deg: float) -> np.ndarray:
     theta1 = np.mod(i * np.pi * (3 - np.sqrt(5)), TWO_PI)  # the golden angle
     theta3 = TWO_PI * np.arange(n_psi) / n_psi
     angles = np.stack(
-        [np.repeat(theta3[None, :], n_dir, 0), np.repeat(theta2[:, None], n_psi, 1), np.repeat(theta1[:, None], n_psi, 1)],
+        [
+            np.repeat(theta3[None, :], n_dir, 0),
+            np.repeat(theta2[:, None], n_psi, 1),
+            np.repeat(theta1[:, None], n_psi, 1),
+        ],
         axis=-1,
     )
     return euler_to_quaternion(angles.reshape(-1, 3))

@@ -431,6 +431,16 @@ def _ctf_block(ctf, pixel_size, size, index, bnd: Band):
     return bnd.take(c).astype(np.float32)
 
 
+def _check_reference(reference, size):
+    reference = np.asarray(reference)
+    if reference.shape != (size,) * 3:
+        raise InputError(
+            f"the reference is {reference.shape} but the images are {size} px; give a {size}³ map "
+            "(resample it to the images' pixel size and box)"
+        )
+    return reference
+
+
 def _check_poses(quaternions, shifts, n):
     q = np.asarray(quaternions, dtype=np.float64)
     if q.shape != (n, 4) or not np.all(np.isfinite(q)) or np.any(np.linalg.norm(q, axis=1) < 1e-12):
@@ -503,12 +513,7 @@ def search_poses(
     """
     images = image_stack(images, "images", square=True)
     n, size = images.shape[0], images.shape[-1]
-    reference = np.asarray(reference)
-    if reference.shape != (size,) * 3:
-        raise InputError(
-            f"the reference is {reference.shape} but the images are {size} px; give a {size}³ map "
-            "(resample it to the images' pixel size and box)"
-        )
+    reference = _check_reference(reference, size)
     q, s = _check_poses(quaternions, shifts, n)
     ctf, pixel_size = _check_ctf(ctf, pixel_size, n)
     levels = int(levels)
@@ -639,12 +644,7 @@ def global_search(
     """
     images = image_stack(images, "images", square=True)
     n, size = images.shape[0], images.shape[-1]
-    reference = np.asarray(reference)
-    if reference.shape != (size,) * 3:
-        raise InputError(
-            f"the reference is {reference.shape} but the images are {size} px; give a {size}³ map "
-            "(resample it to the images' pixel size and box)"
-        )
+    reference = _check_reference(reference, size)
     _, s = _check_poses(np.tile([0.0, 0.0, 0.0, 1.0], (n, 1)), shifts, n)
     ctf, pixel_size = _check_ctf(ctf, pixel_size, n)
     if not (np.isfinite(shift_range) and shift_range >= 0 and np.isfinite(shift_step) and shift_step > 0):
@@ -779,12 +779,7 @@ def refine(
     pixel = 1.0 if pixel_size is None else check_pixel_size(pixel_size)
     ctf, pixel_size = _check_ctf(ctf, pixel_size, n)
     if reference is not None:
-        reference = np.asarray(reference, dtype=np.float64)
-        if reference.shape != (size,) * 3:
-            raise InputError(
-                f"the reference is {reference.shape} but the images are {size} px; give a {size}³ map "
-                "(resample it to the images' pixel size and box)"
-            )
+        reference = _check_reference(reference, size).astype(np.float64)
     subsets = half_sets(n, config.half_set_seed)
     halves = [np.flatnonzero(subsets == h) for h in (1, 2)]
     mask = "soft_sphere" if config.fsc_mask else None
