@@ -236,6 +236,24 @@ def test_global_rounds_rescue_starts_beyond_a_local_search(reference):
         RefineConfig(global_step=0)
 
 
+@pytest.mark.slow
+def test_fsc_weighting_refines_noisy_images_further(reference):
+    """SNR 1/4, poses 8° off, no reference: searching against the FSC-weighted half maps (the
+    Wiener estimate of the signal) ends closer to the truth than against the half maps cut hard
+    at their 0.143 crossing, whose last shells are mostly noise."""
+    volume, pixel = reference
+    images, q, _, rng = _images(volume, 300, seed=3)
+    noisy = images + rng.normal(scale=2 * images.std(), size=images.shape)
+    start = _perturbed(q, 8.0, rng)
+    errors = {}
+    for weighting in (False, True):
+        config = RefineConfig(max_iterations=4, reconstruction_iterations=15, shift_range=0.0, fsc_weighting=weighting)
+        result = refine(noisy, start, config=config, pixel_size=pixel)
+        errors[weighting] = align_rigid(q, result.quaternions).median_error_deg
+    # Measured: 5.33° without, 3.92° with (seed 4: 5.75°, 3.97°).
+    assert errors[True] < 0.85 * errors[False] and errors[True] < 4.5
+
+
 def test_refine_recovers_shifts_with_a_reference(reference):
     volume, pixel = reference
     images, q, shifts, rng = _images(volume, 120, seed=3, shift=3.0)

@@ -67,7 +67,7 @@ from cryo_orient.geometry import rotations
 from cryo_orient.orientation.shifts import center_images
 from cryo_orient.tomography.backends import slice_frequencies
 from cryo_orient.tomography.ctf import CTFParams, check_pixel_size, ctf_values
-from cryo_orient.tomography.fsc import FSCResult, fsc
+from cryo_orient.tomography.fsc import FSCResult, fsc, fsc_filter
 from cryo_orient.tomography.reconstruct import reconstruct
 from cryo_orient.validation import InputError, Settings, as_rng, choice, image_stack
 
@@ -131,6 +131,11 @@ class RefineConfig(Settings):
         Seed of the random split into two halves.
     fsc_mask : bool
         Multiply the half maps by a soft spherical mask before their FSC.
+    fsc_weighting : bool
+        Search against each half map scaled shell by shell by the half maps' FSC
+        (:func:`cryo_orient.tomography.fsc.fsc_filter`, the Wiener estimate of the signal) rather
+        than against the half map as it is: below the cutoff too, shells where the maps are mostly
+        noise then count for little in the score.
     global_rounds : int
         The first this many rounds also search every image globally (:func:`global_search`
         over all of SO(3) at ``global_step``, against the same half map and cutoff), refine the
@@ -163,6 +168,7 @@ class RefineConfig(Settings):
     batch_size: int = 64
     half_set_seed: int = 0
     fsc_mask: bool = True
+    fsc_weighting: bool = False
     global_rounds: int = 0
     global_step: float = 5.0
     global_shift_range: float = 0.0
@@ -819,7 +825,8 @@ def refine(
         if iteration == 0 and reference is not None:
             cutoff, targets = float(config.initial_lowpass), (reference, reference)
         else:
-            cutoff, targets = _cutoff(curve, config, pixel), (maps[0], maps[1])
+            cutoff = _cutoff(curve, config, pixel)
+            targets = tuple(fsc_filter(m, curve) for m in maps) if config.fsc_weighting else (maps[0], maps[1])
         new_q, new_s = q.copy(), s.copy()
         from_global = np.zeros(n, dtype=bool)
         for h, index in enumerate(halves):

@@ -17,7 +17,7 @@ import numpy as np
 
 from cryo_orient.validation import InputError, positive
 
-__all__ = ["FSCResult", "fsc", "soft_sphere_mask", "THRESHOLDS"]
+__all__ = ["FSCResult", "fsc", "fsc_filter", "soft_sphere_mask", "THRESHOLDS"]
 
 #: The two conventional thresholds: 0.5 (the paper's headline numbers) and 0.143 (gold standard).
 THRESHOLDS = (0.5, 0.143)
@@ -84,6 +84,45 @@ def _check_volumes(a, b):
     return a, b
 
 
+def _shells(shape) -> np.ndarray:
+    """Each voxel's Fourier shell (``fftn`` order): its frequency radius in units of ``1 / min(shape)``, rounded."""
+    n = min(shape)
+    freqs = np.meshgrid(*[np.fft.fftfreq(s) for s in shape], indexing="ij")
+    return np.rint(np.sqrt(sum(f**2 for f in freqs)) * n).astype(int)
+
+
+def fsc_filter(volume, curve: FSCResult) -> np.ndarray:
+    """``volume`` with each Fourier shell scaled by the FSC of two half maps, clipped to ``[0, 1]``.
+
+    For a half map ``H = S + N`` (signal plus independent noise) the FSC of two half maps is
+    ``|S|² / (|S|² + |N|²)`` per shell, so scaling ``H`` by it is the Wiener estimate of ``S``:
+    shells the half maps agree on are kept, shells of noise are suppressed. Shells beyond the
+    curve's last (the corners past Nyquist) are set to zero; shell 0 (the mean) is kept.
+
+    Parameters
+    ----------
+    volume : array_like, shape (nz, ny, nx)
+        A half map of the pair ``curve`` was computed from (on the same grid).
+    curve : FSCResult
+        Their FSC (:func:`fsc`).
+
+    Returns
+    -------
+    ndarray
+        The filtered map (a new array; ``volume`` is not modified).
+    """
+    v = np.asarray(volume, dtype=np.float64)
+    if v.ndim != 3 or min(v.shape) // 2 + 1 != len(curve.correlation):
+        raise InputError(
+            f"the FSC has {len(curve.correlation)} shells but the map is {v.shape}; "
+            "filter the map with the FSC of its own grid"
+        )
+    weights = np.append(np.clip(curve.correlation, 0.0, 1.0), 0.0)
+    weights[0] = 1.0
+    shells = np.minimum(_shells(v.shape), len(weights) - 1)
+    return np.fft.ifftn(np.fft.fftn(v) * weights[shells]).real
+
+
 def fsc(volume_a, volume_b, voxel_size, *, mask=None) -> FSCResult:
     """The Fourier shell correlation of two volumes on the same grid.
 
@@ -111,9 +150,7 @@ def fsc(volume_a, volume_b, voxel_size, *, mask=None) -> FSCResult:
         a, b = a * m, b * m
     fa, fb = np.fft.fftn(a), np.fft.fftn(b)
     n = min(a.shape)
-    freqs = np.meshgrid(*[np.fft.fftfreq(s) for s in a.shape], indexing="ij")
-    radius = np.sqrt(sum(f**2 for f in freqs)) * n  # in shells of the smallest side
-    shell = np.rint(radius).astype(int).ravel()
+    shell = _shells(a.shape).ravel()  # in shells of the smallest side
     n_shells = n // 2 + 1
     keep = shell < n_shells
     shell = shell[keep]
