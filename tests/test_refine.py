@@ -288,8 +288,11 @@ def test_half_sets_are_independent(reference):
     volume, pixel = reference
     images, q, _, rng = _images(volume, 80, seed=5)
     start = _perturbed(q, 4.0, rng)
-    # lowpass="fixed": the shared resolution (the search's cutoff) is then no link either.
-    config = RefineConfig(max_iterations=1, reconstruction_iterations=10, lowpass="fixed", lowpass_max=0.8)
+    # lowpass="fixed", no FSC weighting: the shared FSC (the search's cutoff and shell weights) is
+    # then no link either.
+    config = RefineConfig(
+        max_iterations=1, reconstruction_iterations=10, lowpass="fixed", lowpass_max=0.8, fsc_weighting=False
+    )
     a = refine(images, start, config=config, pixel_size=pixel)
     second = a.subsets == 2
     corrupted = images.copy()

@@ -14,12 +14,14 @@ Starting poses (e.g. the learned pipeline's, some 10° off) are refined by itera
    (:func:`cryo_orient.tomography.reconstruct.reconstruct`, the CTF in the normal equations);
 3. the **FSC of the two half maps**: the 0.143 crossing is the current resolution, and the
    next search compares images with their half map only below that frequency (the low-pass),
-   so that the search cannot lock on to noise the maps have fitted.
+   each shell weighted by the FSC (``fsc_weighting``), so that the search cannot lock on to
+   noise the maps have fitted.
 
 The two halves are independent (gold standard): each half's images are searched only against its
 own half map, and its half map is reconstructed only from its own images. The one thing they
-share is the resolution (the low-pass cutoff of the search), as in RELION's auto-refine; with
-``lowpass="fixed"`` not even that.
+share is their FSC: the resolution (the low-pass cutoff of the search) and, with
+``fsc_weighting``, the weight of each shell below it, as in RELION's auto-refine; with
+``lowpass="fixed"`` and ``fsc_weighting=False`` not even that.
 
 Matching (in Fourier space)
 ---------------------------
@@ -135,7 +137,9 @@ class RefineConfig(Settings):
         Search against each half map scaled shell by shell by the half maps' FSC
         (:func:`cryo_orient.tomography.fsc.fsc_filter`, the Wiener estimate of the signal) rather
         than against the half map as it is: below the cutoff too, shells where the maps are mostly
-        noise then count for little in the score.
+        noise then count for little in the score (RELION weights its references by their FSC too).
+        Measured: learned 5j0n starts at −5.8 dB, 3 global rounds, 8 rounds: 5.96° → 4.53° median;
+        ASPIRE 70S stack, 500 particles from 10° off: 2.20° → 2.07°.
     global_rounds : int
         The first this many rounds also search every image globally (:func:`global_search`
         over all of SO(3) at ``global_step``, against the same half map and cutoff), refine the
@@ -168,7 +172,7 @@ class RefineConfig(Settings):
     batch_size: int = 64
     half_set_seed: int = 0
     fsc_mask: bool = True
-    fsc_weighting: bool = False
+    fsc_weighting: bool = True
     global_rounds: int = 0
     global_step: float = 5.0
     global_shift_range: float = 0.0
