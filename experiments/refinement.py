@@ -214,16 +214,18 @@ for name, values in summary.items():
 fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
 ax = axes[0, 0]
 bins = np.linspace(0, max(20.0, 2 * start_error_deg), 61)
-for name, e in errors.items():
+for k, (name, e) in enumerate(errors.items()):
     ax.hist(
         np.clip(e, 0, bins[-1]),
         bins=bins,
         histtype="step",
         lw=1.5,
+        color="0.5" if name == "start" else f"C{k - 1}",  # each run the colour of panels (b) and (c)
         label=f"{name}: median {np.median(e):.2f}°, mean {np.mean(e):.2f}°",
     )
 ax.set(xlabel="error against the truth (°; the last bin holds all beyond)", ylabel="particles")
-ax.set_title(f"(a) {truth.n} particles, start {start_error_deg:g}° off")
+random_note = " (ours global: random)" if "ours global" in runs else ""
+ax.set_title(f"(a) {truth.n} particles, start {start_error_deg:g}° off{random_note}")
 ax.legend(fontsize=8)
 plots.fsc_results(axes[0, 1], curves, title="(b) FSC of each final map with the true map")
 ax = axes[1, 0]
