@@ -85,5 +85,8 @@ def test_fsc_filter_is_the_wiener_estimate_of_the_signal(volume):
     ones = fsc(signal, signal, 1.0)
     lowpassed = np.real(np.fft.ifftn(np.fft.fftn(signal) * (k * 32 < 16.5)))
     np.testing.assert_allclose(fsc_filter(signal, ones), lowpassed, atol=1e-10)
+    # Anti-correlated maps (FSC -1) are clipped to weight 0: only the mean (shell 0) survives.
+    opposite = fsc(signal + 1.0, -signal - 1.0, 1.0)
+    np.testing.assert_allclose(fsc_filter(signal + 1.0, opposite), 1.0, atol=1e-10)
     with pytest.raises(ValueError, match="shells"):
         fsc_filter(signal[:-2, :-2, :-2], ones)

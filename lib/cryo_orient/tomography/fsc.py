@@ -104,7 +104,8 @@ def fsc_filter(volume, curve: FSCResult) -> np.ndarray:
     volume : array_like, shape (nz, ny, nx)
         A half map of the pair ``curve`` was computed from (on the same grid).
     curve : FSCResult
-        Their FSC (:func:`fsc`).
+        Their FSC (:func:`fsc`; computed with a mask, it describes the masked maps, whose FSC is
+        the higher, so the weights then err towards keeping shells).
 
     Returns
     -------
@@ -112,14 +113,17 @@ def fsc_filter(volume, curve: FSCResult) -> np.ndarray:
         The filtered map (a new array; ``volume`` is not modified).
     """
     v = np.asarray(volume, dtype=np.float64)
-    if v.ndim != 3 or min(v.shape) // 2 + 1 != len(curve.correlation):
+    n_shells = len(curve.correlation)
+    shells = _shells(v.shape) if v.ndim == 3 else None
+    # The same grid: as many shells, and as many voxels in each, as the curve was computed over.
+    if shells is None or not np.array_equal(np.bincount(shells.ravel(), minlength=n_shells)[:n_shells], curve.counts):
         raise InputError(
-            f"the FSC has {len(curve.correlation)} shells but the map is {v.shape}; "
+            f"the FSC has {n_shells} shells of another grid than the map's {v.shape}; "
             "filter the map with the FSC of its own grid"
         )
     weights = np.append(np.clip(curve.correlation, 0.0, 1.0), 0.0)
     weights[0] = 1.0
-    shells = np.minimum(_shells(v.shape), len(weights) - 1)
+    shells = np.minimum(shells, n_shells)
     return np.fft.ifftn(np.fft.fftn(v) * weights[shells]).real
 
 
