@@ -88,6 +88,10 @@ def test_regularization_shrinks_the_solution():
         ({"iterations": True}, "integer >= 0"),
         ({"regularization": -1.0}, "regularization"),
         ({"backend": "gpu"}, "unknown projection backend"),
+        ({"weights": [1.0, 1.0]}, "one per image"),
+        ({"weights": [1.0, -1.0, 1.0]}, "finite numbers >= 0"),
+        ({"weights": [0.0, 0.0, 0.0]}, "not all zero"),
+        ({"weights": [1.0, np.nan, 1.0]}, "finite numbers >= 0"),
     ],
 )
 def test_bad_inputs(kwargs, match):
@@ -96,6 +100,26 @@ def test_bad_inputs(kwargs, match):
     options = {k: v for k, v in kwargs.items() if k not in args}
     with pytest.raises(ValueError, match=match):
         reconstruct(args["projections"], args["quaternions"], args["shape"], **options)
+
+
+def test_weights_are_replicated_images():
+    """Integer weights fit each image as often as its weight says (a zero weight: not at all),
+    and scaling all weights together changes nothing; the input is not modified."""
+    vol = smooth_blob((16, 16, 16), seed=3)
+    rng = np.random.default_rng(4)
+    q = rotations.uniform_so3(24, rng=rng)
+    p = project(vol, q, 16, "nufft") + rng.normal(scale=0.05, size=(24, 16, 16))
+    weights = np.tile([1, 2, 0, 3], 6)
+    kept = p.copy()
+    weighted = reconstruct(p, q, vol.shape, "nufft", iterations=12, tol=0, weights=weights).volume
+    np.testing.assert_array_equal(p, kept)
+    repeat = np.repeat(np.arange(24), weights)
+    replicated = reconstruct(p[repeat], q[repeat], vol.shape, "nufft", iterations=12, tol=0).volume
+    np.testing.assert_allclose(weighted, replicated, atol=1e-9 * np.abs(replicated).max())
+    scaled = reconstruct(p, q, vol.shape, "nufft", iterations=12, tol=0, weights=0.25 * weights).volume
+    np.testing.assert_allclose(scaled, weighted, atol=1e-6 * np.abs(weighted).max())
+    plain = reconstruct(p, q, vol.shape, "nufft", iterations=12, tol=0).volume
+    assert np.abs(plain - weighted).max() > 0.01 * np.abs(plain).max()
 
 
 def test_nan_projection_is_a_clear_error():

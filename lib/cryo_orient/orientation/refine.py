@@ -11,7 +11,9 @@ Starting poses (e.g. the learned pipeline's, some 10° off) are refined by itera
    (:func:`global_search`), refined locally in the same way, for the poses too far from their
    start for a local search: each image keeps the better-scoring of the two;
 2. **reconstruction** of each half set (:func:`half_sets`) from its own images and poses
-   (:func:`cryo_orient.tomography.reconstruct.reconstruct`, the CTF in the normal equations);
+   (:func:`cryo_orient.tomography.reconstruct.reconstruct`, the CTF in the normal equations;
+   with ``marginalise``, each image at every orientation of its posterior around its best pose,
+   weighted by its probability: :func:`pose_posterior`);
 3. the **FSC of the two half maps**: the 0.143 crossing is the current resolution, and the
    next search compares images with their half map only below that frequency (the low-pass),
    each shell weighted by the FSC (``fsc_weighting``), so that the search cannot lock on to
@@ -80,7 +82,10 @@ __all__ = [
     "band",
     "global_search",
     "half_sets",
+    "PosePosterior",
+    "ball_perturbations",
     "perturbations",
+    "pose_posterior",
     "refine",
     "search_poses",
 ]
@@ -154,6 +159,20 @@ class RefineConfig(Settings):
     global_shift_range, global_shift_step : float
         Pixels: the global search's shift grid around each image's current shift (0 range:
         shifts are left to the local search).
+    marginalise : bool
+        Reconstruct the half maps from every image at each orientation of its posterior
+        (:func:`pose_posterior` around its best pose, against its half map and cutoff), weighted
+        by the posterior probability, rather than at its best pose alone: the expectation step of
+        RELION's marginalisation over orientations, restricted to a ball around the best pose.
+        The poses written are still the best ones. It costs a posterior evaluation per image
+        (``posterior_radius`` 3: 123 slices, about as many as the local search) and a
+        reconstruction from ``posterior_keep`` times as many slices.
+    posterior_step : float
+        Degrees between the posterior's candidate orientations.
+    posterior_radius : int
+        The posterior's ball of candidates, in steps (0 to 6).
+    posterior_keep : int
+        The most probable candidates kept per image (renormalised).
     """
 
     _unknown_keys = "refine setting(s)"
@@ -180,6 +199,10 @@ class RefineConfig(Settings):
     global_step: float = 5.0
     global_shift_range: float = 0.0
     global_shift_step: float = 1.0
+    marginalise: bool = False
+    posterior_step: float = 1.5
+    posterior_radius: int = 3
+    posterior_keep: int = 16
 
     def __post_init__(self):
         choice(self.lowpass, "lowpass", LOWPASS_POLICIES)
@@ -189,13 +212,21 @@ class RefineConfig(Settings):
             raise InputError(f"global_rounds must be an integer >= 0, got {self.global_rounds!r}")
         if not (isinstance(self.global_step, (int, float)) and 0 < self.global_step <= 90):
             raise InputError(f"global_step must be in (0, 90] degrees, got {self.global_step!r}")
-        for name in ("max_iterations", "local_steps", "reconstruction_iterations", "batch_size"):
+        if not isinstance(self.marginalise, (bool, np.bool_)):
+            raise InputError(f"marginalise must be true or false, got {self.marginalise!r}")
+        for name in ("max_iterations", "local_steps", "reconstruction_iterations", "batch_size", "posterior_keep"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(self.half_set_seed, bool) or not isinstance(self.half_set_seed, (int, np.integer)):
             raise InputError(f"half_set_seed must be an integer, got {self.half_set_seed!r}")
-        for name in ("angular_step", "min_angular_step", "shift_step", "global_shift_step"):
+        if (
+            isinstance(self.posterior_radius, bool)
+            or not isinstance(self.posterior_radius, (int, np.integer))
+            or not 0 <= self.posterior_radius <= 6
+        ):
+            raise InputError(f"posterior_radius must be an integer from 0 to 6 (steps), got {self.posterior_radius!r}")
+        for name in ("angular_step", "min_angular_step", "shift_step", "global_shift_step", "posterior_step"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise InputError(f"{name} must be a positive number, got {value!r}")
@@ -334,9 +365,25 @@ def half_sets(n: int, rng=None) -> np.ndarray:
 def perturbations(step_deg: float) -> np.ndarray:
     """The 27 quaternions of rotations by ``(-s, 0, s)`` about each lab axis combined, as rotation
     vectors ``s · (i, j, k)``, ``i, j, k ∈ {-1, 0, 1}``; the identity first (ties keep a pose)."""
-    s = np.radians(float(step_deg))
     grid = np.array([(i, j, k) for i in (0, -1, 1) for j in (0, -1, 1) for k in (0, -1, 1)], dtype=np.float64)
-    vectors = s * grid
+    return _rotation_vectors(np.radians(float(step_deg)) * grid)
+
+
+def ball_perturbations(step_deg: float, radius: int) -> np.ndarray:
+    """The quaternions of the rotation vectors ``s · (i, j, k)`` (integers) with
+    ``i² + j² + k² ≤ radius²``: a cubic grid of spacing ``s`` over a ball of rotations around the
+    identity (``radius`` 2: 33 of them, 3: 123); the identity first."""
+    r = int(radius)
+    grid = np.array(
+        [(i, j, k) for i in range(-r, r + 1) for j in range(-r, r + 1) for k in range(-r, r + 1)], dtype=np.float64
+    )
+    grid = grid[np.sum(grid**2, axis=1) <= r * r]
+    grid = grid[np.argsort(np.sum(grid**2, axis=1), kind="stable")]
+    return _rotation_vectors(np.radians(float(step_deg)) * grid)
+
+
+def _rotation_vectors(vectors) -> np.ndarray:
+    """Quaternions ``(x, y, z, w)`` of rotation vectors (radians; the zero vector: the identity)."""
     angle = np.linalg.norm(vectors, axis=1)
     axis = np.divide(vectors, angle[:, None], out=np.zeros_like(vectors), where=angle[:, None] > 0)
     return np.concatenate([axis * np.sin(angle / 2)[:, None], np.cos(angle / 2)[:, None]], axis=1)
@@ -596,6 +643,148 @@ def _search_level(project, bnd: Band, spectra, c, q, s, delta, radius, shift_ste
     return new_q, new_s, peak / np.maximum(image_norm, 1e-30)
 
 
+@dataclasses.dataclass(frozen=True)
+class PosePosterior:
+    """Each image's posterior over a few orientations around its current one (:func:`pose_posterior`).
+
+    Attributes
+    ----------
+    image : ndarray, shape (M,)
+        Which image each entry belongs to (ascending; every image has at least one entry).
+    quaternions : ndarray, shape (M, 4)
+        The entry's orientation.
+    weights : ndarray, shape (M,)
+        Its posterior probability; an image's weights sum to 1.
+    mean : ndarray, shape (N, 4)
+        Each image's posterior mean orientation (the normalised weighted mean of its candidates'
+        quaternions, all on the hemisphere of its current one).
+    spread : ndarray, shape (N,)
+        Degrees: each image's posterior root-mean-square distance from its mean, a measure of how
+        well its orientation is determined (about the expected error, where the noise model holds).
+    """
+
+    image: np.ndarray
+    quaternions: np.ndarray
+    weights: np.ndarray
+    mean: np.ndarray
+    spread: np.ndarray
+
+    def subset(self, index) -> PosePosterior:
+        """The entries of the images ``index`` (ascending), renumbered ``0 … len(index) − 1``."""
+        index = np.asarray(index)
+        position = np.full(len(self.mean), -1)
+        position[index] = np.arange(len(index))
+        take = position[self.image] >= 0
+        return PosePosterior(
+            position[self.image[take]], self.quaternions[take], self.weights[take], self.mean[index], self.spread[index]
+        )
+
+
+def pose_posterior(
+    reference,
+    images,
+    quaternions,
+    shifts=None,
+    *,
+    step: float,
+    radius: int = 2,
+    keep: int = 8,
+    cutoff: float = 1.0,
+    ctf=None,
+    pixel_size=None,
+    batch_size: int = 64,
+    nthreads=None,
+) -> PosePosterior:
+    """Posterior probabilities of the orientations on a small grid around each image's current one.
+
+    The candidates are ``δ ⊗ q`` for the ``δ`` of :func:`ball_perturbations` (``step``,
+    ``radius``), at the image's current shift. With white Gaussian noise of variance ``σ²`` per
+    Fourier coefficient and the per-image scale ``α`` fitted, the log-likelihood of a candidate is
+    ``score² / (2σ²)`` up to a constant (``score`` the module docstring's, before dividing by
+    ``‖B‖``); ``σ²`` is estimated per image from the best candidate's residual,
+    ``(‖B‖² − score²) / Σ_k w_k`` over the band. With a flat prior over the grid, the posterior is
+    the normalised likelihood; the ``keep`` most probable candidates are kept and renormalised.
+    This is the expectation step of RELION's (and cryoSPARC's) marginalisation over poses,
+    restricted to a neighbourhood of each image's best pose.
+
+    Parameters
+    ----------
+    reference : ndarray, shape (n, n, n)
+    images : ndarray, shape (N, n, n)
+    quaternions : array_like, shape (N, 4)
+        Current orientations: the centre of each image's grid.
+    shifts : array_like, shape (N, 2), optional
+        Current ``(dy, dx)`` in pixels (kept).
+    step : float
+        Degrees between neighbouring candidates.
+    radius : int
+        The grid's radius in steps.
+    keep : int
+        Candidates kept per image.
+    cutoff : float
+        Fraction of Nyquist: the highest frequency compared.
+    ctf, pixel_size, batch_size, nthreads
+        As :func:`search_poses`.
+
+    Returns
+    -------
+    PosePosterior
+    """
+    images = image_stack(images, "images", square=True)
+    n, size = images.shape[0], images.shape[-1]
+    reference = _check_reference(reference, size)
+    q, s = _check_poses(quaternions, shifts, n)
+    ctf, pixel_size = _check_ctf(ctf, pixel_size, n)
+    if not (isinstance(radius, (int, np.integer)) and radius >= 0) or not (
+        isinstance(keep, (int, np.integer)) and keep >= 1
+    ):
+        raise InputError(f"radius must be an integer >= 0 and keep >= 1, got {radius!r}, {keep!r}")
+    bnd = band(size, cutoff)
+    project = _SliceProjector(reference, bnd, nthreads=nthreads)
+    delta = ball_perturbations(step, int(radius))
+    keep = min(int(keep), len(delta))
+    weight = bnd.weight.astype(np.float32)
+    count = float(np.sum(np.broadcast_to(bnd.weight, bnd.mask.shape)[bnd.mask]))  # coefficients of the full spectrum
+    chosen_q = np.zeros((n, keep, 4))
+    chosen_w = np.zeros((n, keep))
+    mean = np.zeros((n, 4))
+    spread = np.zeros(n)
+    for start in range(0, n, int(batch_size)):
+        sl = slice(start, min(start + int(batch_size), n))
+        b = sl.stop - sl.start
+        spectra = bnd.take(_spectra(images[sl])).astype(np.complex64) * bnd.mask
+        c = _ctf_block(ctf, pixel_size, size, sl, bnd)
+        candidates = rotations.multiply(delta[None, :, :], q[sl][:, None, :])  # (b, K, 4)
+        slices = project(candidates.reshape(-1, 4)).reshape(b, len(delta), *bnd.mask.shape)
+        model = slices if c is None else slices * c[:, None]
+        norm = np.sqrt(np.einsum("bkrc,c->bk", np.abs(model) ** 2, weight))
+        ramp = np.exp(1j * (bnd.ky[:, None] * s[sl, 0, None, None] + bnd.kx[None, :] * s[sl, 1, None, None]))
+        centred = spectra * ramp.astype(np.complex64)
+        cross = np.einsum("brc,bkrc,c->bk", centred, np.conj(model), weight).real
+        score = np.where(norm > 0, cross / np.maximum(norm, 1e-30), 0.0).astype(np.float64)
+        image_power = np.einsum("brc,c->b", np.abs(spectra) ** 2, weight).astype(np.float64)
+        best = score.max(axis=1)
+        sigma2 = np.maximum(image_power - best**2, 1e-12 * image_power + 1e-30) / count
+        log_like = (score**2 - best[:, None] ** 2) / (2 * sigma2[:, None])
+        log_like = np.where(score > 0, log_like, -np.inf)  # a negative correlation: the wrong contrast
+        log_like[~np.isfinite(log_like).any(axis=1), 0] = 0.0  # nothing correlates: the current pose
+        order = np.argsort(-log_like, axis=1, kind="stable")[:, :keep]
+        top = np.take_along_axis(log_like, order, axis=1)
+        w = np.exp(top - top[:, :1])
+        w /= w.sum(axis=1, keepdims=True)
+        picked = np.take_along_axis(candidates, order[:, :, None], axis=1)
+        m = np.einsum("bk,bkj->bj", w, picked)
+        m /= np.linalg.norm(m, axis=1, keepdims=True)
+        chosen_q[sl], chosen_w[sl], mean[sl] = picked, w, m
+        angles = rotations.distance(picked.reshape(-1, 4), np.repeat(m, keep, axis=0)).reshape(b, keep)
+        spread[sl] = np.degrees(np.sqrt(np.sum(w * angles**2, axis=1)))
+    nonzero = chosen_w > 0
+    image = np.repeat(np.arange(n), keep).reshape(n, keep)
+    return PosePosterior(
+        image[nonzero], rotations.canonical(chosen_q[nonzero]), chosen_w[nonzero], rotations.canonical(mean), spread
+    )
+
+
 def global_search(
     reference,
     images,
@@ -705,18 +894,35 @@ def global_search(
 # --------------------------------------------------------------------------- the iteration
 
 
-def _reconstruct_half(images, q, shifts, index, size, ctf, pixel_size, iterations):
+def _reconstruct_half(images, q, shifts, index, size, ctf, pixel_size, iterations, posterior=None):
+    """The map of the images ``index`` at their poses or, with a :class:`PosePosterior` of all
+    images, each image at every orientation of its posterior with the posterior's weight."""
     kwargs = {}
     if ctf is not None:
         kwargs = {"ctf": ctf if len(ctf) == 1 else ctf.subset(index), "pixel_size": pixel_size}
     centred = center_images(images[index], shifts[index])
-    return reconstruct(centred, q[index], (size,) * 3, "nufft", iterations=iterations, **kwargs).volume
+    if posterior is None:
+        return reconstruct(centred, q[index], (size,) * 3, "nufft", iterations=iterations, **kwargs).volume
+    part = posterior.subset(index)
+    if ctf is not None and len(ctf) > 1:
+        kwargs["ctf"] = kwargs["ctf"].subset(part.image)
+    return reconstruct(
+        centred[part.image],
+        part.quaternions,
+        (size,) * 3,
+        "nufft",
+        iterations=iterations,
+        weights=part.weights,
+        **kwargs,
+    ).volume
 
 
-def _half_maps(images, q, shifts, subsets, size, ctf, pixel_size, iterations):
+def _half_maps(images, q, shifts, subsets, size, ctf, pixel_size, iterations, posterior=None):
     return np.stack(
         [
-            _reconstruct_half(images, q, shifts, np.flatnonzero(subsets == h), size, ctf, pixel_size, iterations)
+            _reconstruct_half(
+                images, q, shifts, np.flatnonzero(subsets == h), size, ctf, pixel_size, iterations, posterior
+            )
             for h in (1, 2)
         ]
     )
@@ -797,18 +1003,18 @@ def refine(
     halves = [np.flatnonzero(subsets == h) for h in (1, 2)]
     mask = "soft_sphere" if config.fsc_mask else None
 
-    def maps_and_fsc(q, s):
-        maps = _half_maps(images, q, s, subsets, size, ctf, pixel, config.reconstruction_iterations)
+    def maps_and_fsc(q, s, posterior):
+        maps = _half_maps(images, q, s, subsets, size, ctf, pixel, config.reconstruction_iterations, posterior)
         return maps, fsc(maps[0], maps[1], pixel, mask=mask)
 
     fingerprint = _fingerprint(images, q, s, reference, ctf, pixel, config)
     state = _load_checkpoint(checkpoint, fingerprint)
     if state is None:
-        log, scores, stop, first = [], np.zeros(n), "max_iterations", 0
+        log, scores, stop, first, posterior = [], np.zeros(n), "max_iterations", 0, None
     else:
         q, s, scores, log, stop = state["q"], state["s"], state["scores"], state["log"], state["stop"]
-        first = len(log) - 1
-    maps, curve = maps_and_fsc(q, s)
+        first, posterior = len(log) - 1, state["posterior"]
+    maps, curve = maps_and_fsc(q, s, posterior)
     resolution, crossed = curve.resolution(0.143)
     if not log:
         log.append(
@@ -825,7 +1031,7 @@ def refine(
                 **_called(callback, 0, q, s),
             }
         )
-        _save_checkpoint(checkpoint, fingerprint, q, s, scores, log, stop)
+        _save_checkpoint(checkpoint, fingerprint, q, s, scores, log, stop, posterior)
     best = min(entry["resolution"] for entry in log)
     for iteration in range(first, config.max_iterations if stop == "max_iterations" else first):
         tick = time.perf_counter()
@@ -836,6 +1042,7 @@ def refine(
             targets = tuple(fsc_filter(m, curve) for m in maps) if config.fsc_weighting else (maps[0], maps[1])
         new_q, new_s = q.copy(), s.copy()
         from_global = np.zeros(n, dtype=bool)
+        parts = []
         for h, index in enumerate(halves):
             # Half h is searched against its own map only (gold standard).
             half_ctf = None if ctf is None else (ctf if len(ctf) == 1 else ctf.subset(index))
@@ -879,11 +1086,29 @@ def refine(
                 new_q[index[take]], new_s[index[take]] = other_q[take], other_s[take]
                 scores[index[take]] = other_scores[take]
                 from_global[index[take]] = True
+            if config.marginalise:
+                # The posterior around the new best poses, against the same half map and cutoff.
+                part = pose_posterior(
+                    targets[h],
+                    images[index],
+                    new_q[index],
+                    new_s[index],
+                    step=config.posterior_step,
+                    radius=config.posterior_radius,
+                    keep=config.posterior_keep,
+                    cutoff=cutoff,
+                    ctf=half_ctf,
+                    pixel_size=pixel_size,
+                    batch_size=config.batch_size,
+                    nthreads=nthreads,
+                )
+                parts.append((index, part))
+        posterior = _merged(parts, n) if config.marginalise else None
         fine = config.finest_step(iteration)
         moved = float(np.mean(np.degrees(rotations.distance(q, new_q)) > 0.5 * fine))
         shift_change = float(np.sqrt(np.mean(np.sum((new_s - s) ** 2, axis=1))))
         q, s = new_q, new_s
-        maps, curve = maps_and_fsc(q, s)
+        maps, curve = maps_and_fsc(q, s, posterior)
         resolution, crossed = curve.resolution(0.143)
         log.append(
             {
@@ -896,6 +1121,7 @@ def refine(
                 "rms_shift_change": shift_change,
                 "median_score": float(np.median(scores)),
                 **({"global_fraction": float(np.mean(from_global))} if iteration < config.global_rounds else {}),
+                **({} if posterior is None else _posterior_summary(posterior)),
                 "seconds": time.perf_counter() - tick,
                 **_called(callback, iteration + 1, q, s),
             }
@@ -907,13 +1133,12 @@ def refine(
         global_ahead = iteration + 1 < config.global_rounds  # a global round still to come
         if at_floor and not improved and moved <= config.moved_tolerance and not global_ahead:
             stop = "converged"
-        _save_checkpoint(checkpoint, fingerprint, q, s, scores, log, stop)
+        _save_checkpoint(checkpoint, fingerprint, q, s, scores, log, stop, posterior)
         if stop == "converged":
             break
-    kwargs = {} if ctf is None else {"ctf": ctf, "pixel_size": pixel}
-    volume = reconstruct(
-        center_images(images, s), q, (size,) * 3, "nufft", iterations=config.reconstruction_iterations, **kwargs
-    ).volume
+    volume = _reconstruct_half(
+        images, q, s, np.arange(n), size, ctf, pixel, config.reconstruction_iterations, posterior
+    )
     return RefinementResult(
         quaternions=rotations.canonical(q),
         shifts=s,
@@ -951,9 +1176,36 @@ def _fingerprint(images, q, s, reference, ctf, pixel, config) -> str:
     return h.hexdigest()
 
 
-def _save_checkpoint(path, fingerprint, q, s, scores, log, stop):
+def _merged(parts, n) -> PosePosterior:
+    """One :class:`PosePosterior` of all ``n`` images from the halves' ``(index, posterior)``."""
+    image = np.concatenate([index[part.image] for index, part in parts])
+    order = np.argsort(image, kind="stable")
+    mean, spread = np.zeros((n, 4)), np.zeros(n)
+    for index, part in parts:
+        mean[index], spread[index] = part.mean, part.spread
+    return PosePosterior(
+        image[order],
+        np.concatenate([part.quaternions for _, part in parts])[order],
+        np.concatenate([part.weights for _, part in parts])[order],
+        mean,
+        spread,
+    )
+
+
+def _posterior_summary(posterior: PosePosterior) -> dict:
+    """The round log's view of the posterior: its median spread and effective candidates per image."""
+    n = len(posterior.mean)
+    effective = 1 / np.bincount(posterior.image, weights=posterior.weights**2, minlength=n)
+    return {
+        "posterior_spread": float(np.median(posterior.spread)),
+        "posterior_candidates": float(np.median(effective)),
+    }
+
+
+def _save_checkpoint(path, fingerprint, q, s, scores, log, stop, posterior=None):
     if path is None:
         return
+    soft = {} if posterior is None else {f"posterior_{k}": v for k, v in dataclasses.asdict(posterior).items()}
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(
@@ -964,7 +1216,11 @@ def _save_checkpoint(path, fingerprint, q, s, scores, log, stop):
                 scores=scores,
                 log=np.asarray(json.dumps(jsonable(log))),
                 stop=np.asarray(stop),
+                **soft,
             )
+
+
+_POSTERIOR_FIELDS = ("image", "quaternions", "weights", "mean", "spread")
 
 
 def _load_checkpoint(path, fingerprint):
@@ -980,6 +1236,11 @@ def _load_checkpoint(path, fingerprint):
                 "scores": np.array(f["scores"]),
                 "log": json.loads(str(f["log"])),
                 "stop": str(f["stop"]),
+                "posterior": (
+                    PosePosterior(**{k: np.array(f[f"posterior_{k}"]) for k in _POSTERIOR_FIELDS})
+                    if "posterior_image" in f.files
+                    else None
+                ),
             }
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
         return None  # a corrupt checkpoint: start again

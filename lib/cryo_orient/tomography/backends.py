@@ -198,15 +198,18 @@ def remove_detector_nyquist(projections) -> np.ndarray:
     return np.fft.fftshift(out, axes=(-2, -1)).astype(p.dtype, copy=False)
 
 
-def _kept_points(matrices, size, ctf=None, pixel_size=None):
+def _kept_points(matrices, size, ctf=None, pixel_size=None, weights=None):
     """Slice frequencies and weights of the fitted (non-Nyquist) Fourier coefficients; with a CTF
-    each weight is multiplied by the CTF² of its image at its frequency (the data term of C·P)."""
+    each weight is multiplied by the CTF² of its image at its frequency (the data term of C·P),
+    with per-image ``weights`` by the image's weight."""
     ky, _, weight = slice_frequencies(size)
     pts = slice_points(matrices, size)  # (3, N, size, size//2+1), (z, y, x)
     w = np.broadcast_to(weight / size**2, pts.shape[1:]).copy()
     if ctf is not None:
         c = ctf_model.ctf_values(ctf, size, pixel_size)  # same (N, size, size//2+1) layout
         w *= c * c
+    if weights is not None:
+        w *= np.asarray(weights, dtype=np.float64)[:, None, None]
     if size % 2 == 0:
         w[:, size // 2, :] = 0
         w[:, :, -1] = 0
@@ -217,12 +220,12 @@ def _kept_points(matrices, size, ctf=None, pixel_size=None):
 class _ToeplitzNormal:
     """``v ↦ AᵀA v`` as a linear convolution done with zero-padded real FFTs."""
 
-    def __init__(self, matrices, size, shape, eps, nthreads, ctf=None, pixel_size=None):
+    def __init__(self, matrices, size, shape, eps, nthreads, ctf=None, pixel_size=None, weights=None):
         self.shape = tuple(int(n) for n in shape)
         self.padded = tuple(scipy.fft.next_fast_len(2 * n - 1, real=True) for n in self.shape)
         self.workers = nthreads
         kernel_shape = tuple(2 * n - 1 for n in self.shape)  # r from -(N-1) to N-1
-        pts, w = _kept_points(matrices, size, ctf, pixel_size)
+        pts, w = _kept_points(matrices, size, ctf, pixel_size, weights)
         # One spreading thread unless asked: multithreaded spreading is not bit-reproducible.
         opts = {"nthreads": 1 if nthreads is None else int(nthreads)}
         kernel = finufft.nufft3d1(*pts, w.astype(np.complex128), kernel_shape, eps=eps, isign=+1, **opts).real
@@ -334,13 +337,15 @@ class ProjectorBackend(abc.ABC):
         :meth:`normal_operator` and :meth:`normal_rhs`."""
         return None
 
-    def normal_operator(self, matrices, size, shape, *, eps, nthreads, ctf=None, pixel_size=None):
+    def normal_operator(self, matrices, size, shape, *, eps, nthreads, ctf=None, pixel_size=None, weights=None):
         """``v ↦ AᵀA v``, a callable; with ``ctf`` (a :class:`~cryo_orient.tomography.ctf.CTFParams`
-        per image, and ``pixel_size`` in Å) ``A = C P``."""
+        per image, and ``pixel_size`` in Å) ``A = C P``; with per-image ``weights`` ``w``,
+        ``AᵀWA``."""
         raise NotImplementedError(f"the {self.name} backend has no normal operator")
 
-    def normal_rhs(self, projections, matrices, shape, *, eps, nthreads, ctf=None, pixel_size=None):
-        """``Aᵀ b`` for the data term the normal operator fits (``A = C P`` with ``ctf``)."""
+    def normal_rhs(self, projections, matrices, shape, *, eps, nthreads, ctf=None, pixel_size=None, weights=None):
+        """``Aᵀ b`` for the data term the normal operator fits (``A = C P`` with ``ctf``;
+        ``AᵀWb`` with ``weights``)."""
         raise NotImplementedError(f"the {self.name} backend has no normal operator")
 
 
@@ -348,7 +353,7 @@ class NufftBackend(ProjectorBackend):
     """The Fourier slice theorem with finufft (CPU)."""
 
     name = "nufft"
-    solver_options = frozenset({"tol", "regularization", "x0", "callback", "ctf"})
+    solver_options = frozenset({"tol", "regularization", "x0", "callback", "ctf", "weights"})
 
     def project(self, volume, matrices, size, *, eps=None, batch_size=128, nthreads=None, progress=False):
         return _project_nufft(volume, matrices, size, eps, batch_size, nthreads, progress)
@@ -356,13 +361,19 @@ class NufftBackend(ProjectorBackend):
     def backproject(self, projections, matrices, shape, *, eps=None, batch_size=128, nthreads=None, progress=False):
         return _backproject_nufft(projections, matrices, shape, eps, batch_size, nthreads, progress)
 
-    def normal_operator(self, matrices, size, shape, *, eps=1e-9, nthreads=None, ctf=None, pixel_size=None):
-        return _ToeplitzNormal(matrices, size, shape, eps, nthreads, ctf, pixel_size)
+    def normal_operator(
+        self, matrices, size, shape, *, eps=1e-9, nthreads=None, ctf=None, pixel_size=None, weights=None
+    ):
+        return _ToeplitzNormal(matrices, size, shape, eps, nthreads, ctf, pixel_size, weights)
 
-    def normal_rhs(self, projections, matrices, shape, *, eps=1e-9, nthreads=None, ctf=None, pixel_size=None):
+    def normal_rhs(
+        self, projections, matrices, shape, *, eps=1e-9, nthreads=None, ctf=None, pixel_size=None, weights=None
+    ):
         p = projections.astype(np.float64)
         if ctf is not None:
             p = ctf_model.apply_ctf(p, ctf, pixel_size)  # Pᵀ C b: C is real and centro-symmetric
+        if weights is not None:
+            p = p * np.asarray(weights, dtype=np.float64)[:, None, None]
         return self.backproject(remove_detector_nyquist(p), matrices, shape, eps=eps, nthreads=nthreads)
 
 

@@ -98,6 +98,16 @@ def normal_operator(quaternions, size, shape, ctf=None, pixel_size=None, *, eps=
     )
 
 
+def _check_weights(weights, n):
+    """Per-image least-squares weights checked against ``n`` images; None stays None."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
+        raise InputError(f"weights must be {n} finite numbers >= 0, not all zero (one per image); got shape {w.shape}")
+    return w
+
+
 def _check_inputs(projections, quaternions, shape):
     p = np.asarray(projections)
     if p.ndim != 3 or p.shape[1] != p.shape[2]:
@@ -123,11 +133,11 @@ def _check_inputs(projections, quaternions, shape):
 
 
 def _normal_equations_cg(
-    backend, p, matrices, shape, iterations, tol, regularization, x0, eps, nthreads, progress, callback, ctf_args
+    backend, p, matrices, shape, iterations, tol, regularization, x0, eps, nthreads, progress, callback, model_args
 ):
     """CG on ``(AᵀA + λI) v = Aᵀb`` with the backend's normal operator."""
-    normal = backend.normal_operator(matrices, p.shape[-1], shape, eps=eps, nthreads=nthreads, **ctf_args)
-    rhs = backend.normal_rhs(p, matrices, shape, eps=eps, nthreads=nthreads, **ctf_args)
+    normal = backend.normal_operator(matrices, p.shape[-1], shape, eps=eps, nthreads=nthreads, **model_args)
+    rhs = backend.normal_rhs(p, matrices, shape, eps=eps, nthreads=nthreads, **model_args)
 
     def apply(v):
         return normal(v) + regularization * v
@@ -191,6 +201,7 @@ def reconstruct(
     callback=None,
     ctf=None,
     pixel_size=None,
+    weights=None,
 ) -> Reconstruction:
     """Reconstruct a volume from projections at known orientations (least squares).
 
@@ -232,6 +243,11 @@ def reconstruct(
         the CTF-modulated ones, not phase-flipped.
     pixel_size : float, optional
         Å per pixel; required with ``ctf``, unused without.
+    weights : array_like, shape (N,), optional
+        Non-negative weight of each image in the least-squares fit (NUFFT backend):
+        ``Σ_i w_i ‖A_i v − b_i‖²``. An image given at several orientations with weights summing
+        to 1 is then fitted at all of them, as a marginalisation over its pose posterior
+        (:func:`cryo_orient.orientation.refine.refine`'s ``soft_poses``). Default: all 1.
 
     Returns
     -------
@@ -240,6 +256,7 @@ def reconstruct(
     """
     p, q, shape = _check_inputs(projections, quaternions, shape)
     ctf, pixel_size = _check_ctf(ctf, pixel_size, len(p))
+    weights = _check_weights(weights, len(p))
     iterations = integer(iterations, "iterations", 0)
     if iterations == 0 and x0 is None:
         raise InputError("iterations=0 without x0 would return the all-zero start; give iterations >= 1")
@@ -262,6 +279,7 @@ def reconstruct(
             ("x0", x0 is not None),
             ("callback", callback is not None),
             ("ctf", ctf is not None),
+            ("weights", weights is not None),
         )
         if given
     }
@@ -291,6 +309,9 @@ def reconstruct(
         nthreads,
         progress,
         callback,
-        {} if ctf is None else {"ctf": ctf, "pixel_size": pixel_size},
+        {
+            **({} if ctf is None else {"ctf": ctf, "pixel_size": pixel_size}),
+            **({} if weights is None else {"weights": weights}),
+        },
     )
     return Reconstruction(volume, chosen.name, k, residuals, stop, time.perf_counter() - start, float(regularization))
