@@ -172,7 +172,8 @@ class RefineConfig(Settings):
     posterior_radius : int
         The posterior's ball of candidates, in steps (0 to 6).
     posterior_keep : int
-        The most probable candidates kept per image (renormalised).
+        The most probable candidates kept per image at most (those of probability below 10⁻³ are
+        dropped as well; renormalised).
     """
 
     _unknown_keys = "refine setting(s)"
@@ -689,6 +690,7 @@ def pose_posterior(
     step: float,
     radius: int = 2,
     keep: int = 8,
+    min_weight: float = 1e-3,
     cutoff: float = 1.0,
     ctf=None,
     pixel_size=None,
@@ -703,7 +705,8 @@ def pose_posterior(
     ``score² / (2σ²)`` up to a constant (``score`` the module docstring's, before dividing by
     ``‖B‖``); ``σ²`` is estimated per image from the best candidate's residual,
     ``(‖B‖² − score²) / Σ_k w_k`` over the band. With a flat prior over the grid, the posterior is
-    the normalised likelihood; the ``keep`` most probable candidates are kept and renormalised.
+    the normalised likelihood; the ``keep`` most probable candidates are kept (less those below
+    ``min_weight``) and renormalised.
     This is the expectation step of RELION's (and cryoSPARC's) marginalisation over poses,
     restricted to a neighbourhood of each image's best pose.
 
@@ -720,7 +723,10 @@ def pose_posterior(
     radius : int
         The grid's radius in steps.
     keep : int
-        Candidates kept per image.
+        Candidates kept per image at most.
+    min_weight : float
+        Of those, the ones with a smaller probability are dropped too (before renormalising), so
+        that a sharp posterior costs its reconstruction one entry, not ``keep``.
     cutoff : float
         Fraction of Nyquist: the highest frequency compared.
     ctf, pixel_size, batch_size, nthreads
@@ -771,6 +777,8 @@ def pose_posterior(
         order = np.argsort(-log_like, axis=1, kind="stable")[:, :keep]
         top = np.take_along_axis(log_like, order, axis=1)
         w = np.exp(top - top[:, :1])
+        w /= w.sum(axis=1, keepdims=True)
+        w = np.where(w >= min_weight, w, 0.0)  # the most probable candidate always stays
         w /= w.sum(axis=1, keepdims=True)
         picked = np.take_along_axis(candidates, order[:, :, None], axis=1)
         m = np.einsum("bk,bkj->bj", w, picked)
