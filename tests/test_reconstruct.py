@@ -92,6 +92,7 @@ def test_regularization_shrinks_the_solution():
         ({"weights": [1.0, -1.0, 1.0]}, "finite numbers >= 0"),
         ({"weights": [0.0, 0.0, 0.0]}, "not all zero"),
         ({"weights": [1.0, np.nan, 1.0]}, "finite numbers >= 0"),
+        ({"weights": ["a", "b", "c"]}, "weights must be 3 finite numbers"),
     ],
 )
 def test_bad_inputs(kwargs, match):

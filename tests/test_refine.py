@@ -137,8 +137,8 @@ def test_pose_posterior_is_normalised_and_calibrated(reference):
             assert np.median([post.weights[post.image == i].max() for i in range(150)]) > 0.9
             assert spread < 0.5
             assert np.median(np.bincount(post.image)) < 10  # the improbable candidates are dropped
-        else:  # measured (SNR 1/4): best poses 1.70° off, spread 1.94°
-            assert 0.6 * error < spread < 1.6 * error and error > 1.0
+        else:  # measured (SNR 1/4): best poses 1.70° off, spread 1.94° (1.14 ×)
+            assert 0.9 * error < spread < 1.5 * error and error > 1.0
         # The posterior mean is no worse than the best pose (to sampling noise).
         assert np.median(np.degrees(rotations.distance(q, post.mean))) < error + 0.2
     top = pose_posterior(volume, noisy, best, step=1.0, radius=2, keep=4, min_weight=0.0)
@@ -146,6 +146,37 @@ def test_pose_posterior_is_normalised_and_calibrated(reference):
     part = top.subset(np.arange(10, 20))
     np.testing.assert_array_equal(np.unique(part.image), np.arange(10))
     np.testing.assert_array_equal(part.quaternions, top.quaternions[(top.image >= 10) & (top.image < 20)])
+    with pytest.raises(InputError, match="ascending image indices"):
+        top.subset([3, 1])
+    for kwargs, match in (
+        ({"min_weight": 1.0}, "min_weight must be a probability"),
+        ({"radius": 7}, "integer from 0 to 6"),
+        ({"step": 40.0, "radius": 3}, "beyond 90°"),
+        ({"step": float("nan")}, "positive number of degrees"),
+        ({"keep": 0}, "keep must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ):
+        with pytest.raises(InputError, match=match):
+            pose_posterior(volume, noisy[:4], best[:4], **({"step": 1.0} | kwargs))
+
+
+def test_marginalising_over_a_single_orientation_is_the_best_pose(reference):
+    """A posterior of one candidate (radius 0) is the best pose with weight 1: the marginalised
+    refinement must then equal the plain one to rounding, per-image CTFs included (each image's
+    entries take its own CTF, in both halves)."""
+    volume, pixel = reference
+    params = _ctf(80, seed=2)
+    images, q, _, rng = _images(volume, 80, seed=12, ctf=params, pixel=pixel)
+    start = _perturbed(q, 3.0, rng)
+    config = {"max_iterations": 2, "reconstruction_iterations": 8, "local_steps": 2, "shift_range": 0.0}
+    plain = refine(images, start, config=config, ctf=params, pixel_size=pixel)
+    single = refine(
+        images, start, config=config | {"marginalise": True, "posterior_radius": 0}, ctf=params, pixel_size=pixel
+    )
+    np.testing.assert_array_equal(single.quaternions, plain.quaternions)
+    np.testing.assert_allclose(single.half_maps, plain.half_maps, atol=1e-6 * np.abs(plain.half_maps).max())
+    np.testing.assert_allclose(single.volume, plain.volume, atol=1e-6 * np.abs(plain.volume).max())
+    assert single.log[-1]["posterior_candidates"] == 1.0 and single.log[-1]["posterior_spread"] == 0.0
 
 
 def test_band_keeps_the_disc_without_the_mean_and_nyquist():
@@ -455,6 +486,8 @@ def test_refine_config_checks():
         RefineConfig(posterior_keep=0)
     with pytest.raises(InputError, match="posterior_step must be a positive number"):
         RefineConfig(posterior_step=-1.0)
+    with pytest.raises(InputError, match="exceeds 90°"):
+        RefineConfig(posterior_step=40.0, posterior_radius=3)
     c = RefineConfig(angular_step=4.0, min_angular_step=1.0, local_steps=3)
     assert [c.round_step(i) for i in range(4)] == [4.0, 2.0, 1.0, 1.0] and c.finest_step(0) == 1.0
 

@@ -231,6 +231,11 @@ class RefineConfig(Settings):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise InputError(f"{name} must be a positive number, got {value!r}")
+        if self.posterior_step * self.posterior_radius > 90:
+            raise InputError(
+                f"posterior_step × posterior_radius ({self.posterior_step} × {self.posterior_radius}) exceeds 90°; "
+                "use a smaller step or radius"
+            )
         for name in ("shift_range", "moved_tolerance", "resolution_tolerance", "global_shift_range"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
@@ -271,9 +276,9 @@ class RefinementResult:
         Normalised cross-correlation of each image with its half map's model at its pose, over
         the last search's frequencies.
     half_maps : ndarray, shape (2, n, n, n)
-        The two half maps from the refined poses.
+        The two half maps from the refined poses (with ``marginalise``, from their posteriors).
     volume : ndarray, shape (n, n, n)
-        The map from all images.
+        The map from all images (with ``marginalise``, from their posteriors).
     fsc : FSCResult
         The half maps' FSC (``fsc.resolution(0.143)``: the resolution).
     resolution : float
@@ -283,7 +288,10 @@ class RefinementResult:
         ``cutoff`` (the fraction of Nyquist the round's search used), ``angular_step`` (its finest
         step, degrees), ``moved_fraction`` (poses that moved by more than half of it),
         ``rms_shift_change`` (px), ``median_score``, ``seconds``; in the rounds with a global
-        search, ``global_fraction`` (poses taken from the global search's branch).
+        search, ``global_fraction`` (poses taken from the global search's branch); with
+        ``marginalise``, ``posterior_spread`` (degrees, the median of
+        :attr:`PosePosterior.spread`) and ``posterior_candidates`` (the median effective number
+        of orientations per image, ``1 / Σ w²``).
     stop_reason : str
         ``"converged"`` or ``"max_iterations"``.
     seconds : float
@@ -370,10 +378,30 @@ def perturbations(step_deg: float) -> np.ndarray:
     return _rotation_vectors(np.radians(float(step_deg)) * grid)
 
 
+def _check_ball(step_deg, radius):
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or not 0 <= radius <= 6:
+        raise InputError(f"the posterior's radius must be an integer from 0 to 6 (steps), got {radius!r}")
+    if not (isinstance(step_deg, (int, float, np.floating)) and np.isfinite(step_deg) and step_deg > 0):
+        raise InputError(f"the posterior's step must be a positive number of degrees, got {step_deg!r}")
+    if step_deg * radius > 90:
+        raise InputError(
+            f"the posterior's ball ({step_deg}° × {radius} steps) reaches beyond 90°; use a smaller step or radius"
+        )
+
+
 def ball_perturbations(step_deg: float, radius: int) -> np.ndarray:
     """The quaternions of the rotation vectors ``s · (i, j, k)`` (integers) with
     ``i² + j² + k² ≤ radius²``: a cubic grid of spacing ``s`` over a ball of rotations around the
-    identity (``radius`` 2: 33 of them, 3: 123); the identity first."""
+    identity (``radius`` 2: 33 of them, 3: 123); the identity first, then by distance.
+
+    Parameters
+    ----------
+    step_deg : float
+        Degrees: the grid's spacing ``s``.
+    radius : int
+        The ball's radius in steps, 0 to 6, and ``step_deg × radius ≤ 90``.
+    """
+    _check_ball(step_deg, radius)
     r = int(radius)
     grid = np.array(
         [(i, j, k) for i in range(-r, r + 1) for j in range(-r, r + 1) for k in range(-r, r + 1)], dtype=np.float64
@@ -661,7 +689,8 @@ class PosePosterior:
         quaternions, all on the hemisphere of its current one).
     spread : ndarray, shape (N,)
         Degrees: each image's posterior root-mean-square distance from its mean, a measure of how
-        well its orientation is determined (about the expected error, where the noise model holds).
+        well its orientation is determined (about the expected error, where the noise model holds;
+        never more than the ball's radius, and less where the ``keep`` cut drops a wide tail).
     """
 
     image: np.ndarray
@@ -673,6 +702,8 @@ class PosePosterior:
     def subset(self, index) -> PosePosterior:
         """The entries of the images ``index`` (ascending), renumbered ``0 … len(index) − 1``."""
         index = np.asarray(index)
+        if index.ndim != 1 or np.any(np.diff(index) <= 0):
+            raise InputError("a posterior subset needs ascending image indices without repeats")
         position = np.full(len(self.mean), -1)
         position[index] = np.arange(len(index))
         take = position[self.image] >= 0
@@ -713,7 +744,9 @@ def pose_posterior(
     Parameters
     ----------
     reference : ndarray, shape (n, n, n)
+        The map (``[z, y, x]``), compared only below ``cutoff``. Not modified.
     images : ndarray, shape (N, n, n)
+        The particle images (CTF-modulated where ``ctf`` is given).
     quaternions : array_like, shape (N, 4)
         Current orientations: the centre of each image's grid.
     shifts : array_like, shape (N, 2), optional
@@ -721,7 +754,7 @@ def pose_posterior(
     step : float
         Degrees between neighbouring candidates.
     radius : int
-        The grid's radius in steps.
+        The grid's radius in steps (0 to 6; ``step × radius ≤ 90``).
     keep : int
         Candidates kept per image at most.
     min_weight : float
@@ -735,16 +768,21 @@ def pose_posterior(
     Returns
     -------
     PosePosterior
+        The kept candidates of every image with their probabilities, and each image's posterior
+        mean and spread.
     """
     images = image_stack(images, "images", square=True)
     n, size = images.shape[0], images.shape[-1]
     reference = _check_reference(reference, size)
     q, s = _check_poses(quaternions, shifts, n)
     ctf, pixel_size = _check_ctf(ctf, pixel_size, n)
-    if not (isinstance(radius, (int, np.integer)) and radius >= 0) or not (
-        isinstance(keep, (int, np.integer)) and keep >= 1
-    ):
-        raise InputError(f"radius must be an integer >= 0 and keep >= 1, got {radius!r}, {keep!r}")
+    _check_ball(step, radius)
+    if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1:
+        raise InputError(f"keep must be a positive integer, got {keep!r}")
+    if not (isinstance(min_weight, (int, float)) and 0 <= min_weight < 1):
+        raise InputError(f"min_weight must be a probability in [0, 1), got {min_weight!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     bnd = band(size, cutoff)
     project = _SliceProjector(reference, bnd, nthreads=nthreads)
     delta = ball_perturbations(step, int(radius))
@@ -755,8 +793,9 @@ def pose_posterior(
     chosen_w = np.zeros((n, keep))
     mean = np.zeros((n, 4))
     spread = np.zeros(n)
-    for start in range(0, n, int(batch_size)):
-        sl = slice(start, min(start + int(batch_size), n))
+    per_batch = max(1, int(batch_size) * 27 // len(delta))  # as many slices per NUFFT as the local search
+    for start in range(0, n, per_batch):
+        sl = slice(start, min(start + per_batch, n))
         b = sl.stop - sl.start
         spectra = bnd.take(_spectra(images[sl])).astype(np.complex64) * bnd.mask
         c = _ctf_block(ctf, pixel_size, size, sl, bnd)
@@ -778,7 +817,7 @@ def pose_posterior(
         top = np.take_along_axis(log_like, order, axis=1)
         w = np.exp(top - top[:, :1])
         w /= w.sum(axis=1, keepdims=True)
-        w = np.where(w >= min_weight, w, 0.0)  # the most probable candidate always stays
+        w[:, 1:] = np.where(w[:, 1:] >= min_weight, w[:, 1:], 0.0)  # the most probable candidate stays
         w /= w.sum(axis=1, keepdims=True)
         picked = np.take_along_axis(candidates, order[:, :, None], axis=1)
         m = np.einsum("bk,bkj->bj", w, picked)

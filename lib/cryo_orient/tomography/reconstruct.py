@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from cryo_orient.tomography import backends
 from cryo_orient.tomography.backends import check_size, remove_detector_nyquist, rotation_matrices
 from cryo_orient.tomography.ctf import CTFParams, check_pixel_size
-from cryo_orient.validation import InputError, check_memory, integer
+from cryo_orient.validation import InputError, check_memory, float_array, integer
 
 __all__ = ["Reconstruction", "conjugate_gradients", "normal_operator", "reconstruct", "remove_detector_nyquist"]
 
@@ -102,9 +102,15 @@ def _check_weights(weights, n):
     """Per-image least-squares weights checked against ``n`` images; None stays None."""
     if weights is None:
         return None
-    w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
-        raise InputError(f"weights must be {n} finite numbers >= 0, not all zero (one per image); got shape {w.shape}")
+    what = f"{n} finite numbers >= 0, not all zero (one per image)"
+    w = float_array(weights, "weights", what)
+    if w.shape != (n,):
+        raise InputError(f"weights must be {what}; got shape {w.shape}")
+    bad = int(np.sum(~(np.isfinite(w) & (w >= 0))))
+    if bad:
+        raise InputError(f"weights must be {what}; {bad} are NaN, infinite or < 0")
+    if not np.any(w > 0):
+        raise InputError(f"weights must be {what}; all are zero")
     return w
 
 
@@ -135,7 +141,8 @@ def _check_inputs(projections, quaternions, shape):
 def _normal_equations_cg(
     backend, p, matrices, shape, iterations, tol, regularization, x0, eps, nthreads, progress, callback, model_args
 ):
-    """CG on ``(AᵀA + λI) v = Aᵀb`` with the backend's normal operator."""
+    """CG on ``(AᵀWA + λI) v = AᵀWb`` with the backend's normal operator (``W`` the per-image
+    weights in ``model_args``, else the identity)."""
     normal = backend.normal_operator(matrices, p.shape[-1], shape, eps=eps, nthreads=nthreads, **model_args)
     rhs = backend.normal_rhs(p, matrices, shape, eps=eps, nthreads=nthreads, **model_args)
 
@@ -247,7 +254,7 @@ def reconstruct(
         Non-negative weight of each image in the least-squares fit (NUFFT backend):
         ``Σ_i w_i ‖A_i v − b_i‖²``. An image given at several orientations with weights summing
         to 1 is then fitted at all of them, as a marginalisation over its pose posterior
-        (:func:`cryo_orient.orientation.refine.refine`'s ``soft_poses``). Default: all 1.
+        (:class:`cryo_orient.orientation.refine.RefineConfig`'s ``marginalise``). Default: all 1.
 
     Returns
     -------
