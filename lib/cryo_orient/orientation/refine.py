@@ -166,7 +166,11 @@ class RefineConfig(Settings):
         RELION's marginalisation over orientations, restricted to a ball around the best pose.
         The poses written are still the best ones. It costs a posterior evaluation per image
         (``posterior_radius`` 3: 123 slices, about as many as the local search) and a
-        reconstruction from ``posterior_keep`` times as many slices.
+        reconstruction from up to ``posterior_keep`` times as many slices. Measured (learned 5j0n
+        start at −5.8 dB, 3 global rounds, 8 rounds): 4.53° → 4.34° median, FSC 0.5 19.2 → 19.1 Å,
+        2.7 × the time. The posterior is conditional on a half map that contains the image at its
+        current pose, so it is too sharp: wide in round 1 (median spread 1.7°), then a single
+        orientation from the third round on while the errors are still 4–5°.
     posterior_step : float
         Degrees between the posterior's candidate orientations.
     posterior_radius : int
