@@ -1098,7 +1098,10 @@ def refine(
             # Half h is searched against its own map only (gold standard).
             half_ctf = None if ctf is None else (ctf if len(ctf) == 1 else ctf.subset(index))
 
-            def local(start_q, start_s, h=h, index=index, half_ctf=half_ctf):
+            # What every search of this half shares: its map, images, CTFs and the cutoff.
+            against = {"ctf": half_ctf, "pixel_size": pixel_size, "cutoff": cutoff, "nthreads": nthreads}
+
+            def local(start_q, start_s, h=h, index=index, against=against):
                 return search_poses(
                     targets[h],
                     images[index],
@@ -1109,12 +1112,9 @@ def refine(
                     shift_range=config.shift_range,
                     shift_step=config.shift_step,
                     max_shift=config.max_shift,
-                    cutoff=cutoff,
-                    ctf=half_ctf,
-                    pixel_size=pixel_size,
                     batch_size=config.batch_size,
-                    nthreads=nthreads,
                     progress=progress,
+                    **against,
                 )
 
             new_q[index], new_s[index], scores[index] = local(q[index], s[index])
@@ -1124,13 +1124,10 @@ def refine(
                     images[index],
                     s[index],
                     step=config.global_step,
-                    cutoff=cutoff,
                     shift_range=config.global_shift_range,
                     shift_step=config.global_shift_step,
-                    ctf=half_ctf,
-                    pixel_size=pixel_size,
-                    nthreads=nthreads,
                     progress=progress,
+                    **against,
                 )
                 other_q, other_s, other_scores = local(grid_q, grid_s)
                 take = other_scores > scores[index]
@@ -1147,11 +1144,8 @@ def refine(
                     step=config.posterior_step,
                     radius=config.posterior_radius,
                     keep=config.posterior_keep,
-                    cutoff=cutoff,
-                    ctf=half_ctf,
-                    pixel_size=pixel_size,
                     batch_size=config.batch_size,
-                    nthreads=nthreads,
+                    **against,
                 )
                 parts.append((index, part))
         posterior = _merged(parts, n) if config.marginalise else None
