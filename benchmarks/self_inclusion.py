@@ -28,7 +28,7 @@ import numpy as np
 from cryo_orient.geometry import rotations
 from cryo_orient.geometry.volumes import resample_volume
 from cryo_orient.orientation.alignment import align_rigid
-from cryo_orient.orientation.refine import RefineConfig, half_sets, search_poses
+from cryo_orient.orientation.refine import RefineConfig, _cutoff, half_sets, search_poses
 from cryo_orient.tomography.fsc import fsc, fsc_filter
 from cryo_orient.tomography.projection import project
 from cryo_orient.tomography.reconstruct import reconstruct
@@ -52,8 +52,7 @@ def rounds(images, start, truth, pixel, *, folds: int, n_rounds: int, seed: int 
     for iteration in range(n_rounds):
         maps = [half_map(index) for index in halves]
         curve = fsc(maps[0], maps[1], pixel, mask="soft_sphere")
-        resolution, _ = curve.resolution(0.143)
-        cutoff = float(np.clip(2 * pixel / resolution, config.lowpass_min, config.lowpass_max))
+        cutoff = _cutoff(curve, config, pixel)  # refine's own rule, so that this arm stays refine
         new = q.copy()
         for h, index in enumerate(halves):
             for f in range(folds):

@@ -628,18 +628,28 @@ def search_poses(
     return rotations.canonical(out_q), out_s, out_scores
 
 
-def _search_level(project, bnd: Band, spectra, c, q, s, delta, radius, shift_step, max_shift):
-    """One level for a batch: the best of 27 perturbed orientations, each with its best shift on
-    the grid of ``radius`` around the current shift."""
+def _candidates(project, bnd: Band, spectra, c, q, s, delta):
+    """What scoring a batch's candidate poses ``δ ⊗ q`` needs: the candidates ``(b, K, 4)``, their
+    models ``C · P`` on the band and the models' norms ``(b, K)``, the images' power ``‖B‖²`` over
+    the band, and the images moved back by their current shifts (so that a shift grid, or no
+    shift, is around the current one)."""
     b, k = len(q), len(delta)
+    weight = bnd.weight.astype(np.float32)
     candidates = rotations.multiply(delta[None, :, :], q[:, None, :])  # δ ⊗ q: lab-frame perturbations
     slices = project(candidates.reshape(-1, 4)).reshape(b, k, *bnd.mask.shape)
     model = slices if c is None else slices * c[:, None]
-    norm = np.sqrt(np.einsum("bkrc,c->bk", np.abs(model) ** 2, bnd.weight.astype(np.float32)))
-    image_norm = np.sqrt(np.einsum("brc,c->b", np.abs(spectra * bnd.mask) ** 2, bnd.weight.astype(np.float32)))
-    # The image moved back by its current shift: the grid below is then around that shift.
+    norm = np.sqrt(np.einsum("bkrc,c->bk", np.abs(model) ** 2, weight))
+    power = np.einsum("brc,c->b", np.abs(spectra * bnd.mask) ** 2, weight)
     ramp = np.exp(1j * (bnd.ky[:, None] * s[:, None, None, 0] + bnd.kx[None, :] * s[:, None, None, 1]))
-    centred = spectra * ramp.astype(np.complex64)
+    return candidates, model, norm, power, spectra * ramp.astype(np.complex64)
+
+
+def _search_level(project, bnd: Band, spectra, c, q, s, delta, radius, shift_step, max_shift):
+    """One level for a batch: the best of 27 perturbed orientations, each with its best shift on
+    the grid of ``radius`` around the current shift."""
+    b = len(q)
+    candidates, model, norm, power, centred = _candidates(project, bnd, spectra, c, q, s, delta)
+    image_norm = np.sqrt(power)
     cross = centred[:, None] * np.conj(model)  # (b, k, rows, cols)
     steps = int(np.floor(radius / shift_step + 1e-9))
     grid = shift_step * np.arange(-steps, steps + 1)
@@ -801,17 +811,12 @@ def pose_posterior(
     for start in range(0, n, per_batch):
         sl = slice(start, min(start + per_batch, n))
         b = sl.stop - sl.start
-        spectra = bnd.take(_spectra(images[sl])).astype(np.complex64) * bnd.mask
+        spectra = bnd.take(_spectra(images[sl])).astype(np.complex64)
         c = _ctf_block(ctf, pixel_size, size, sl, bnd)
-        candidates = rotations.multiply(delta[None, :, :], q[sl][:, None, :])  # (b, K, 4)
-        slices = project(candidates.reshape(-1, 4)).reshape(b, len(delta), *bnd.mask.shape)
-        model = slices if c is None else slices * c[:, None]
-        norm = np.sqrt(np.einsum("bkrc,c->bk", np.abs(model) ** 2, weight))
-        ramp = np.exp(1j * (bnd.ky[:, None] * s[sl, 0, None, None] + bnd.kx[None, :] * s[sl, 1, None, None]))
-        centred = spectra * ramp.astype(np.complex64)
+        candidates, model, norm, power, centred = _candidates(project, bnd, spectra, c, q[sl], s[sl], delta)
         cross = np.einsum("brc,bkrc,c->bk", centred, np.conj(model), weight).real
         score = np.where(norm > 0, cross / np.maximum(norm, 1e-30), 0.0).astype(np.float64)
-        image_power = np.einsum("brc,c->b", np.abs(spectra) ** 2, weight).astype(np.float64)
+        image_power = power.astype(np.float64)
         best = score.max(axis=1)
         sigma2 = np.maximum(image_power - best**2, 1e-12 * image_power + 1e-30) / count
         log_like = (score**2 - best[:, None] ** 2) / (2 * sigma2[:, None])
