@@ -6,8 +6,14 @@ from scipy import ndimage
 
 from cryo_orient.geometry import rotations
 from cryo_orient.tomography import fsc
+from cryo_orient.tomography.ctf import CTFParams
 from cryo_orient.tomography.projection import astra_available, backproject, project
-from cryo_orient.tomography.reconstruct import normal_operator, reconstruct, remove_detector_nyquist
+from cryo_orient.tomography.reconstruct import (
+    normal_operator,
+    reconstruct,
+    reconstruct_folds,
+    remove_detector_nyquist,
+)
 
 
 def smooth_blob(shape, seed=0, sigma=1.5):
@@ -121,6 +127,62 @@ def test_weights_are_replicated_images():
     np.testing.assert_allclose(scaled, weighted, atol=1e-6 * np.abs(weighted).max())
     plain = reconstruct(p, q, vol.shape, "nufft", iterations=12, tol=0).volume
     assert np.abs(plain - weighted).max() > 0.01 * np.abs(plain).max()
+
+
+@pytest.mark.parametrize("with_ctf", [False, True])
+def test_fold_maps_are_the_maps_without_each_fold(with_ctf):
+    """Each leave-one-fold-out map is the reconstruction of the other folds' images (weights and
+    CTFs per image carried along), and the whole map that of all of them; inputs not modified."""
+    vol = smooth_blob((20, 20, 20), seed=6)
+    rng = np.random.default_rng(7)
+    n = 90
+    q = rotations.uniform_so3(n, rng=rng)
+    p = project(vol, q, 20, "nufft") + rng.normal(scale=0.05, size=(n, 20, 20))
+    weights = rng.uniform(0.5, 1.5, n)
+    folds = np.arange(n) % 3
+    model = {}
+    if with_ctf:
+        defocus = rng.uniform(8000, 20000, n)
+        ctf = CTFParams.from_columns(
+            {
+                "rlnDefocusU": defocus,
+                "rlnDefocusV": defocus - 300,
+                "rlnDefocusAngle": rng.uniform(0, 180, n),
+                "rlnVoltage": 300.0,
+                "rlnSphericalAberration": 2.7,
+                "rlnAmplitudeContrast": 0.1,
+            },
+            n,
+        )
+        model = {"ctf": ctf, "pixel_size": 3.0}
+    kept = p.copy()
+    whole, without = reconstruct_folds(p, q, vol.shape, folds, iterations=15, weights=weights, **model)
+    np.testing.assert_array_equal(p, kept)
+    assert without.shape == (3, *vol.shape)
+    expected = reconstruct(p, q, vol.shape, "nufft", iterations=15, weights=weights, **model).volume
+    # Measured: 1e-5 of the maximum (single-precision FFTs, through 15 CG steps).
+    np.testing.assert_allclose(whole, expected, atol=1e-4 * np.abs(expected).max())
+    for fold in range(3):
+        rest = folds != fold
+        sub = {"ctf": model["ctf"].subset(np.flatnonzero(rest)), "pixel_size": 3.0} if with_ctf else {}
+        expected = reconstruct(p[rest], q[rest], vol.shape, "nufft", iterations=15, weights=weights[rest], **sub)
+        np.testing.assert_allclose(without[fold], expected.volume, atol=1e-4 * np.abs(expected.volume).max())
+        assert np.abs(without[fold] - whole).max() > 0.01 * np.abs(whole).max()
+
+
+@pytest.mark.parametrize(
+    "folds, match",
+    [
+        (np.zeros(12, dtype=int), "K ≥ 2 folds"),
+        (np.arange(12) % 3 + 1, "each used"),
+        (np.arange(12) % 2 * 0.5, "integer labels"),
+        (np.arange(11) % 2, "integer labels"),
+    ],
+)
+def test_fold_labels_are_checked(folds, match):
+    q = rotations.uniform_so3(12, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match=match):
+        reconstruct_folds(np.zeros((12, 8, 8)), q, (8, 8, 8), folds)
 
 
 def test_nan_projection_is_a_clear_error():

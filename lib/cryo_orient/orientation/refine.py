@@ -72,7 +72,7 @@ from cryo_orient.orientation.shifts import center_images
 from cryo_orient.tomography.backends import slice_frequencies
 from cryo_orient.tomography.ctf import CTFParams, check_pixel_size, ctf_values
 from cryo_orient.tomography.fsc import FSCResult, fsc, fsc_filter
-from cryo_orient.tomography.reconstruct import reconstruct
+from cryo_orient.tomography.reconstruct import reconstruct, reconstruct_folds
 from cryo_orient.validation import InputError, Settings, as_rng, choice, image_stack
 
 __all__ = [
@@ -87,6 +87,7 @@ __all__ = [
     "perturbations",
     "pose_posterior",
     "refine",
+    "search_fold_labels",
     "search_poses",
 ]
 
@@ -178,6 +179,15 @@ class RefineConfig(Settings):
     posterior_keep : int
         The most probable candidates kept per image at most (those of probability below 10⁻³ are
         dropped as well; renormalised).
+    search_folds : int
+        1: each image is searched against its half's map, which contains the image itself at its
+        current pose (RELION's gold standard). K ≥ 2: each half is split into K folds (every K-th
+        image of the half) and each fold is searched against the map of the rest of its half
+        (:func:`cryo_orient.tomography.reconstruct.reconstruct_folds`, FSC-weighted and low-passed
+        as the half map), so no image sees its own noise in its reference: a pose (and a
+        posterior) that scores its own contribution to the map is not favoured. The FSC, the
+        cutoff and the maps written are those of the whole halves. It costs K more CG solves per
+        half and round, and K times the global search's projections.
     """
 
     _unknown_keys = "refine setting(s)"
@@ -208,6 +218,7 @@ class RefineConfig(Settings):
     posterior_step: float = 1.5
     posterior_radius: int = 3
     posterior_keep: int = 16
+    search_folds: int = 1
 
     def __post_init__(self):
         choice(self.lowpass, "lowpass", LOWPASS_POLICIES)
@@ -219,7 +230,14 @@ class RefineConfig(Settings):
             raise InputError(f"global_step must be in (0, 90] degrees, got {self.global_step!r}")
         if not isinstance(self.marginalise, (bool, np.bool_)):
             raise InputError(f"marginalise must be true or false, got {self.marginalise!r}")
-        for name in ("max_iterations", "local_steps", "reconstruction_iterations", "batch_size", "posterior_keep"):
+        for name in (
+            "max_iterations",
+            "local_steps",
+            "reconstruction_iterations",
+            "batch_size",
+            "posterior_keep",
+            "search_folds",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
@@ -973,6 +991,38 @@ def _reconstruct_half(images, q, shifts, index, size, ctf, pixel_size, iteration
     ).volume
 
 
+def _fold_maps(images, q, shifts, index, folds, size, ctf, pixel_size, iterations, posterior=None):
+    """The map of the images ``index`` and, per fold, the map of those outside it (:func:`_reconstruct_half`'s
+    poses, or posterior, and weights)."""
+    kwargs = {"iterations": iterations}
+    if ctf is not None:
+        kwargs.update(ctf=ctf if len(ctf) == 1 else ctf.subset(index), pixel_size=pixel_size)
+    centred = center_images(images[index], shifts[index])
+    if posterior is None:
+        return reconstruct_folds(centred, q[index], (size,) * 3, folds[index], **kwargs)
+    part = posterior.subset(index)
+    if ctf is not None and len(ctf) > 1:
+        kwargs["ctf"] = kwargs["ctf"].subset(part.image)
+    return reconstruct_folds(
+        centred[part.image],
+        part.quaternions,
+        (size,) * 3,
+        folds[index][part.image],
+        weights=part.weights,
+        **kwargs,
+    )
+
+
+def search_fold_labels(subsets, k: int) -> np.ndarray:
+    """Each image's fold within its half set: every ``k``-th image of the half (0 … k−1), so that
+    the folds interleave along the stack (micrographs and defocus groups are spread over them)."""
+    labels = np.zeros(len(subsets), dtype=np.int64)
+    for h in (1, 2):
+        index = np.flatnonzero(subsets == h)
+        labels[index] = np.arange(len(index)) % k
+    return labels
+
+
 def _half_maps(images, q, shifts, subsets, size, ctf, pixel_size, iterations, posterior=None):
     return np.stack(
         [
@@ -1058,10 +1108,32 @@ def refine(
     subsets = half_sets(n, config.half_set_seed)
     halves = [np.flatnonzero(subsets == h) for h in (1, 2)]
     mask = "soft_sphere" if config.fsc_mask else None
+    k = int(config.search_folds)
+    if k > 1 and min(len(index) for index in halves) < 2 * k:
+        raise InputError(
+            f"search_folds {k} needs at least {2 * k} images in each half set (the smaller has "
+            f"{min(len(index) for index in halves)}); use fewer folds"
+        )
+    folds = search_fold_labels(subsets, k) if k > 1 else None
+    # The images searched together and the map they are searched against: (half, indices, fold).
+    groups = (
+        [(h, index, None) for h, index in enumerate(halves)]
+        if folds is None
+        else [(h, index[folds[index] == f], f) for h, index in enumerate(halves) for f in range(k)]
+    )
 
     def maps_and_fsc(q, s, posterior):
-        maps = _half_maps(images, q, s, subsets, size, ctf, pixel, config.reconstruction_iterations, posterior)
-        return maps, fsc(maps[0], maps[1], pixel, mask=mask)
+        """The half maps, their FSC and, with folds, each fold's leave-fold-out map ``[half][fold]``."""
+        if folds is None:
+            maps = _half_maps(images, q, s, subsets, size, ctf, pixel, config.reconstruction_iterations, posterior)
+            out = None
+        else:
+            both = [
+                _fold_maps(images, q, s, index, folds, size, ctf, pixel, config.reconstruction_iterations, posterior)
+                for index in halves
+            ]
+            maps, out = np.stack([whole for whole, _ in both]), [without for _, without in both]
+        return maps, fsc(maps[0], maps[1], pixel, mask=mask), out
 
     fingerprint = _fingerprint(images, q, s, reference, ctf, pixel, config)
     state = _load_checkpoint(checkpoint, fingerprint)
@@ -1070,7 +1142,7 @@ def refine(
     else:
         q, s, scores, log, stop = state["q"], state["s"], state["scores"], state["log"], state["stop"]
         first, posterior = len(log) - 1, state["posterior"]
-    maps, curve = maps_and_fsc(q, s, posterior)
+    maps, curve, fold_out = maps_and_fsc(q, s, posterior)
     resolution, crossed = curve.resolution(0.143)
     if not log:
         log.append(
@@ -1092,23 +1164,28 @@ def refine(
     for iteration in range(first, config.max_iterations if stop == "max_iterations" else first):
         tick = time.perf_counter()
         if iteration == 0 and reference is not None:
-            cutoff, targets = float(config.initial_lowpass), (reference, reference)
+            cutoff = float(config.initial_lowpass)
         else:
             cutoff = _cutoff(curve, config, pixel)
-            targets = tuple(fsc_filter(m, curve) for m in maps) if config.fsc_weighting else (maps[0], maps[1])
         new_q, new_s = q.copy(), s.copy()
         from_global = np.zeros(n, dtype=bool)
         parts = []
-        for h, index in enumerate(halves):
-            # Half h is searched against its own map only (gold standard).
-            half_ctf = None if ctf is None else (ctf if len(ctf) == 1 else ctf.subset(index))
+        for h, index, fold in groups:
+            # Half h is searched against its own map only (gold standard); with folds, fold f of
+            # it against the map of the rest of the half.
+            if iteration == 0 and reference is not None:
+                target = reference
+            else:
+                target = maps[h] if fold is None else fold_out[h][fold]
+                target = fsc_filter(target, curve) if config.fsc_weighting else target
+            group_ctf = None if ctf is None else (ctf if len(ctf) == 1 else ctf.subset(index))
 
-            # What every search of this half shares: its map, images, CTFs and the cutoff.
-            against = {"ctf": half_ctf, "pixel_size": pixel_size, "cutoff": cutoff, "nthreads": nthreads}
+            # What every search of this group shares: its map's CTFs, pixel size and cutoff.
+            against = {"ctf": group_ctf, "pixel_size": pixel_size, "cutoff": cutoff, "nthreads": nthreads}
 
-            def local(start_q, start_s, h=h, index=index, against=against):
+            def local(start_q, start_s, target=target, index=index, against=against):
                 return search_poses(
-                    targets[h],
+                    target,
                     images[index],
                     start_q,
                     start_s,
@@ -1125,7 +1202,7 @@ def refine(
             new_q[index], new_s[index], scores[index] = local(q[index], s[index])
             if iteration < config.global_rounds:
                 grid_q, grid_s, _ = global_search(
-                    targets[h],
+                    target,
                     images[index],
                     s[index],
                     step=config.global_step,
@@ -1140,9 +1217,9 @@ def refine(
                 scores[index[take]] = other_scores[take]
                 from_global[index[take]] = True
             if config.marginalise:
-                # The posterior around the new best poses, against the same half map and cutoff.
+                # The posterior around the new best poses, against the same map and cutoff.
                 part = pose_posterior(
-                    targets[h],
+                    target,
                     images[index],
                     new_q[index],
                     new_s[index],
@@ -1158,7 +1235,7 @@ def refine(
         moved = float(np.mean(np.degrees(rotations.distance(q, new_q)) > 0.5 * fine))
         shift_change = float(np.sqrt(np.mean(np.sum((new_s - s) ** 2, axis=1))))
         q, s = new_q, new_s
-        maps, curve = maps_and_fsc(q, s, posterior)
+        maps, curve, fold_out = maps_and_fsc(q, s, posterior)
         resolution, crossed = curve.resolution(0.143)
         log.append(
             {

@@ -237,6 +237,20 @@ class _ToeplitzNormal:
         # operator stays accurate to ~1e-6 relative, far below what CG's iterates resolve.
         self.transfer = scipy.fft.rfftn(circulant, workers=self.workers).astype(np.complex64)
 
+    @classmethod
+    def combination(cls, operators, coefficients) -> _ToeplitzNormal:
+        """``Σ c_i A_iᵀA_i``: the normal operator of the images of several operators together
+        (coefficients 1) or of some without others (−1), from their kernels' spectra (added in
+        double precision), without another NUFFT."""
+        first = operators[0]
+        if any(op.shape != first.shape for op in operators):
+            raise ValueError("normal operators of different volume shapes cannot be combined")
+        out = cls.__new__(cls)
+        out.shape, out.padded, out.workers = first.shape, first.padded, first.workers
+        transfer = sum(float(c) * op.transfer.astype(np.complex128) for op, c in zip(operators, coefficients) if c)
+        out.transfer = transfer.astype(np.complex64)
+        return out
+
     def __call__(self, v):
         spectrum = scipy.fft.rfftn(np.asarray(v, dtype=np.float32), s=self.padded, workers=self.workers)
         out = scipy.fft.irfftn(spectrum * self.transfer, s=self.padded, workers=self.workers)

@@ -49,7 +49,14 @@ from cryo_orient.tomography.backends import check_size, remove_detector_nyquist,
 from cryo_orient.tomography.ctf import CTFParams, check_pixel_size
 from cryo_orient.validation import InputError, check_memory, float_array, integer
 
-__all__ = ["Reconstruction", "conjugate_gradients", "normal_operator", "reconstruct", "remove_detector_nyquist"]
+__all__ = [
+    "Reconstruction",
+    "conjugate_gradients",
+    "normal_operator",
+    "reconstruct",
+    "reconstruct_folds",
+    "remove_detector_nyquist",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,3 +329,97 @@ def reconstruct(
         },
     )
     return Reconstruction(volume, chosen.name, k, residuals, stop, time.perf_counter() - start, float(regularization))
+
+
+def _check_folds(folds, n):
+    """Fold labels checked against ``n`` images: integers 0 … K−1, K ≥ 2, every fold used."""
+    labels = np.asarray(folds)
+    what = f"{n} integer labels 0, 1, …, K−1 (K ≥ 2 folds, each used; one per image)"
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"folds must be {what}; got {labels.dtype} of shape {labels.shape}")
+    k = int(labels.max()) + 1 if n else 0
+    if n == 0 or labels.min() < 0 or k < 2 or len(np.unique(labels)) != k:
+        raise InputError(f"folds must be {what}; got labels {sorted(set(labels.tolist()))[:10]}")
+    return labels.astype(np.int64), k
+
+
+def reconstruct_folds(
+    projections,
+    quaternions,
+    shape,
+    folds,
+    *,
+    iterations=100,
+    tol=1e-4,
+    eps=1e-9,
+    nthreads=None,
+    ctf=None,
+    pixel_size=None,
+    weights=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The map of all projections and, for each fold of them, the map of all the others.
+
+    Each leave-one-fold-out map is what :func:`reconstruct` (NUFFT backend, the same settings)
+    gives from the projections outside that fold, to the NUFFT tolerance and single-precision
+    FFTs. The normal equations are sums over images, so the kernel and right-hand side of each
+    fold are computed once and every map is solved from their sums and differences: ``K + 1``
+    CG solves for the NUFFT work of one reconstruction. :func:`cryo_orient.orientation.refine.refine`
+    (``search_folds``) searches each image against a map it did not contribute to.
+
+    Parameters
+    ----------
+    projections, quaternions, shape
+        As :func:`reconstruct`.
+    folds : array_like of int, shape (N,)
+        Each projection's fold, ``0 … K−1`` (``K ≥ 2``, each fold non-empty).
+    iterations, tol, eps, nthreads, ctf, pixel_size, weights
+        As :func:`reconstruct` (per projection).
+
+    Returns
+    -------
+    volume : ndarray, shape ``shape``
+        The map of all projections.
+    without : ndarray, shape ``(K,) + shape``
+        ``without[k]``: the map of the projections outside fold ``k``.
+    """
+    p, q, shape = _check_inputs(projections, quaternions, shape)
+    ctf, pixel_size = _check_ctf(ctf, pixel_size, len(p))
+    weights = _check_weights(weights, len(p))
+    labels, k = _check_folds(folds, len(p))
+    iterations = integer(iterations, "iterations", 1)
+    if not (np.isfinite(tol) and tol >= 0):
+        raise InputError(f"tol must be a non-negative number, got {tol!r}")
+    side = max(max(shape), p.shape[-1])
+    check_memory(
+        (k + 6) * 4 * (2 * side) ** 3 + (2 * k + 14) * 8 * int(np.prod(shape)) + 3 * p.nbytes,
+        f"reconstructing {k + 1} maps of {'×'.join(map(str, shape))} from {len(p):,} images",
+        "use fewer folds, reconstruct a smaller box or bin the images",
+    )
+    nufft = backends.BACKENDS["nufft"]
+    matrices = rotation_matrices(q)
+    operators, rhs = [], []
+    for fold in range(k):
+        index = np.flatnonzero(labels == fold)
+        model_args = {
+            **({} if ctf is None else {"ctf": ctf if len(ctf) == 1 else ctf.subset(index), "pixel_size": pixel_size}),
+            **({} if weights is None else {"weights": weights[index]}),
+        }
+        common = {"eps": eps, "nthreads": nthreads, **model_args}
+        operators.append(nufft.normal_operator(matrices[index], p.shape[-1], shape, **common))
+        rhs.append(nufft.normal_rhs(p[index], matrices[index], shape, **common))
+    total_rhs = np.sum(rhs, axis=0)
+
+    def solve(operator, b):
+        return conjugate_gradients(operator, b, iterations=iterations, tol=float(tol))[0]
+
+    volume = solve(backends._ToeplitzNormal.combination(operators, [1.0] * k), total_rhs)
+    without = np.stack(
+        [
+            solve(
+                backends._ToeplitzNormal.combination(operators, [0.0 if j == fold else 1.0 for j in range(k)]),
+                total_rhs - rhs[fold],
+            )
+            for fold in range(k)
+        ]
+    )
+    return volume, without
