@@ -1453,6 +1453,12 @@ CASES = [
         2,
         r"lowpass_max must be a fraction of Nyquist",
     ),
+    cli_case(
+        "refine-more-folds-than-images",
+        REFINE.format(star="{star_angles}") + " --set search_folds=1000",
+        2,
+        r"search_folds 1000 needs at least 2000 images in each half set .*; use fewer folds",
+    ),
     cli_case("refine-angpix-0", REFINE.format(star="{star_angles}") + " --angpix 0", 2, r"--angpix: expected a"),
     cli_case("refine-no-reference", "refine {star_angles} --out {w}/refine", 2, r"required: --reference"),
     # ------------------------------------------------------------------ the API: atomic writes

@@ -572,7 +572,9 @@ def test_refine_refuses_mismatched_inputs(reference):
         refine(images, q, pixel_size=pixel, reference=np.zeros((30, 30, 30)))
     with pytest.raises(InputError, match="shifts must be"):
         refine(images, q, np.zeros((10, 3)), pixel_size=pixel)
-    with pytest.raises(InputError, match="search_folds 3 needs at least 6 images in each half set"):
+    with pytest.raises(
+        InputError, match="search_folds 3 needs at least 6 images in each half set \\(10 images give 5\\)"
+    ):
         refine(images, q, pixel_size=pixel, config={"search_folds": 3})
 
 

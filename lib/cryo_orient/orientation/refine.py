@@ -278,6 +278,16 @@ class RefineConfig(Settings):
                 f"lowpass_min ({self.lowpass_min}) exceeds lowpass_max ({self.lowpass_max}); swap or change them"
             )
 
+    def check_images(self, n: int) -> None:
+        """Raise :class:`InputError` when ``n`` images are too few for these settings (two half
+        sets, and each half's ``search_folds`` folds with at least two images each)."""
+        k = int(self.search_folds)
+        if k > 1 and n // 2 < 2 * k:
+            raise InputError(
+                f"search_folds {k} needs at least {2 * k} images in each half set ({n} images give "
+                f"{n // 2}); use fewer folds"
+            )
+
     def round_step(self, iteration: int) -> float:
         """Degrees: the coarsest step of round ``iteration`` (from 0)."""
         return max(self.angular_step * 0.5**iteration, min(self.min_angular_step, self.angular_step))
@@ -1113,12 +1123,8 @@ def refine(
     subsets = half_sets(n, config.half_set_seed)
     halves = [np.flatnonzero(subsets == h) for h in (1, 2)]
     mask = "soft_sphere" if config.fsc_mask else None
+    config.check_images(n)
     k = int(config.search_folds)
-    if k > 1 and min(len(index) for index in halves) < 2 * k:
-        raise InputError(
-            f"search_folds {k} needs at least {2 * k} images in each half set (the smaller has "
-            f"{min(len(index) for index in halves)}); use fewer folds"
-        )
     folds = search_fold_labels(subsets, k) if k > 1 else None
     # The images searched together and the map they are searched against: (half, indices, fold).
     groups = (

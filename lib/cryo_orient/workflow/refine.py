@@ -218,6 +218,7 @@ def refine_particles(
         )
     if stack.n < 2:
         raise InputError(f"{particles} holds {stack.n} particle; two half sets need at least 2")
+    config.check_images(stack.n)
     volume, reference_voxel = load_reference(reference, stack, reference_angpix)
     log(
         f"refine: {stack.n} particles of {stack.image_size} px at {stack.pixel_size:g} Å"
