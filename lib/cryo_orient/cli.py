@@ -668,7 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="then refine the poses against gold-standard half maps (writes half1/half2.mrc, fsc.csv, refine.json)",
     )
     ori.add_argument(
-        "--refine-set", action="append", metavar="KEY=VALUE", help="one RefineConfig setting for --refine (repeatable)"
+        "--refine-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="one RefineConfig setting for --refine (repeatable); for learned starts at high noise "
+        "global_rounds=3 and search_folds=4 (measured: 5j0n at -5.8 dB, 19.3 deg -> 3.1 deg median)",
     )
     ori.add_argument("--quiet", action="store_true", help="no progress bars")
     ori.set_defaults(func=_cmd_orient)
