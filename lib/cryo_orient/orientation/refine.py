@@ -985,49 +985,35 @@ def global_search(
 # --------------------------------------------------------------------------- the iteration
 
 
+def _map_rows(images, q, shifts, index, ctf, pixel_size, posterior=None):
+    """What a map of the images ``index`` is fitted to: ``(images, quaternions, rows, model)``,
+    each image centred at its pose or, with a :class:`PosePosterior` of all images, at every
+    orientation of its posterior (``rows``: the position in ``index`` of each row; ``model``:
+    the CTF, pixel size and posterior weights for :func:`reconstruct`)."""
+    model = {}
+    if ctf is not None:
+        model = {"ctf": ctf if len(ctf) == 1 else ctf.subset(index), "pixel_size": pixel_size}
+    centred = center_images(images[index], shifts[index])
+    if posterior is None:
+        return centred, q[index], np.arange(len(index)), model
+    part = posterior.subset(index)
+    if ctf is not None and len(ctf) > 1:
+        model["ctf"] = model["ctf"].subset(part.image)
+    return centred[part.image], part.quaternions, part.image, model | {"weights": part.weights}
+
+
 def _reconstruct_half(images, q, shifts, index, size, ctf, pixel_size, iterations, posterior=None):
     """The map of the images ``index`` at their poses or, with a :class:`PosePosterior` of all
     images, each image at every orientation of its posterior with the posterior's weight."""
-    kwargs = {}
-    if ctf is not None:
-        kwargs = {"ctf": ctf if len(ctf) == 1 else ctf.subset(index), "pixel_size": pixel_size}
-    centred = center_images(images[index], shifts[index])
-    if posterior is None:
-        return reconstruct(centred, q[index], (size,) * 3, "nufft", iterations=iterations, **kwargs).volume
-    part = posterior.subset(index)
-    if ctf is not None and len(ctf) > 1:
-        kwargs["ctf"] = kwargs["ctf"].subset(part.image)
-    return reconstruct(
-        centred[part.image],
-        part.quaternions,
-        (size,) * 3,
-        "nufft",
-        iterations=iterations,
-        weights=part.weights,
-        **kwargs,
-    ).volume
+    rows, quaternions, _, model = _map_rows(images, q, shifts, index, ctf, pixel_size, posterior)
+    return reconstruct(rows, quaternions, (size,) * 3, "nufft", iterations=iterations, **model).volume
 
 
 def _fold_maps(images, q, shifts, index, folds, size, ctf, pixel_size, iterations, posterior=None):
-    """The map of the images ``index`` and, per fold, the map of those outside it (:func:`_reconstruct_half`'s
-    poses, or posterior, and weights)."""
-    kwargs = {"iterations": iterations}
-    if ctf is not None:
-        kwargs.update(ctf=ctf if len(ctf) == 1 else ctf.subset(index), pixel_size=pixel_size)
-    centred = center_images(images[index], shifts[index])
-    if posterior is None:
-        return reconstruct_folds(centred, q[index], (size,) * 3, folds[index], **kwargs)
-    part = posterior.subset(index)
-    if ctf is not None and len(ctf) > 1:
-        kwargs["ctf"] = kwargs["ctf"].subset(part.image)
-    return reconstruct_folds(
-        centred[part.image],
-        part.quaternions,
-        (size,) * 3,
-        folds[index][part.image],
-        weights=part.weights,
-        **kwargs,
-    )
+    """:func:`_reconstruct_half`'s map of the images ``index`` and, per fold, the map of those
+    outside it (:func:`~cryo_orient.tomography.reconstruct.reconstruct_folds`)."""
+    rows, quaternions, position, model = _map_rows(images, q, shifts, index, ctf, pixel_size, posterior)
+    return reconstruct_folds(rows, quaternions, (size,) * 3, folds[index][position], iterations=iterations, **model)
 
 
 def search_fold_labels(subsets, k: int) -> np.ndarray:
