@@ -9,6 +9,7 @@ from cryo_orient.tomography import fsc
 from cryo_orient.tomography.ctf import CTFParams
 from cryo_orient.tomography.projection import astra_available, backproject, project
 from cryo_orient.tomography.reconstruct import (
+    FoldedNormalEquations,
     normal_operator,
     reconstruct,
     reconstruct_folds,
@@ -168,6 +169,26 @@ def test_fold_maps_are_the_maps_without_each_fold(with_ctf):
         expected = reconstruct(p[rest], q[rest], vol.shape, "nufft", iterations=15, weights=weights[rest], **sub)
         np.testing.assert_allclose(without[fold], expected.volume, atol=1e-4 * np.abs(expected.volume).max())
         assert np.abs(without[fold] - whole).max() > 0.01 * np.abs(whole).max()
+
+
+def test_replacing_a_fold_changes_only_the_maps_that_hold_it():
+    vol = smooth_blob((16, 16, 16), seed=8)
+    rng = np.random.default_rng(9)
+    q = rotations.uniform_so3(60, rng=rng)
+    p = project(vol, q, 16, "nufft")
+    system = FoldedNormalEquations(vol.shape, 3, iterations=10)
+    with pytest.raises(ValueError, match=r"folds \[0, 1, 2\] have no images yet"):
+        system.solve()
+    for fold in range(3):
+        system.set_fold(fold, p[fold::3], q[fold::3])
+    before = [system.solve(without=fold) for fold in range(3)]
+    system.set_fold(1, p[1::3], rotations.uniform_so3(20, rng=rng))  # fold 1 at other poses
+    # Equal to rounding: the left-out fold's terms are subtracted from the sum of all.
+    np.testing.assert_allclose(system.solve(without=1), before[1], atol=1e-9 * np.abs(before[1]).max())
+    for fold in (0, 2):
+        assert np.abs(system.solve(without=fold) - before[fold]).max() > 0.01 * np.abs(before[fold]).max()
+    with pytest.raises(ValueError, match="fold must be below the number of folds"):
+        system.set_fold(3, p[:2], q[:2])
 
 
 @pytest.mark.parametrize(

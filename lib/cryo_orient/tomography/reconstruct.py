@@ -50,6 +50,7 @@ from cryo_orient.tomography.ctf import CTFParams, check_pixel_size
 from cryo_orient.validation import InputError, check_memory, float_array, integer
 
 __all__ = [
+    "FoldedNormalEquations",
     "Reconstruction",
     "conjugate_gradients",
     "normal_operator",
@@ -395,31 +396,75 @@ def reconstruct_folds(
         f"reconstructing {k + 1} maps of {'×'.join(map(str, shape))} from {len(p):,} images",
         "use fewer folds, reconstruct a smaller box or bin the images",
     )
-    nufft = backends.BACKENDS["nufft"]
-    matrices = rotation_matrices(q)
-    operators, rhs = [], []
+    system = FoldedNormalEquations(shape, k, iterations=iterations, tol=tol, eps=eps, nthreads=nthreads)
     for fold in range(k):
         index = np.flatnonzero(labels == fold)
-        model_args = {
+        model = {
             **({} if ctf is None else {"ctf": ctf if len(ctf) == 1 else ctf.subset(index), "pixel_size": pixel_size}),
             **({} if weights is None else {"weights": weights[index]}),
         }
-        common = {"eps": eps, "nthreads": nthreads, **model_args}
-        operators.append(nufft.normal_operator(matrices[index], p.shape[-1], shape, **common))
-        rhs.append(nufft.normal_rhs(p[index], matrices[index], shape, **common))
-    total_rhs = np.sum(rhs, axis=0)
+        system.set_fold(fold, p[index], q[index], **model)
+    return system.solve(), np.stack([system.solve(without=fold) for fold in range(k)])
 
-    def solve(operator, b):
-        return conjugate_gradients(operator, b, iterations=iterations, tol=float(tol))[0]
 
-    volume = solve(backends._ToeplitzNormal.combination(operators, [1.0] * k), total_rhs)
-    without = np.stack(
-        [
-            solve(
-                backends._ToeplitzNormal.combination(operators, [0.0 if j == fold else 1.0 for j in range(k)]),
-                total_rhs - rhs[fold],
-            )
-            for fold in range(k)
-        ]
-    )
-    return volume, without
+class FoldedNormalEquations:
+    """The least-squares normal equations of a map from K folds of images, kept fold by fold,
+    so that one fold's images (or poses) can be replaced and any fold left out of a solve.
+
+    The NUFFT backend's ``AᵀA`` (its Toeplitz kernel) and ``Aᵀb`` are sums over images:
+    :meth:`set_fold` computes a fold's two terms (the NUFFT work of its images alone) and
+    :meth:`solve` adds those of the folds kept and runs conjugate gradients, as
+    :func:`reconstruct` (NUFFT backend, the same settings) does on those images.
+    :func:`reconstruct_folds` solves once per fold; :func:`cryo_orient.orientation.refine.refine`
+    (``search_folds``) updates each fold's poses in turn.
+
+    Parameters
+    ----------
+    shape : tuple of 3 ints
+        The map's grid.
+    k : int
+        The number of folds (≥ 2); each must be set before a solve.
+    iterations, tol, eps, nthreads
+        As :func:`reconstruct`.
+    """
+
+    def __init__(self, shape, k, *, iterations=100, tol=1e-4, eps=1e-9, nthreads=None):
+        self.shape = tuple(int(n) for n in shape)
+        self.k = integer(k, "k", 2)
+        self.iterations = integer(iterations, "iterations", 1)
+        if not (np.isfinite(tol) and tol >= 0):
+            raise InputError(f"tol must be a non-negative number, got {tol!r}")
+        self.tol, self.eps, self.nthreads = float(tol), eps, nthreads
+        self._operators = [None] * self.k
+        self._rhs = [None] * self.k
+
+    def set_fold(self, fold, projections, quaternions, *, ctf=None, pixel_size=None, weights=None):
+        """Replace fold ``fold``'s images and poses (arguments as :func:`reconstruct`'s)."""
+        fold = integer(fold, "fold", 0)
+        if fold >= self.k:
+            raise InputError(f"fold must be below the number of folds ({self.k}), got {fold}")
+        p, q, _ = _check_inputs(projections, quaternions, self.shape)
+        ctf, pixel_size = _check_ctf(ctf, pixel_size, len(p))
+        weights = _check_weights(weights, len(p))
+        model = {
+            "eps": self.eps,
+            "nthreads": self.nthreads,
+            **({} if ctf is None else {"ctf": ctf, "pixel_size": pixel_size}),
+            **({} if weights is None else {"weights": weights}),
+        }
+        nufft, matrices = backends.BACKENDS["nufft"], rotation_matrices(q)
+        self._operators[fold] = nufft.normal_operator(matrices, p.shape[-1], self.shape, **model)
+        self._rhs[fold] = nufft.normal_rhs(p, matrices, self.shape, **model)
+
+    def solve(self, without=None) -> np.ndarray:
+        """The map of every fold's images, or of all but fold ``without``."""
+        missing = [f for f in range(self.k) if self._rhs[f] is None]
+        if missing:
+            raise InputError(f"folds {missing} have no images yet; call set_fold for each before solving")
+        total = np.sum(self._rhs, axis=0)
+        if without is None:
+            operator, rhs = backends._ToeplitzNormal.combination(self._operators, [1.0] * self.k), total
+        else:
+            keep = [0.0 if j == without else 1.0 for j in range(self.k)]
+            operator, rhs = backends._ToeplitzNormal.combination(self._operators, keep), total - self._rhs[without]
+        return conjugate_gradients(operator, rhs, iterations=self.iterations, tol=self.tol)[0]
