@@ -1400,6 +1400,12 @@ CASES = [
         r"--refine-set needs --refine",
     ),
     cli_case(
+        "orient-refine-more-folds-than-images",
+        ORIENT.format(star="{star_good}") + " --refine --refine-set search_folds=1000",
+        2,
+        r"search_folds 1000 needs at least 2000 images in each half set .*; use fewer folds",
+    ),
+    cli_case(
         "orient-refine-unknown-setting",
         ORIENT.format(star="{star_good}") + " --refine --refine-set iterations=2",
         2,

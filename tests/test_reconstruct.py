@@ -189,6 +189,9 @@ def test_replacing_a_fold_changes_only_the_maps_that_hold_it():
         assert np.abs(system.solve(without=fold) - before[fold]).max() > 0.01 * np.abs(before[fold]).max()
     with pytest.raises(ValueError, match="fold must be below the number of folds"):
         system.set_fold(3, p[:2], q[:2])
+    for bad in (-1, 3, True):
+        with pytest.raises(ValueError, match="without must be"):
+            system.solve(without=bad)
 
 
 @pytest.mark.parametrize(

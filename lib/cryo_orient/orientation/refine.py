@@ -281,8 +281,9 @@ class RefineConfig(Settings):
             )
 
     def check_images(self, n: int) -> None:
-        """Raise :class:`InputError` when ``n`` images are too few for these settings (two half
-        sets, and each half's ``search_folds`` folds with at least two images each)."""
+        """Raise :class:`InputError` when ``n`` images are too few for ``search_folds`` (each
+        half's folds need at least two images each; the two half sets themselves are checked
+        by :func:`half_sets`)."""
         k = int(self.search_folds)
         if k > 1 and n // 2 < 2 * k:
             raise InputError(

@@ -415,8 +415,8 @@ class FoldedNormalEquations:
     :meth:`set_fold` computes a fold's two terms (the NUFFT work of its images alone) and
     :meth:`solve` adds those of the folds kept and runs conjugate gradients, as
     :func:`reconstruct` (NUFFT backend, the same settings) does on those images.
-    :func:`reconstruct_folds` solves once per fold; :func:`cryo_orient.orientation.refine.refine`
-    (``search_folds``) updates each fold's poses in turn.
+    :func:`reconstruct_folds` sets every fold and solves once per fold (what
+    :func:`cryo_orient.orientation.refine.refine` uses for ``search_folds``).
 
     Parameters
     ----------
@@ -458,6 +458,10 @@ class FoldedNormalEquations:
 
     def solve(self, without=None) -> np.ndarray:
         """The map of every fold's images, or of all but fold ``without``."""
+        if without is not None:
+            without = integer(without, "without", 0)
+            if without >= self.k:
+                raise InputError(f"without must be a fold below {self.k} (or None), got {without}")
         missing = [f for f in range(self.k) if self._rhs[f] is None]
         if missing:
             raise InputError(f"folds {missing} have no images yet; call set_fold for each before solving")

@@ -224,6 +224,8 @@ def orient_map_free(
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
     stack = read_particles(particles, angpix=angpix)
+    if refine_config is not None:
+        refine_config.check_images(stack.n)  # before any stage runs, not at the refinement
     model = SiameseEstimator.load(estimator)
     size = model.result.config.input_size
     if size > stack.image_size:

@@ -537,6 +537,8 @@ def orient(
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
     stack = read_particles(particles, angpix=angpix)
+    if refine_config is not None:
+        refine_config.check_images(stack.n)  # before any stage runs, not at the refinement
     volume, reference_voxel = load_reference(reference, stack, reference_angpix)
     cache_dir.mkdir(parents=True, exist_ok=True)
     reference_path = cache_dir / f"reference-{digest(volume)}.mrc"
