@@ -172,6 +172,9 @@ def test_params_broadcast_copy_and_freeze():
     assert len(CTFParams(1e4, 1e4, 0, 300, 2.7, 0.1)) == 1
     sub = p.subset(np.array([False, True]))
     assert len(sub) == 1 and sub.defocus_u[0] == 16000.0
+    assert p.of_images([1]).defocus_u.tolist() == [16000.0]  # one set per image: selected
+    one = CTFParams(1e4, 1e4, 0, 300, 2.7, 0.1)
+    assert one.of_images([5, 7]) is one  # one set for all images: itself
 
 
 def test_columns_round_trip():

@@ -556,7 +556,7 @@ def _check_ctf(ctf, pixel_size, n):
 def _ctf_block(ctf, pixel_size, size, index, bnd: Band):
     if ctf is None:
         return None
-    c = ctf_values(ctf, size, pixel_size, index=slice(0, 1) if len(ctf) == 1 else index)
+    c = ctf_values(ctf.of_images(index), size, pixel_size)
     return bnd.take(c).astype(np.float32)
 
 
@@ -993,13 +993,13 @@ def _map_rows(images, q, shifts, index, ctf, pixel_size, posterior=None):
     the CTF, pixel size and posterior weights for :func:`reconstruct`)."""
     model = {}
     if ctf is not None:
-        model = {"ctf": ctf if len(ctf) == 1 else ctf.subset(index), "pixel_size": pixel_size}
+        model = {"ctf": ctf.of_images(index), "pixel_size": pixel_size}
     centred = center_images(images[index], shifts[index])
     if posterior is None:
         return centred, q[index], np.arange(len(index)), model
     part = posterior.subset(index)
-    if ctf is not None and len(ctf) > 1:
-        model["ctf"] = model["ctf"].subset(part.image)
+    if ctf is not None:
+        model["ctf"] = model["ctf"].of_images(part.image)
     return centred[part.image], part.quaternions, part.image, model | {"weights": part.weights}
 
 
@@ -1178,7 +1178,7 @@ def refine(
             else:
                 target = maps[h] if fold is None else fold_out[h][fold]
                 target = fsc_filter(target, curve) if config.fsc_weighting else target
-            group_ctf = None if ctf is None else (ctf if len(ctf) == 1 else ctf.subset(index))
+            group_ctf = None if ctf is None else ctf.of_images(index)
 
             # What every search of this group shares: its map's CTFs, pixel size and cutoff.
             against = {"ctf": group_ctf, "pixel_size": pixel_size, "cutoff": cutoff, "nthreads": nthreads}

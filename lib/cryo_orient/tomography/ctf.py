@@ -176,6 +176,11 @@ class CTFParams:
         except IndexError as err:
             raise InputError(f"CTF subset index does not fit {len(self)} images: {err}") from None
 
+    def of_images(self, index) -> CTFParams:
+        """The parameters of the images ``index`` selects, where one set stands for every image
+        (then it is returned as it is)."""
+        return self if len(self) == 1 else self.subset(index)
+
     @classmethod
     def from_columns(cls, columns: Mapping, n: int) -> CTFParams:
         """Parameters of ``n`` images from RELION STAR columns.
@@ -331,8 +336,7 @@ def _filter(images, params, pixel_size, transfer, name="images"):
     out = np.empty(p.shape, dtype=p.dtype)
     for start in range(0, len(p), _BATCH):
         batch = slice(start, min(start + _BATCH, len(p)))
-        index = slice(0, 1) if len(params) == 1 else batch
-        c = ctf_values(params, size, pixel_size, index=index)
+        c = ctf_values(params.of_images(batch), size, pixel_size)
         spectrum = np.fft.rfft2(np.fft.ifftshift(p[batch], axes=(-2, -1)), axes=(-2, -1))
         spectrum *= transfer(c, batch)
         filtered = np.fft.irfft2(spectrum, s=(size, size), axes=(-2, -1))

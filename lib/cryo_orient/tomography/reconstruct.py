@@ -387,20 +387,17 @@ def reconstruct_folds(
     ctf, pixel_size = _check_ctf(ctf, pixel_size, len(p))
     weights = _check_weights(weights, len(p))
     labels, k = _check_folds(folds, len(p))
-    iterations = integer(iterations, "iterations", 1)
-    if not (np.isfinite(tol) and tol >= 0):
-        raise InputError(f"tol must be a non-negative number, got {tol!r}")
+    system = FoldedNormalEquations(shape, k, iterations=iterations, tol=tol, eps=eps, nthreads=nthreads)
     side = max(max(shape), p.shape[-1])
     check_memory(
         (k + 6) * 4 * (2 * side) ** 3 + (2 * k + 14) * 8 * int(np.prod(shape)) + 3 * p.nbytes,
         f"reconstructing {k + 1} maps of {'×'.join(map(str, shape))} from {len(p):,} images",
         "use fewer folds, reconstruct a smaller box or bin the images",
     )
-    system = FoldedNormalEquations(shape, k, iterations=iterations, tol=tol, eps=eps, nthreads=nthreads)
     for fold in range(k):
         index = np.flatnonzero(labels == fold)
         model = {
-            **({} if ctf is None else {"ctf": ctf if len(ctf) == 1 else ctf.subset(index), "pixel_size": pixel_size}),
+            **({} if ctf is None else {"ctf": ctf.of_images(index), "pixel_size": pixel_size}),
             **({} if weights is None else {"weights": weights[index]}),
         }
         system.set_fold(fold, p[index], q[index], **model)
