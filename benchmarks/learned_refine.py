@@ -12,9 +12,13 @@ lines) and ``refine`` set: the gauge-free learned orientations of the test split
 their own half maps, from the test images, with no reference and no ground truth
 (:mod:`cryo_orient.workflow.pipeline`). The truth is used only to measure E_OR after each round
 and the FSC of the refined map with the map, and the error percentiles of the gauge-free and
-refined orientations. ``--set KEY=VALUE`` overrides pipeline settings (JSON values; a table is
-merged key by key into the profile's, e.g. ``--set 'training={"epochs": 1}'`` for a quick
-try; ``refine`` settings are merged with ``--max-iterations``).
+refined orientations. ``--truth-start`` and ``--common-lines-start`` also run the same refinement
+from the true orientations (the floor a start cannot beat) and from common-lines orientations
+(ASPIRE's synchronization voting on the same test images, as the compare experiment's, in
+``.venv-compare``): a comparison of initialisations with the refiner fixed. ``--set KEY=VALUE``
+overrides pipeline settings (JSON values; a table is merged key by key into the profile's, e.g.
+``--set 'training={"epochs": 1}'`` for a quick try; ``refine`` settings are merged with
+``--max-iterations``).
 """
 
 from __future__ import annotations
@@ -28,11 +32,19 @@ import numpy as np
 
 from cryo_orient import cli, data
 from cryo_orient.artifacts import jsonable, provenance, save_text
+from cryo_orient.data import write_volume
 from cryo_orient.data.dataset import read_dataset
-from cryo_orient.data.relion import read_particle_table
+from cryo_orient.data.relion import read_particle_table, write_star
+from cryo_orient.geometry import rotations
 from cryo_orient.geometry.volumes import resample_volume
 from cryo_orient.orientation.alignment import align
 from cryo_orient.orientation.refine import RefineConfig, refine
+from cryo_orient.orientation.shifts import center_images
+from cryo_orient.simulation import simulate
+from cryo_orient.simulation.noise import normalize_background
+from cryo_orient.tomography.reconstruct import reconstruct
+from cryo_orient.workflow.pipeline import reconstruct_on_map
+from cryo_orient.workflow.relion_refine import auto_refine
 
 
 def binned_map(name: str, factor: int, path: Path) -> Path:
@@ -46,9 +58,33 @@ def binned_map(name: str, factor: int, path: Path) -> Path:
     return path
 
 
-def refine_from_truth(dataset: Path, summary: dict, settings: dict) -> dict:
-    """Refine the test split's noisy images from their true orientations with the pipeline's refine
-    settings: how far the refiner itself drifts from a perfect start (E_OR per round)."""
+def evaluate(dataset: Path, q, shifts, pipeline_config: dict, cache_dir: Path) -> dict:
+    """The same measures for every refiner: E_OR after the O(4) alignment (median, mean, the
+    fractions beyond 5° and 20°), and the FSC with the true map of the pipeline's reconstruction
+    from the test split's noisy images, centred by ``shifts``, at the aligned orientations
+    (:func:`cryo_orient.workflow.pipeline.reconstruct_on_map`: one solver for every refiner's poses)."""
+    data = read_dataset(dataset)
+    test = data.split("test")
+    truth_map, voxel, _ = simulate.volume_source(simulate.SimulationConfig.from_dict(dict(data.config)))
+    aligned = align(test.quaternions, q)
+    errors_deg = np.degrees(np.asarray(aligned.errors))
+    images = center_images(test.images("noisy"), shifts)
+    placed = reconstruct_on_map(
+        images, aligned.aligned, pipeline_config, np.asarray(truth_map, dtype=np.float64), voxel, cache_dir=cache_dir
+    )
+    return {
+        "E_OR_median": aligned.median_error,
+        "E_OR_mean": aligned.mean_error,
+        "beyond_5_deg": float(np.mean(errors_deg > 5)),
+        "beyond_20_deg": float(np.mean(errors_deg > 20)),
+        "fsc_0.5_angstrom": placed["fsc"].resolution(0.5)[0],
+        "fsc_0.143_angstrom": placed["fsc"].resolution(0.143)[0],
+    }
+
+
+def refine_from(dataset: Path, start, summary: dict, pipeline_config: dict, label: str, cache_dir: Path) -> dict:
+    """Refine the test split's noisy images from the orientations ``start`` with the pipeline's
+    refine settings, against their own half maps as the pipeline does (E_OR per round)."""
     test = read_dataset(dataset).split("test")
     truth = test.quaternions
 
@@ -58,23 +94,107 @@ def refine_from_truth(dataset: Path, summary: dict, settings: dict) -> dict:
 
     result = refine(
         test.images("noisy"),
-        truth,
-        config=RefineConfig.from_dict(dict(settings)),
+        start,
+        config=RefineConfig.from_dict(dict(pipeline_config["refine"])),
         pixel_size=summary["voxel_size"],
         callback=errors,
     )
-    final = align(truth, result.quaternions)
+    measured = evaluate(dataset, result.quaternions, result.shifts, pipeline_config, cache_dir)
     print(
-        f"from the true orientations: E_OR median {np.degrees(final.median_error):.3f}°, mean "
-        f"{np.degrees(final.mean_error):.3f}° after {len(result.log) - 1} rounds, half maps {result.resolution:.1f} Å"
+        f"from the {label}: E_OR median {np.degrees(measured['E_OR_median']):.3f}°, mean "
+        f"{np.degrees(measured['E_OR_mean']):.3f}° after {len(result.log) - 1} rounds, half maps "
+        f"{result.resolution:.1f} Å, map FSC 0.5 at {measured['fsc_0.5_angstrom']:.1f} Å, {result.seconds:.0f} s"
     )
     return {
-        "E_OR_median": final.median_error,
-        "E_OR_mean": final.mean_error,
+        **measured,
         "rounds": len(result.log) - 1,
         "half_map_resolution": result.resolution,
         "seconds": result.seconds,
         "log": result.log,
+    }
+
+
+def common_lines_start(dataset: Path, python: str, cache_dir: Path) -> tuple[np.ndarray, dict]:
+    """The test split's orientations by common lines (ASPIRE's synchronization voting, as the compare
+    experiment's, on the full-size noisy images), run in ASPIRE's venv and cached by their inputs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "compare"))
+    import aspire_convention  # plain numpy
+    import aspire_runner
+
+    data = read_dataset(dataset)
+    test = data.split("test")
+    settings = {"n_theta": 360, "n_rad": 0, "max_shift": 0.0, "downsample": 0}
+    result = aspire_runner.cached_orientations(python, dataset, data.cache_key, test.index, settings, cache_dir)
+    q = rotations.matrix_to_quaternion(
+        aspire_convention.nearest_rotation(aspire_convention.aspire_to_matrices(result["rotations"]))
+    )
+    start = align(test.quaternions, q)
+    print(
+        f"common lines ({result['seconds']:.0f} s): E_OR median {np.degrees(start.median_error):.3f}°, "
+        f"mean {np.degrees(start.mean_error):.3f}°"
+    )
+    info = {
+        "settings": settings,
+        "seconds": result["seconds"],
+        "aspire_version": result["aspire_version"],
+        "E_OR_median": start.median_error,
+        "E_OR_mean": start.mean_error,
+    }
+    return q, info
+
+
+def relion_from(dataset: Path, start, summary: dict, pipeline_config: dict, folder: Path, mpi: int) -> dict:
+    """RELION 3.1's auto-refine of the same test images from the same start: a global search (RELION's
+    usual run, its angles ignored) from the map of the start orientations, low-passed to 40 Å.
+
+    The images are written as RELION expects them (background normalised, no CTF); the mask is
+    the true map's extent. Evaluated as our refinement is: E_OR after the O(4) alignment, and the
+    FSC with the true map of the pipeline's reconstruction from RELION's orientations
+    (:func:`cryo_orient.workflow.pipeline.reconstruct_on_map`), beside RELION's own resolution."""
+    data = read_dataset(dataset)
+    test = data.split("test")
+    images, pixel = test.images("noisy"), float(summary["voxel_size"])
+    size = images.shape[-1]
+    truth_map, _, _ = simulate.volume_source(simulate.SimulationConfig.from_dict(dict(data.config)))
+    # The mask: the sphere holding every voxel above 1 % of the map's maximum, 10 % wider.
+    centre = (np.array(truth_map.shape) - 1) / 2
+    inside = np.argwhere(truth_map > 0.01 * truth_map.max())
+    radius_px = min(1.1 * float(np.linalg.norm(inside - centre, axis=1).max()), size // 2 - 3)
+    folder.mkdir(parents=True, exist_ok=True)
+    star = write_star(
+        folder / "start.star",
+        start,
+        pixel_size=pixel,
+        image_size=size,
+        image_stack=normalize_background(images, radius_px),
+    )
+    reference = reconstruct(images, start, (size,) * 3, iterations=20).volume
+    write_volume(folder / "start-map.mrc", reference.astype(np.float32), pixel)
+    run = auto_refine(
+        star,
+        folder / "start-map.mrc",
+        folder / "global",
+        mode="global",
+        particle_diameter=2 * radius_px * pixel,
+        initial_lowpass=40.0,
+        offset_range=3.0,
+        offset_step=1.0,
+        ctf=False,
+        mpi=mpi,
+    )
+    measured = evaluate(dataset, run.quaternions, run.shifts, pipeline_config, folder)
+    print(
+        f"RELION global from the learned start's map: E_OR median {np.degrees(measured['E_OR_median']):.3f}°, "
+        f"mean {np.degrees(measured['E_OR_mean']):.3f}°, its resolution {run.resolution:.1f} Å, {run.seconds:.0f} s; "
+        f"map FSC 0.5 at {measured['fsc_0.5_angstrom']:.1f} Å"
+    )
+    return {
+        **measured,
+        "relion_resolution": run.resolution,
+        "iterations": run.iterations,
+        "seconds": run.seconds,
+        "command": " ".join(run.command),
+        "particle_diameter_angstrom": 2 * radius_px * pixel,
     }
 
 
@@ -99,6 +219,22 @@ def main(argv=None) -> int:
         help="also refine the test images from their true orientations with the same settings (the floor a start "
         "cannot beat)",
     )
+    parser.add_argument(
+        "--common-lines-start",
+        action="store_true",
+        help="also refine the test images from common-lines orientations (ASPIRE's synchronization voting, run "
+        "in --aspire-python) with the same settings: the same refinement from another initialisation",
+    )
+    parser.add_argument(
+        "--aspire-python", default=".venv-compare/bin/python", help="ASPIRE's interpreter (`make compare` installs it)"
+    )
+    parser.add_argument(
+        "--relion",
+        action="store_true",
+        help="also run RELION 3.1's auto-refine (global search) on the same test images from the map of the "
+        "learned start: the field's refiner from the same start",
+    )
+    parser.add_argument("--relion-mpi", type=int, default=3, help="RELION's MPI processes (a leader and 2 workers)")
     parser.add_argument("--out", help="JSON record to write")
     args = parser.parse_args(argv)
 
@@ -155,6 +291,8 @@ def main(argv=None) -> int:
         )
     print(f"refined: E_OR median {degrees(refined['E_OR_median'])}, mean {degrees(refined['E_OR_mean'])}")
     print(f"  its map: {resolution(refined['fsc'])}")
+    if "fsc_aligned" in refined:  # the refined poses aligned to the truth, reconstructed in the map's frame
+        print(f"  its map in the map's frame: {resolution(refined['fsc_aligned'])}")
     truth = read_dataset(dataset).split("test").quaternions
     percentiles = {}
     for name in ("gauge", "refined"):
@@ -167,16 +305,41 @@ def main(argv=None) -> int:
             "beyond_20_deg": float(np.mean(errors > 20)),
         }
         print(f"{name}: {percentiles[name]}")
-    from_truth = refine_from_truth(dataset, summary, record["config"]["refine"]) if args.truth_start else None
+    # Every refiner's poses measured the same way (the pipeline's own refined-map FSC places the
+    # map by a further volume alignment; this one does not, for RELION's poses either).
+    evaluated = {}
+    for name in ("gauge", "refined"):
+        table = read_particle_table(run_dir / f"orientations_{name}.star")
+        evaluated[name] = evaluate(dataset, table.quaternions(), table.shifts(), record["config"], work / "maps")
+        print(f"{name}, evaluated as every refiner: FSC 0.5 at {evaluated[name]['fsc_0.5_angstrom']:.1f} Å")
+    from_truth = (
+        refine_from(dataset, truth, summary, record["config"], "true orientations", work / "maps")
+        if args.truth_start
+        else None
+    )
+    from_common_lines = None
+    if args.common_lines_start:
+        q_lines, lines = common_lines_start(dataset, args.aspire_python, work / "aspire")
+        from_common_lines = {
+            "start": lines,
+            **refine_from(dataset, q_lines, summary, record["config"], "common lines", work / "maps"),
+        }
+    from_relion = None
+    if args.relion:
+        q_start = read_particle_table(run_dir / "orientations_gauge.star").quaternions()
+        from_relion = relion_from(dataset, q_start, summary, record["config"], work / "relion", args.relion_mpi)
     if args.out:
         result = {
             **({"from_truth": from_truth} if from_truth else {}),
+            **({"from_common_lines": from_common_lines} if from_common_lines else {}),
+            **({"relion_from_learned": from_relion} if from_relion else {}),
             "argv": sys.argv[1:] if argv is None else list(argv),
             "simulation": simulation,
             "bin": args.bin,
             "config": record["config"],
             "summary": summary,
             "errors": percentiles,
+            "evaluated": evaluated,
         }
         save_text(json.dumps(jsonable({"result": result, "provenance": provenance()}), indent=1) + "\n", args.out)
         print(f"wrote {args.out}")

@@ -10,6 +10,8 @@ from cryo_orient.data import relion
 from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation.exact import ExactDistances
 from cryo_orient.geometry import rotations
+from cryo_orient.orientation import alignment
+from cryo_orient.orientation.shifts import center_images
 from cryo_orient.simulation.simulate import SimulationConfig, simulate_dataset
 from cryo_orient.workflow import pipeline
 from cryo_orient.workflow.stages import Stage, StageCache, run_stages
@@ -346,6 +348,20 @@ def test_refine_stage_improves_the_gauge_free_orientations_and_is_cached(refine_
     # The maps are at Nyquist already (noiseless images); the refined one is no worse.
     gauge_fsc = case["summary"]["fsc"]["gauge_noisy_images"]
     assert summary["fsc"]["resolution_0.143"] <= 1.01 * gauge_fsc["resolution_0.143"]
+    # In the map's frame: the map of the refined poses aligned to the truth, as reconstruct_on_map
+    # makes it from the same centred images and poses (no rigid motion of a volume).
+    refined_alignment = alignment.align(case["q_true"], case["q_refined"])
+    noisy = read_dataset(path).split("test").images("noisy")
+    in_frame = pipeline.reconstruct_on_map(
+        center_images(noisy, case["refined_shifts"]),
+        refined_alignment.aligned,
+        settings,
+        case["truth"],
+        case["voxel_size"],
+        cache_dir=folder / "in-frame",
+    )
+    np.testing.assert_allclose(case["refined_aligned_fsc"].correlation, in_frame["fsc"].correlation, atol=1e-6)
+    assert summary["fsc_aligned"]["resolution_0.5"] == in_frame["fsc"].summary()["resolution_0.5"]
     n = case["summary"]["n_test"]
     assert case["q_refined"].shape == (n, 4) and case["refined_volume"].shape == (24, 24, 24)
     assert any(line.startswith("refinement: ") for line in lines)
