@@ -38,13 +38,14 @@ from cryo_orient.data.relion import read_particle_table, write_star
 from cryo_orient.geometry import rotations
 from cryo_orient.geometry.volumes import resample_volume
 from cryo_orient.orientation.alignment import align
-from cryo_orient.orientation.refine import RefineConfig, refine
+from cryo_orient.orientation.refine import RefineConfig, RefinementResult, refine
 from cryo_orient.orientation.shifts import center_images
 from cryo_orient.simulation import simulate
 from cryo_orient.simulation.noise import normalize_background
 from cryo_orient.tomography.reconstruct import reconstruct
 from cryo_orient.workflow.pipeline import reconstruct_on_map
 from cryo_orient.workflow.relion_refine import auto_refine
+from cryo_orient.workflow.stages import StageCache, digest
 
 
 def binned_map(name: str, factor: int, path: Path) -> Path:
@@ -85,20 +86,25 @@ def evaluate(dataset: Path, q, shifts, pipeline_config: dict, cache_dir: Path) -
 def refine_from(dataset: Path, start, summary: dict, pipeline_config: dict, label: str, cache_dir: Path) -> dict:
     """Refine the test split's noisy images from the orientations ``start`` with the pipeline's
     refine settings, against their own half maps as the pipeline does (E_OR per round)."""
-    test = read_dataset(dataset).split("test")
+    data = read_dataset(dataset)
+    test = data.split("test")
     truth = test.quaternions
 
     def errors(iteration, q, s):
         a = align(truth, q)
         return {"E_OR_median": a.median_error, "E_OR_mean": a.mean_error}
 
-    result = refine(
-        test.images("noisy"),
-        start,
-        config=RefineConfig.from_dict(dict(pipeline_config["refine"])),
-        pixel_size=summary["voxel_size"],
-        callback=errors,
+    config = RefineConfig.from_dict(dict(pipeline_config["refine"]))
+    # Cached by its inputs, so that a later evaluation does not refine again.
+    key = digest("refined", data.cache_key, np.ascontiguousarray(start, dtype=np.float64), config.to_dict())
+    arrays = StageCache(cache_dir).arrays(
+        "refined",
+        key,
+        lambda: refine(
+            test.images("noisy"), start, config=config, pixel_size=summary["voxel_size"], callback=errors
+        ).to_arrays(),
     )
+    result = RefinementResult.from_arrays(arrays)
     measured = evaluate(dataset, result.quaternions, result.shifts, pipeline_config, cache_dir)
     print(
         f"from the {label}: E_OR median {np.degrees(measured['E_OR_median']):.3f}°, mean "
