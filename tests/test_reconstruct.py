@@ -209,6 +209,14 @@ def test_fold_labels_are_checked(folds, match):
         reconstruct_folds(np.zeros((12, 8, 8)), q, (8, 8, 8), folds)
 
 
+def test_a_fold_of_zero_weights_is_named():
+    q = rotations.uniform_so3(12, rng=np.random.default_rng(0))
+    folds, weights = np.arange(12) % 3, np.ones(12)
+    weights[folds == 1] = 0.0
+    with pytest.raises(ValueError, match="every weight of fold 1 is zero"):
+        reconstruct_folds(np.zeros((12, 8, 8)), q, (8, 8, 8), folds, weights=weights)
+
+
 def test_nan_projection_is_a_clear_error():
     p = np.zeros((2, 8, 8))
     p[1, 2, 3] = np.nan

@@ -387,6 +387,13 @@ def reconstruct_folds(
     ctf, pixel_size = _check_ctf(ctf, pixel_size, len(p))
     weights = _check_weights(weights, len(p))
     labels, k = _check_folds(folds, len(p))
+    if weights is not None:
+        empty = [fold for fold in range(k) if not np.any(weights[labels == fold] > 0)]
+        if empty:
+            raise InputError(
+                f"every weight of fold {', '.join(map(str, empty))} is zero, so the fold holds no data; give each "
+                "fold an image of weight > 0, or label the images into fewer folds"
+            )
     system = FoldedNormalEquations(shape, k, iterations=iterations, tol=tol, eps=eps, nthreads=nthreads)
     side = max(max(shape), p.shape[-1])
     check_memory(
