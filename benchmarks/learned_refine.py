@@ -261,7 +261,6 @@ def main(argv=None) -> int:
     sets = [f"--set={key}={json.dumps(value)}" for key, value in simulation.items()]
     if cli.main(["simulate", *sets, "--out", str(dataset), "--quiet"]):
         return 1
-    run_dir = work / dataset.stem
     # One `refine` table: `--set` replaces a table whole, so a user's refine settings are merged
     # with --max-iterations here.
     refine, others = {"max_iterations": args.max_iterations}, []
@@ -272,8 +271,24 @@ def main(argv=None) -> int:
         else:
             others.append(item)
     pipeline_sets = [f"--set=refine={json.dumps(refine)}", *[f"--set={item}" for item in others]]
+    # One output folder per set of settings, one stage cache for all: runs with other refine
+    # settings (even at the same time) then never read each other's STAR files.
+    run_dir = work / dataset.stem / "runs" / digest("learned-refine run", *pipeline_sets)[:16]
+    cache = work / dataset.stem / "cache"
     if cli.main(
-        ["run", "--dataset", str(dataset), "--profile", "cpu", *pipeline_sets, "--out", str(run_dir), "--quiet"]
+        [
+            "run",
+            "--dataset",
+            str(dataset),
+            "--profile",
+            "cpu",
+            *pipeline_sets,
+            "--out",
+            str(run_dir),
+            "--cache-dir",
+            str(cache),
+            "--quiet",
+        ]
     ):
         return 1
 
