@@ -20,7 +20,7 @@ from cryo_orient.tomography import fsc
 from cryo_orient.tomography.ctf import phase_flip
 from cryo_orient.tomography.projection import project
 from cryo_orient.validation import InputError
-from cryo_orient.workflow.orient import OrientConfig, corrected, orient
+from cryo_orient.workflow.orient import ANCHOR_WARNING_DEG, LEARNED_MAE_RATIO, OrientConfig, corrected, orient, quality
 from stacks import make_stack, small_map
 
 
@@ -87,6 +87,17 @@ def test_orient_config_checks():
         OrientConfig.from_dict({"epoch": 3})
 
 
+def test_quality_warns_on_an_estimator_that_learned_little_and_on_lost_anchors():
+    good = quality(0.2, 0.53, [4.0, 6.0, 50.0])
+    assert good["warnings"] == [] and good["anchors_median_deg"] == pytest.approx(6.0)
+    assert good["val_mae_ratio"] == pytest.approx(0.2 / 0.53)
+    learned_little = quality(LEARNED_MAE_RATIO * 0.53 + 0.01, 0.53, [5.0])
+    assert len(learned_little["warnings"]) == 1 and "learned little" in learned_little["warnings"][0]
+    lost = quality(0.2, 0.53, [ANCHOR_WARNING_DEG + 1.0] * 3)
+    assert len(lost["warnings"]) == 1 and "anchors" in lost["warnings"][0]
+    assert len(quality(0.56, 0.53, [120.0])["warnings"]) == 2
+
+
 def test_rigid_alignment_forgives_rotation_and_hand_only():
     q = rotations.uniform_so3(200, rng=0)
     g = rotations.uniform_so3(1, rng=1)[0]
@@ -129,7 +140,12 @@ def test_orient_end_to_end(tmp_path, data_mirror, reference):
     # the inverted images were written beside the STAR file, so RELION sees RELION's contrast
     assert (out / "particles.mrcs").is_file()
     # (No accuracy is asserted: 3 epochs on 600 images teach the estimator nothing; `make foreign`
-    # measures accuracy at full size.)
+    # measures accuracy at full size.) That the orientations are not to be trusted is said, though:
+    # the anchors recovered with the stack are far from their known orientations.
+    checks = record["quality"]
+    assert checks["anchors_median_deg"] > ANCHOR_WARNING_DEG
+    assert any("anchors" in line for line in checks["warnings"])
+    assert 0.4 < record["estimator"]["constant_val_mae"] < 0.7
     mapped, voxel = load_volume(out / "map.mrc")
     assert voxel == pytest.approx(pixel) and mapped.shape == (32, 32, 32)
 
@@ -184,6 +200,9 @@ def test_orient_writes_what_relion_reads(tmp_path, data_mirror, reference, monke
     # Measured: 0.995 (the lowest shell to half Nyquist); median angle error 2.06°, offsets 0.11 px RMS.
     assert curve.correlation[half].min() >= 0.9, curve.correlation[half]
     assert result["record"]["stack_model"]["invert"] is True
+    # the anchors are the oracle's 2° off: no warning about them
+    assert result["record"]["quality"]["anchors_median_deg"] < 5.0
+    assert not any("anchors" in line for line in result["record"]["quality"]["warnings"])
 
 
 def test_orient_refuses_bad_references(tmp_path, data_mirror, reference):

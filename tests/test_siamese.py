@@ -10,6 +10,7 @@ from cryo_orient.estimation import siamese
 from cryo_orient.geometry import rotations
 from cryo_orient.simulation import simulate
 from cryo_orient.tomography import projection
+from cryo_orient.validation import InputError
 
 
 @pytest.fixture(scope="module")
@@ -426,3 +427,20 @@ def test_a_models_all_zero_features_warn_and_sit_at_distance_pi():
     np.testing.assert_allclose(d(np.array([0, 1]), np.array([1, 2])), np.pi, atol=1e-3)
     with pytest.raises(ValueError, match="all zero"):
         siamese.distance_function(features)
+
+
+def test_constant_mae_is_the_best_constant_prediction_error():
+    z = [0.0, 0.0, 1.0]
+    q = np.stack([rotations.axis_angle(z, a) for a in (0.0, 0.2, 1.0)])
+    # pair distances 0.2, 1.0 and 0.8: the median 0.8 is off by 0.6, 0.2 and 0
+    assert siamese.constant_mae(q) == pytest.approx(0.8 / 3, abs=1e-9)
+    assert siamese.constant_mae(np.repeat(q[:1], 5, axis=0)) == pytest.approx(0.0, abs=1e-6)
+    # a constant that is not the median does worse on the same pairs
+    d = np.array([0.2, 1.0, 0.8])
+    assert np.mean(np.abs(d - d.mean())) > siamese.constant_mae(q)
+    uniform = rotations.uniform_so3(600, rng=np.random.default_rng(0))
+    full = siamese.constant_mae(uniform)
+    assert 0.51 < full < 0.55, full  # uniform SO(3): about 0.53 rad
+    assert siamese.constant_mae(uniform, max_pairs=20_000) == pytest.approx(full, abs=0.01)
+    with pytest.raises(InputError, match="at least 2 quaternions"):
+        siamese.constant_mae(q[:1])

@@ -102,6 +102,7 @@ __all__ = [
     "predict_pairs",
     "sample_pairs",
     "sample_uniform_distance_pairs",
+    "constant_mae",
     "resize_images",
     "layer_table",
 ]
@@ -506,6 +507,37 @@ def sample_uniform_distance_pairs(q, n_pairs, rng=None, n_bins=UNIFORM_BINS, ove
 
 def _pair_labels(q, pairs):
     return rotations.distance(q[pairs[:, 0]], q[pairs[:, 1]]).astype(np.float32)
+
+
+def constant_mae(q, max_pairs: int = 200_000) -> float:
+    """The MAE of the best constant prediction of ``d_q`` over the distinct pairs of ``q``.
+
+    The best constant under the absolute error is the median of the pairs' distances; its error is
+    their mean absolute deviation from it (about 0.53 rad for uniform orientations on SO(3)). An
+    estimator whose validation MAE is not clearly below this has learned next to nothing about the
+    orientations, and a recovery from its distances returns orientations close to random.
+
+    Parameters
+    ----------
+    q : array_like, shape (n, 4)
+        Unit quaternions (``n ≥ 2``), e.g. a validation split's.
+    max_pairs : int
+        Above this many pairs, an evenly spaced subset of them (deterministic).
+
+    Returns
+    -------
+    float
+        In radians.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    if q.ndim != 2 or q.shape[1] != 4 or len(q) < 2:
+        raise InputError(f"need at least 2 quaternions as an (n, 4) array, got shape {q.shape}")
+    i, j = np.triu_indices(len(q), 1)
+    if len(i) > max_pairs:
+        keep = np.linspace(0, len(i) - 1, int(max_pairs)).astype(int)
+        i, j = i[keep], j[keep]
+    d = np.asarray(rotations.distance(q[i], q[j]), dtype=np.float64)
+    return float(np.mean(np.abs(d - np.median(d))))
 
 
 # --------------------------------------------------------------------------- training

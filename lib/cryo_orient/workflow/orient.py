@@ -27,8 +27,10 @@ Outputs in ``out_dir``: ``particles.star`` (RELION 3.1: the input's rows and col
 ``rlnAngleRot/Tilt/Psi`` and ``rlnOriginX/YAngst``; image names relative to ``out_dir``, pointing
 at ``particles.mrcs`` there when the contrast was inverted, else at the input's stacks),
 ``map.mrc`` (the pixel size in its header) and ``orient.json`` (settings, what was measured and
-decided, time per stage). Every stage is cached under a key of its inputs in ``cache_dir``, so a
-rerun resumes where the last one stopped.
+decided, time per stage, and :func:`quality`'s checks, logged as warnings where they fail: an
+estimator no better than a constant, anchors recovered far from their known orientations).
+Every stage is cached under a key of its inputs in ``cache_dir``, so a rerun resumes where the
+last one stopped.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from cryo_orient.artifacts import jsonable, provenance, save_text
 from cryo_orient.data import read_particles, write_volume
 from cryo_orient.data.dataset import Dataset, read_dataset
 from cryo_orient.data.relion import write_particle_stack, write_particles
-from cryo_orient.estimation.siamese import SiameseEstimator, TrainingConfig
+from cryo_orient.estimation.siamese import SiameseEstimator, TrainingConfig, constant_mae
 from cryo_orient.orientation import alignment, recovery
 from cryo_orient.orientation.refine import RefineConfig, RefinementResult, refine
 from cryo_orient.orientation.shifts import center_images, estimate_shifts
@@ -61,6 +63,15 @@ from cryo_orient.workflow.stages import Stage, StageCache, digest, run_stages
 __all__ = ["CORRECTIONS", "OrientConfig", "corrected", "orient", "write_outputs"]
 
 CORRECTIONS = ("phase_flip", "wiener", "none")
+
+#: An estimator whose validation MAE is above this fraction of the best constant's has learned
+#: too little for a recovery: on the ASPIRE 70S stack, ratios of 0.96-1.12 recovered 81-128°
+#: median, and 0.84 recovered 40° (benchmarks/results/estimator-learning-2026-12-07.md).
+LEARNED_MAE_RATIO = 0.9
+#: Anchors' median error after the gauge, in degrees, above which the written orientations are
+#: flagged: the anchors are recovered with the stack, so the stack's are no better (the paper's
+#: pipeline gives 9-14° at its highest noise).
+ANCHOR_WARNING_DEG = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +308,45 @@ def _gauge(ctx) -> dict:
         "anchor_errors": np.asarray(fit.errors),
         "transform": np.asarray(fit.transform),
     }
+
+
+def quality(val_mae: float, constant_val_mae: float, anchor_errors_deg) -> dict:
+    """Checks of a run that need no ground truth for the stack, and the warnings they raise.
+
+    Parameters
+    ----------
+    val_mae : float
+        The estimator's final validation MAE (rad).
+    constant_val_mae : float
+        The best constant's MAE on the same validation orientations
+        (:func:`cryo_orient.estimation.siamese.constant_mae`).
+    anchor_errors_deg : array_like
+        The anchors' errors after the gauge, in degrees.
+
+    Returns
+    -------
+    dict
+        ``val_mae_ratio`` (``val_mae / constant_val_mae``), ``anchors_median_deg`` and
+        ``warnings`` (one line each; empty when both checks pass: the ratio at most
+        :data:`LEARNED_MAE_RATIO`, the anchors' median at most :data:`ANCHOR_WARNING_DEG`).
+    """
+    ratio = float(val_mae) / float(constant_val_mae)
+    anchors = float(np.median(np.asarray(anchor_errors_deg, dtype=np.float64)))
+    warnings = []
+    if ratio > LEARNED_MAE_RATIO:
+        warnings.append(
+            f"the estimator learned little: validation MAE {val_mae:.3f} rad against {constant_val_mae:.3f} for "
+            f"the best constant (ratio {ratio:.2f} > {LEARNED_MAE_RATIO}); train on more images or for more "
+            "epochs (n_train, epochs), or refine from the reference with a global search (--refine with "
+            "global_rounds)"
+        )
+    if anchors > ANCHOR_WARNING_DEG:
+        warnings.append(
+            f"the anchors (simulated images of known orientation, recovered with the stack) are {anchors:.1f}° off "
+            f"(median, > {ANCHOR_WARNING_DEG:g}°) after the gauge: the stack's orientations are unlikely to be "
+            "better; do not use them without a refinement that checks them (--refine)"
+        )
+    return {"val_mae_ratio": ratio, "anchors_median_deg": anchors, "warnings": warnings}
 
 
 def _stack_params(stack: Dataset) -> CTFParams | None:
@@ -575,6 +625,11 @@ def orient(
         f"  recovery: loss {float(ctx['recovery']['losses'][-1]):.4f}; anchors' error after the gauge "
         f"median {np.median(anchor_errors):.1f}°, mean {np.mean(anchor_errors):.1f}°"
     )
+    estimator_record = ctx["estimator"].describe()
+    estimator_record["constant_val_mae"] = constant_mae(ctx["views"]["train"].split("val").quaternions)
+    checks = quality(estimator_record["final_val_mae"], estimator_record["constant_val_mae"], anchor_errors)
+    for line in checks["warnings"]:
+        log(f"  warning: {line}")
     q, shifts, volume_out = ctx["gauge"]["quaternions"], ctx["shifts"]["shifts"], ctx["volume"]["volume"]
     refined = None
     if refine_config is not None:
@@ -606,7 +661,8 @@ def orient(
         "config": config.to_dict(),
         "training": dataclasses.asdict(config.training(stack.image_size)),
         "stack_model": model.to_dict(),
-        "estimator": ctx["estimator"].describe(),
+        "estimator": estimator_record,
+        "quality": checks,
         "recovery_final_loss": float(ctx["recovery"]["losses"][-1]),
         "anchors": {
             "n": int(len(anchor_errors)),
