@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -164,8 +165,6 @@ def main(argv=None) -> int:
     parser.add_argument("--recover", action="store_true", help="also recover the stack's orientations")
     parser.add_argument("--out", help="JSON-lines record to append to")
     args = parser.parse_args(argv)
-
-    import os
 
     folder = Path(args.stack or Path(os.environ.get("DATA_MIRROR", "../shared/data")) / "aspire-70s-ctf")
     if not (folder / "particles.star").is_file():
