@@ -48,7 +48,7 @@ from cryo_orient.estimation.siamese import SiameseEstimator
 from cryo_orient.geometry import rotations
 from cryo_orient.orientation.alignment import align_rigid
 from cryo_orient.orientation.shifts import center_images
-from cryo_orient.simulation.matching import radial_power
+from cryo_orient.simulation.matching import radial_power, shell_mean, shell_radius
 from cryo_orient.tomography.ctf import CTFParams, _filter, ctf_values
 from cryo_orient.workflow import orient
 from cryo_orient.workflow.refine import load_reference
@@ -74,18 +74,6 @@ def oracle_centred(stack: Dataset, true_shifts) -> Dataset:
     return _with_read(stack, read, "oracle-centred")
 
 
-def _shell_mean(values, size) -> np.ndarray:
-    """Mean of ``values`` (on the rfft2 grid of a ``size`` image) per integer Fourier shell."""
-    ky = np.fft.fftfreq(size) * size
-    kx = np.fft.rfftfreq(size) * size
-    radius = np.rint(np.hypot(ky[:, None], kx[None, :])).astype(int)
-    shells = size // 2 + 1
-    keep = radius < shells
-    return np.bincount(radius[keep], values[keep], minlength=shells) / np.maximum(
-        np.bincount(radius[keep], minlength=shells), 1
-    )
-
-
 def inverse_ssnr(training: Dataset, noise_variance: float, n_images: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """``N / S(k)`` on the rfft2 grid: the white noise's power over the CTF-free projections' power
     per shell, measured on the training set's clean images (their power over their mean CTF²)."""
@@ -93,40 +81,33 @@ def inverse_ssnr(training: Dataset, noise_variance: float, n_images: int = 1000)
     k = min(n_images, len(training.index))
     clean = training.images("clean", np.arange(k))
     params = CTFParams.from_columns(training.ctf, len(training.index)).subset(np.arange(k))
-    ctf2 = _shell_mean(np.mean(ctf_values(params, size, pixel) ** 2, axis=0), size)
+    ctf2 = shell_mean(np.mean(ctf_values(params, size, pixel) ** 2, axis=0))
     signal = radial_power(clean) / np.maximum(ctf2, 1e-3)
     noise = noise_variance * size * size  # white noise's power per coefficient of an unnormalised FFT
-    ky = np.fft.fftfreq(size) * size
-    kx = np.fft.rfftfreq(size) * size
-    radius = np.rint(np.hypot(ky[:, None], kx[None, :])).astype(int)
-    shells = size // 2 + 1
+    radius, shells = shell_radius(size), size // 2 + 1
     inverse = np.where(radius < shells, noise / np.maximum(signal[np.minimum(radius, shells - 1)], 1e-30), 1e30)
     return inverse, signal / noise
 
 
 def spectral_wiener(dataset: Dataset, inverse: np.ndarray, *, invert: bool) -> Dataset:
-    """``dataset`` (negated where ``invert``) filtered by ``C / (C² + N / S(k))`` per image."""
+    """``dataset`` (negated where ``invert``, as :func:`orient.corrected` does) filtered by
+    ``C / (C² + N / S(k))`` per image."""
+    signed = orient.corrected(dataset, "none", invert=invert)
     params = CTFParams.from_columns(dataset.ctf, len(dataset.index))
     position = {int(row): k for k, row in enumerate(dataset.index)}
-    base = dataset._read
-    sign = -1.0 if invert else 1.0
+    base = signed._read
 
     def read(name, rows):
         p = params.subset(np.array([position[int(r)] for r in rows]))
-        images = sign * base(name, rows)
-        return _filter(images, p, dataset.pixel_size, lambda c, b: c / (c * c + inverse)).astype(np.float32)
+        return _filter(base(name, rows), p, dataset.pixel_size, lambda c, b: c / (c * c + inverse)).astype(np.float32)
 
-    view = _with_read(dataset, read, "spectral", invert, inverse)
-    if "standardization_mean" in view.metadata:
-        metadata = dict(view.metadata)
-        metadata["standardization_mean"] = sign * float(metadata["standardization_mean"])
-        view = dataclasses.replace(view, metadata=MappingProxyType(metadata))
-    return view
+    return _with_read(signed, read, "spectral", inverse)
 
 
 def ctf_free(training: Dataset) -> Dataset:
     """The training set whose clean images are divided by their CTF where ``|C| > 0.05`` (else 0)."""
     params = CTFParams.from_columns(training.ctf, len(training.index))
+    position = {int(row): k for k, row in enumerate(training.index)}
     base = training._read
 
     def undo(c, batch):
@@ -137,7 +118,8 @@ def ctf_free(training: Dataset) -> Dataset:
         images = base(name, rows)
         if name != "clean":
             return images
-        return _filter(images, params.subset(np.asarray(rows)), training.pixel_size, undo).astype(np.float32)
+        p = params.subset(np.array([position[int(r)] for r in rows]))
+        return _filter(images, p, training.pixel_size, undo).astype(np.float32)
 
     return _with_read(training, read, "ctf-free")
 

@@ -40,7 +40,7 @@ from cryo_orient.tomography.ctf import CTFParams, apply_ctf
 from cryo_orient.tomography.projection import project
 from cryo_orient.validation import InputError, as_rng, choice
 
-__all__ = ["INVERT_CHOICES", "StackModel", "blob_contrast", "match_stack", "radial_power"]
+__all__ = ["INVERT_CHOICES", "StackModel", "blob_contrast", "match_stack", "radial_power", "shell_mean", "shell_radius"]
 
 INVERT_CHOICES = ("auto", "yes", "no")
 # Below this |correlation| the contrast cannot be told from the mean images.
@@ -87,20 +87,31 @@ class StackModel:
         return dataclasses.asdict(self)
 
 
+def shell_radius(size: int) -> np.ndarray:
+    """The integer Fourier shell (radius in frequency pixels) of each coefficient of
+    ``np.fft.rfft2`` of a ``size`` × ``size`` image: shape ``(size, size // 2 + 1)``."""
+    ky = np.fft.fftfreq(size) * size
+    kx = np.fft.rfftfreq(size) * size
+    return np.rint(np.hypot(ky[:, None], kx[None, :])).astype(int)
+
+
+def shell_mean(values) -> np.ndarray:
+    """Mean of ``values`` (on the ``rfft2`` grid of a square image, see :func:`shell_radius`) per
+    integer Fourier shell, for shells ``0 .. size // 2``."""
+    values = np.asarray(values, dtype=np.float64)
+    radius = shell_radius(values.shape[0])
+    # Each rfft coefficient off the kx = 0 (and Nyquist) column stands for two; weights cancel in the mean.
+    shells = values.shape[0] // 2 + 1
+    keep = radius < shells
+    total = np.bincount(radius[keep], values[keep], minlength=shells)
+    count = np.bincount(radius[keep], minlength=shells)
+    return total / np.maximum(count, 1)
+
+
 def radial_power(images) -> np.ndarray:
     """Mean power per integer Fourier shell (index = radius in frequency pixels) of a stack."""
     images = np.asarray(images, dtype=np.float64)
-    size = images.shape[-1]
-    power = np.mean(np.abs(np.fft.rfft2(images)) ** 2, axis=0)
-    ky = np.fft.fftfreq(size) * size
-    kx = np.fft.rfftfreq(size) * size
-    radius = np.rint(np.hypot(ky[:, None], kx[None, :])).astype(int)
-    # Each rfft coefficient off the kx = 0 (and Nyquist) column stands for two; weights cancel in the mean.
-    shells = size // 2 + 1
-    keep = radius < shells
-    total = np.bincount(radius[keep], power[keep], minlength=shells)
-    count = np.bincount(radius[keep], minlength=shells)
-    return total / np.maximum(count, 1)
+    return shell_mean(np.mean(np.abs(np.fft.rfft2(images)) ** 2, axis=0))
 
 
 def _correlation(a, b) -> float:
