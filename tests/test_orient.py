@@ -14,13 +14,22 @@ from cryo_orient.geometry import rotations
 from cryo_orient.orientation import recovery
 from cryo_orient.orientation.alignment import align_rigid
 from cryo_orient.orientation.recovery import RecoveryResult
+from cryo_orient.orientation.refine import RefineConfig
 from cryo_orient.orientation.shifts import center_images, estimate_shifts
 from cryo_orient.simulation.matching import match_stack
 from cryo_orient.tomography import fsc
 from cryo_orient.tomography.ctf import phase_flip
 from cryo_orient.tomography.projection import project
 from cryo_orient.validation import InputError
-from cryo_orient.workflow.orient import ANCHOR_WARNING_DEG, LEARNED_MAE_RATIO, OrientConfig, corrected, orient, quality
+from cryo_orient.workflow.orient import (
+    ANCHOR_WARNING_DEG,
+    LEARNED_MAE_RATIO,
+    OrientConfig,
+    corrected,
+    orient,
+    quality,
+    refine_config_for,
+)
 from stacks import make_stack, small_map
 
 
@@ -218,3 +227,17 @@ def test_orient_refuses_bad_references(tmp_path, data_mirror, reference):
     with pytest.raises(InputError, match="no voxel size .* --reference-angpix"):
         orient(truth["star"], bare, tmp_path / "out", config=TINY, progress=False)
     assert not (tmp_path / "out" / "particles.star").exists()
+
+
+def test_refine_config_for_sizes_the_shift_searches_to_the_stack():
+    """orient --refine's shift searches reach 3 σ of the measured offsets unless set."""
+    config = refine_config_for({"max_iterations": 2}, 3.0)
+    assert config.shift_range == 9.0 and config.global_shift_range == 0.0  # no global rounds: no global grid
+    config = refine_config_for({"global_rounds": 2}, 2.1)
+    assert config.shift_range == 7.0 and config.global_shift_range == 7.0
+    # small offsets keep the defaults; settings given are kept
+    assert refine_config_for({}, 0.2).shift_range == RefineConfig().shift_range
+    config = refine_config_for({"global_rounds": 1, "shift_range": 2.0, "global_shift_range": 4.0}, 3.0)
+    assert (config.shift_range, config.global_shift_range) == (2.0, 4.0)
+    with pytest.raises(InputError, match="unknown"):
+        refine_config_for({"shift_rang": 2.0}, 3.0)

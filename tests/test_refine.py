@@ -33,7 +33,7 @@ from cryo_orient.tomography.ctf import CTFParams, apply_ctf
 from cryo_orient.tomography.projection import project
 from cryo_orient.tomography.reconstruct import reconstruct
 from cryo_orient.validation import InputError
-from cryo_orient.workflow.orient import orient
+from cryo_orient.workflow.orient import orient, refine_config_for
 from stacks import make_stack, small_map
 from test_orient import TINY  # the tiny orient settings
 
@@ -679,6 +679,9 @@ def test_orient_refine_writes_the_refined_poses_and_caches_them(tmp_path, data_m
         assert (out / name).is_file(), name
     record = json.loads((out / "orient.json").read_text())
     assert record["refinement"]["config"]["max_iterations"] == 2 and "refine" in record["seconds"]
+    # the shift search sized to the offsets orient measured (the settings left it unset)
+    sized = refine_config_for(settings, record["stack_model"]["shift_sigma"])
+    assert record["refinement"]["config"] == sized.to_dict()
     refined = result["refinement"]
     written = read_particles(out / "particles.star")
     assert rotations.distance(written.quaternions, refined.quaternions).max() < 1e-5

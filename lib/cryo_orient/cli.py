@@ -665,7 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     ori.add_argument(
         "--refine",
         action="store_true",
-        help="then refine the poses against gold-standard half maps (writes half1/half2.mrc, fsc.csv, refine.json)",
+        help="then refine the poses against gold-standard half maps (writes half1/half2.mrc, fsc.csv, refine.json); "
+        "its shift searches reach 3 sigma of the offsets measured on the stack unless --refine-set sets them",
     )
     ori.add_argument(
         "--refine-set",

@@ -60,7 +60,7 @@ from cryo_orient.validation import InputError, Settings, choice
 from cryo_orient.workflow.refine import load_reference, log_lines, relative_image_names, write_refinement
 from cryo_orient.workflow.stages import Stage, StageCache, digest, run_stages
 
-__all__ = ["CORRECTIONS", "OrientConfig", "corrected", "orient", "write_outputs"]
+__all__ = ["CORRECTIONS", "OrientConfig", "corrected", "orient", "refine_config_for", "write_outputs"]
 
 CORRECTIONS = ("phase_flip", "wiener", "none")
 
@@ -72,6 +72,9 @@ LEARNED_MAE_RATIO = 0.9
 #: flagged: the anchors are recovered with the stack, so the stack's are no better (the paper's
 #: pipeline gives 9-14° at its highest noise).
 ANCHOR_WARNING_DEG = 30.0
+#: ``orient --refine``'s shift searches reach this many σ of the stack's measured offsets unless
+#: set: a search that does not reach a particle's offset leaves it where it is.
+SHIFT_REACH_SIGMAS = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -527,6 +530,35 @@ REFINE_STAGE = Stage(
 )
 
 
+def refine_config_for(settings, shift_sigma: float) -> RefineConfig:
+    """The refinement's settings for a stack whose offsets measure ``shift_sigma`` px (σ).
+
+    The settings given are kept. The shift searches they leave unset reach
+    :data:`SHIFT_REACH_SIGMAS` σ, and no less than :class:`RefineConfig`'s defaults: the local
+    search's ``shift_range`` and, when there are global rounds, the global grid's
+    ``global_shift_range``. Measured on the mirror's ASPIRE 70S stack (offsets σ = 3 px, zero
+    origins, 500 particles): a 3 px search left 2.46 px RMS shift error, 9 px 0.48 px.
+
+    Parameters
+    ----------
+    settings : mapping
+        :class:`RefineConfig` settings.
+    shift_sigma : float
+        Pixels: the standard deviation of the stack's offsets per axis.
+
+    Returns
+    -------
+    RefineConfig
+    """
+    settings = dict(settings)
+    default = RefineConfig()
+    reach = float(np.ceil(SHIFT_REACH_SIGMAS * float(shift_sigma)))
+    settings.setdefault("shift_range", max(default.shift_range, reach))
+    if settings.get("global_rounds", default.global_rounds) > 0:
+        settings.setdefault("global_shift_range", max(default.global_shift_range, reach))
+    return RefineConfig.from_dict(settings)
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -563,6 +595,9 @@ def orient(
     refine : bool, dict or RefineConfig, optional
         Refine the poses after the shifts (a cached ``refinement`` stage,
         :func:`cryo_orient.orientation.refine.refine` with these settings; True: the defaults).
+        Settings given as a dict (or True) have their shift searches sized to the stack's
+        measured offsets unless they set them (:func:`refine_config_for`); a
+        :class:`~cryo_orient.orientation.refine.RefineConfig` is used as it is.
         The refined angles, origins and map are then written, with ``rlnRandomSubset``,
         ``half1.mrc``, ``half2.mrc``, ``fsc.csv`` and ``refine.json``
         (:func:`cryo_orient.workflow.refine.write_refinement`).
@@ -583,7 +618,8 @@ def orient(
         if isinstance(refine, RefineConfig):
             refine_config = refine
         else:
-            refine_config = RefineConfig.from_dict({} if refine is True else dict(refine))
+            refine_settings = {} if refine is True else dict(refine)
+            refine_config = RefineConfig.from_dict(refine_settings)  # checked now; the shifts once measured
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
     stack = read_particles(particles, angpix=angpix)
@@ -609,12 +645,13 @@ def orient(
         "seconds": {},
         "keys": {"stack": stack.cache_key, "reference": digest(volume)},
     }
-    stages = STAGES
-    if refine_config is not None:
-        ctx["refine_config"] = refine_config
-        stages = [*STAGES, REFINE_STAGE]
-    ctx = run_stages(stages, ctx, StageCache(cache_dir / "stages"), log=log)
+    cache = StageCache(cache_dir / "stages")
+    ctx = run_stages(STAGES, ctx, cache, log=log)
     model = ctx["stack_model"]
+    if refine_config is not None:
+        if not isinstance(refine, RefineConfig):
+            refine_config = refine_config_for(refine_settings, model.shift_sigma)
+        ctx = run_stages([REFINE_STAGE], ctx | {"refine_config": refine_config}, cache, log=log)
     log(
         f"  stack: contrast {'inverted' if model.invert else 'as RELION'} ({model.invert_choice}, correlation "
         f"{model.contrast_correlation:+.2f}), SNR {model.snr:.3g}, offsets σ {model.shift_sigma:.2f} px"
