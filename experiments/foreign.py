@@ -214,11 +214,11 @@ ax.legend(fontsize=8)
 plots.fsc_results(axes[0, 1], curves, title="(b) FSC with the true map")
 ax = axes[1, 0]
 mid = true_map.shape[0] // 2
-ours = runs[corrections[0]]["volume"]
-panels = [true_map[mid], true_map[:, mid], true_map[:, :, mid], ours[mid], ours[:, mid], ours[:, :, mid]]
-row = [np.concatenate(panels[:3], axis=1), np.concatenate(panels[3:], axis=1)]
+shown = [corrections[0]] + [name for name in runs if name.endswith("+ refine")]
+rows = [true_map] + [runs[name]["volume"] for name in shown]
+row = [np.concatenate([v[mid], v[:, mid], v[:, :, mid]], axis=1) for v in rows]
 ax.imshow(np.concatenate([r / np.abs(r).max() for r in row], axis=0), cmap="gray")
-ax.set(title=f"(c) central sections (z, y, x): true map (top), ours ({corrections[0]}, bottom)", xticks=[], yticks=[])
+ax.set(title=f"(c) central sections (z, y, x), top to bottom: true map, {', '.join(shown)}", xticks=[], yticks=[])
 ax = axes[1, 1]
 stages = list(dict.fromkeys(stage for run in runs.values() for stage in run["record"]["stage_seconds"]))
 left = np.zeros(len(runs))

@@ -234,7 +234,8 @@ def test_refine_config_for_sizes_the_shift_searches_to_the_stack():
     config = refine_config_for({"max_iterations": 2}, 3.0)
     assert config.shift_range == 9.0 and config.global_shift_range == 0.0  # no global rounds: no global grid
     config = refine_config_for({"global_rounds": 2}, 2.1)
-    assert config.shift_range == 7.0 and config.global_shift_range == 7.0
+    assert config.shift_range == 7.0 and config.global_shift_range == 7.0 and config.global_shift_centre == "box"
+    assert refine_config_for({}, 3.0).global_shift_centre == "current"  # no global grid
     # small offsets keep the defaults; settings given are kept
     assert refine_config_for({}, 0.2).shift_range == RefineConfig().shift_range
     config = refine_config_for({"global_rounds": 1, "shift_range": 2.0, "global_shift_range": 4.0}, 3.0)

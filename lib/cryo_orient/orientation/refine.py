@@ -92,6 +92,8 @@ __all__ = [
 ]
 
 LOWPASS_POLICIES = ("fsc", "fixed")
+#: Where the global search's shift grid is centred (``RefineConfig.global_shift_centre``).
+GLOBAL_SHIFT_CENTRES = ("current", "box")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +160,12 @@ class RefineConfig(Settings):
     global_step : float
         Degrees between the rotations of the global search's grid.
     global_shift_range, global_shift_step : float
-        Pixels: the global search's shift grid around each image's current shift (0 range:
-        shifts are left to the local search).
+        Pixels: the global search's shift grid (0 range: shifts are left to the local search).
+    global_shift_centre : {"current", "box"}
+        The centre of that grid: each image's current shift, or the box centre (zero offsets).
+        "box" for starts whose shifts are not to be trusted (offsets fitted against wrong
+        orientations can lie farther from the truth than zero); the local search from the
+        current pose keeps the current shift either way.
     marginalise : bool
         Reconstruct the half maps from every image at each orientation of its posterior
         (:func:`pose_posterior` around its best pose, against its half map and cutoff), weighted
@@ -221,6 +227,7 @@ class RefineConfig(Settings):
     global_step: float = 5.0
     global_shift_range: float = 0.0
     global_shift_step: float = 1.0
+    global_shift_centre: str = "current"
     marginalise: bool = False
     posterior_step: float = 1.5
     posterior_radius: int = 3
@@ -229,6 +236,7 @@ class RefineConfig(Settings):
 
     def __post_init__(self):
         choice(self.lowpass, "lowpass", LOWPASS_POLICIES)
+        choice(self.global_shift_centre, "global_shift_centre", GLOBAL_SHIFT_CENTRES)
         if isinstance(self.global_rounds, bool) or not isinstance(self.global_rounds, (int, np.integer)):
             raise InputError(f"global_rounds must be an integer >= 0, got {self.global_rounds!r}")
         if self.global_rounds < 0:
@@ -1204,7 +1212,7 @@ def refine(
                 grid_q, grid_s, _ = global_search(
                     target,
                     images[index],
-                    s[index],
+                    s[index] if config.global_shift_centre == "current" else None,
                     step=config.global_step,
                     shift_range=config.global_shift_range,
                     shift_step=config.global_shift_step,
