@@ -234,11 +234,35 @@ def test_refine_config_for_sizes_the_shift_searches_to_the_stack():
     config = refine_config_for({"max_iterations": 2}, 3.0)
     assert config.shift_range == 9.0 and config.global_shift_range == 0.0  # no global rounds: no global grid
     config = refine_config_for({"global_rounds": 2}, 2.1)
-    assert config.shift_range == 7.0 and config.global_shift_range == 7.0 and config.global_shift_centre == "box"
+    assert (config.shift_range, config.global_shift_range, config.global_shift_step) == (7.0, 7.0, 7.0 / 4.5)
+    assert config.global_shift_centre == "box"
     assert refine_config_for({}, 3.0).global_shift_centre == "current"  # no global grid
+    # a global grid of no shifts keeps the current ones; a range given is centred on the box too
+    assert refine_config_for({"global_rounds": 1, "global_shift_range": 0.0}, 3.0).global_shift_centre == "current"
+    config = refine_config_for({"global_rounds": 1, "global_shift_range": 6.0}, 3.0)
+    assert (config.global_shift_centre, config.global_shift_step) == ("box", RefineConfig().global_shift_step)
     # small offsets keep the defaults; settings given are kept
     assert refine_config_for({}, 0.2).shift_range == RefineConfig().shift_range
     config = refine_config_for({"global_rounds": 1, "shift_range": 2.0, "global_shift_range": 4.0}, 3.0)
     assert (config.shift_range, config.global_shift_range) == (2.0, 4.0)
     with pytest.raises(InputError, match="unknown"):
         refine_config_for({"shift_rang": 2.0}, 3.0)
+    with pytest.raises(InputError, match="global_rounds must be an integer"):
+        refine_config_for({"global_rounds": "2"}, 3.0)
+    for bad in (np.nan, -1.0, np.inf):
+        with pytest.raises(InputError, match="offset σ must be a finite number"):
+            refine_config_for({}, bad)
+
+
+def test_cli_orient_refine_passes_settings_for_sizing(monkeypatch, tmp_path):
+    """`cryo-orient orient --refine --refine-set ...` hands orient the settings, not a finished
+    RefineConfig, so that the shift searches are sized to the stack (a RefineConfig is used as is)."""
+    from cryo_orient import cli
+    from cryo_orient.workflow import orient as orient_module
+
+    seen = {}
+    monkeypatch.setattr(orient_module, "orient", lambda *a, **k: seen.update(k))
+    args = ["orient", "p.star", "--reference", "m.mrc", "--out", str(tmp_path), "--refine"]
+    assert cli.main([*args, "--refine-set", "global_rounds=2"]) in (0, None)
+    assert seen["refine"] == {"global_rounds": 2}
+    assert refine_config_for(seen["refine"], 3.0).global_shift_centre == "box"

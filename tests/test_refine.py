@@ -710,7 +710,7 @@ def test_cli_orient_refine_set_needs_refine(tmp_path, capsys):
 def test_orient_refine_writes_the_refined_poses_and_caches_them(tmp_path, data_mirror, reference):
     """`orient --refine`: a cached refinement stage after the shifts; its poses are what is written."""
     volume, pixel = reference
-    truth = make_stack(tmp_path / "in", volume, pixel, n=200, snr=1.0, shift_sigma=1.0, invert=True)
+    truth = make_stack(tmp_path / "in", volume, pixel, n=200, snr=1.0, shift_sigma=2.0, invert=True)
     out = tmp_path / "out"
     settings = {"max_iterations": 2, "reconstruction_iterations": 10}
     map48 = data_mirror / "aspire-70s-ctf" / "map48.mrc"
@@ -721,7 +721,7 @@ def test_orient_refine_writes_the_refined_poses_and_caches_them(tmp_path, data_m
     assert record["refinement"]["config"]["max_iterations"] == 2 and "refine" in record["seconds"]
     # the shift search sized to the offsets orient measured (the settings left it unset)
     sized = refine_config_for(settings, record["stack_model"]["shift_sigma"])
-    assert record["refinement"]["config"] == sized.to_dict()
+    assert record["refinement"]["config"] == sized.to_dict() and sized.shift_range > RefineConfig().shift_range
     refined = result["refinement"]
     written = read_particles(out / "particles.star")
     assert rotations.distance(written.quaternions, refined.quaternions).max() < 1e-5

@@ -339,7 +339,8 @@ def _cmd_orient(args) -> int:
         )
     refine_settings = None
     if args.refine:
-        refine_settings = refine_workflow.RefineConfig.from_dict(_set_values(args.refine_set))
+        refine_settings = _set_values(args.refine_set)
+        refine_workflow.RefineConfig.from_dict(refine_settings)  # checked before any work
     if args.estimator is not None:
         training = [f"--{k.replace('_', '-')}" for k in ("n_train", "epochs", "n_features") if options[k] is not None]
         if training or args.reference_angpix is not None:
@@ -666,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine",
         action="store_true",
         help="then refine the poses against gold-standard half maps (writes half1/half2.mrc, fsc.csv, refine.json); "
-        "its shift searches reach 3 sigma of the offsets measured on the stack unless --refine-set sets them",
+        "with --reference its shift searches reach 3 sigma of the offsets measured on the stack unless "
+        "--refine-set sets them",
     )
     ori.add_argument(
         "--refine-set",

@@ -536,32 +536,46 @@ def refine_config_for(settings, shift_sigma: float) -> RefineConfig:
     The settings given are kept. The shift searches they leave unset reach
     :data:`SHIFT_REACH_SIGMAS` σ, and no less than :class:`RefineConfig`'s defaults: the local
     search's ``shift_range`` and, when there are global rounds, the global grid's
-    ``global_shift_range``, centred on the box (``global_shift_centre``). Measured on the
-    mirror's ASPIRE 70S stack (offsets σ = 3 px): from zero origins (500 particles), a 3 px
-    local search left 2.46 px RMS shift error, 9 px 0.48 px; from orient's learned poses and
-    fitted offsets (2,000 particles, 2 global rounds), a global grid around the fitted offsets
-    left 1.92 px, one around the box 0.83 px (``make foreign PROFILE=cpu``).
+    ``global_shift_range``, whose ``global_shift_step`` is then a 4.5th of its reach (at least
+    the default) unless set: the global search's cost grows with the number of its shifts, the
+    square of reach / step. A global grid of any range > 0 is centred on the box
+    (``global_shift_centre``) unless that is set.
+
+    Measured on the mirror's ASPIRE 70S stack (offsets σ = 3 px): from zero origins (500
+    particles), a 3 px local search left 2.46 px RMS shift error, 9 px 0.48 px; from orient's
+    learned poses and fitted offsets (2,000 particles, 2 global rounds, a 9 px grid at 2 px), the
+    grid around the fitted offsets left 1.92 px (a probe, not recorded), the grid around the box
+    0.83 px (``make foreign PROFILE=cpu``).
 
     Parameters
     ----------
     settings : mapping
         :class:`RefineConfig` settings.
     shift_sigma : float
-        Pixels: the standard deviation of the stack's offsets per axis.
+        Pixels: the standard deviation of the stack's offsets per axis (finite, >= 0).
 
     Returns
     -------
     RefineConfig
     """
     settings = dict(settings)
+    given = RefineConfig.from_dict(settings)  # unknown or bad settings: one line, before anything else
+    sigma = float(shift_sigma)
+    if not (np.isfinite(sigma) and sigma >= 0):
+        raise InputError(f"the stack's offset σ must be a finite number of pixels >= 0, got {shift_sigma!r}")
     default = RefineConfig()
-    reach = float(np.ceil(SHIFT_REACH_SIGMAS * float(shift_sigma)))
+    reach = float(np.ceil(SHIFT_REACH_SIGMAS * sigma))
     settings.setdefault("shift_range", max(default.shift_range, reach))
-    if settings.get("global_rounds", default.global_rounds) > 0:
-        settings.setdefault("global_shift_range", max(default.global_shift_range, reach))
-        # orient's offsets are fitted against the recovered orientations: where those are wrong,
-        # the offsets can lie farther from the truth than zero does.
-        settings.setdefault("global_shift_centre", "box")
+    if given.global_rounds > 0:
+        if "global_shift_range" not in settings:
+            settings["global_shift_range"] = max(default.global_shift_range, reach)
+            settings.setdefault(
+                "global_shift_step", max(default.global_shift_step, settings["global_shift_range"] / 4.5)
+            )
+        if settings["global_shift_range"] > 0:
+            # orient's offsets are fitted against the recovered orientations: where those are
+            # wrong, the offsets can lie farther from the truth than zero does.
+            settings.setdefault("global_shift_centre", "box")
     return RefineConfig.from_dict(settings)
 
 
