@@ -146,6 +146,8 @@ for correction, run in runs.items():
     summary[correction] = {
         "median_error_deg": fit.median_error_deg,
         "mean_error_deg": fit.mean_error_deg,
+        "beyond_5_deg": float(np.mean(np.degrees(fit.errors) > 5)),
+        "beyond_20_deg": float(np.mean(np.degrees(fit.errors) > 20)),
         "mirrored": fit.mirrored,
         "map_rotation_deg": float(np.degrees(2 * np.arccos(min(1.0, abs(fit.right[3]))))),
         "fsc_0.5_angstrom": curve.resolution(0.5)[0],
