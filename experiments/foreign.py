@@ -77,24 +77,26 @@ if n_particles:
 config = OrientConfig.from_dict(orient)
 true_stack = read_particles(truth_star)
 true_map, true_voxel = load_volume(reference_map)
-runs = {}
-for correction in corrections:
+
+
+def run(correction, folder, refine_settings=None):
+    """orient on the stack with this CTF correction (and refinement settings), into ``work / folder``."""
     settings = OrientConfig.from_dict(config.to_dict() | {"ctf_correction": correction})
-    runs[correction] = run_orient(
-        star, reference_map, work / correction, config=settings, cache_dir=Path(cache_dir) / "foreign", progress=False
-    )
-if refine is not None:
-    # orient sizes the shift searches to the offsets it measured, unless `refine` sets them.
-    settings = OrientConfig.from_dict(config.to_dict() | {"ctf_correction": corrections[0]})
-    runs[f"{corrections[0]} + refine"] = run_orient(
+    return run_orient(
         star,
         reference_map,
-        work / f"{corrections[0]}-refine",
+        work / folder,
         config=settings,
         cache_dir=Path(cache_dir) / "foreign",
-        refine=dict(refine),
+        refine=refine_settings,
         progress=False,
     )
+
+
+runs = {correction: run(correction, correction) for correction in corrections}
+if refine is not None:
+    # orient sizes the shift searches to the offsets it measured, unless `refine` sets them.
+    runs[f"{corrections[0]} + refine"] = run(corrections[0], f"{corrections[0]}-refine", dict(refine))
 
 # %% [markdown]
 # The evaluation: rigid alignment to the truth, FSC with the true map, shift errors; and the

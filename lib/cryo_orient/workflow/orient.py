@@ -633,7 +633,7 @@ def orient(
         :class:`~cryo_orient.orientation.refine.RefinementResult`).
     """
     config = config if isinstance(config, OrientConfig) else OrientConfig.from_dict(dict(config or {}))
-    refine_config = None
+    refine_config = refine_settings = None  # settings to size once the offsets are measured
     if refine is not None and refine is not False:
         if isinstance(refine, RefineConfig):
             refine_config = refine
@@ -668,9 +668,9 @@ def orient(
     cache = StageCache(cache_dir / "stages")
     ctx = run_stages(STAGES, ctx, cache, log=log)
     model = ctx["stack_model"]
+    if refine_settings is not None:
+        refine_config = refine_config_for(refine_settings, model.shift_sigma)
     if refine_config is not None:
-        if not isinstance(refine, RefineConfig):
-            refine_config = refine_config_for(refine_settings, model.shift_sigma)
         ctx = run_stages([REFINE_STAGE], ctx | {"refine_config": refine_config}, cache, log=log)
     log(
         f"  stack: contrast {'inverted' if model.invert else 'as RELION'} ({model.invert_choice}, correlation "
