@@ -254,6 +254,25 @@ def test_refine_config_for_sizes_the_shift_searches_to_the_stack():
             refine_config_for({}, bad)
 
 
+def test_refine_settings_reads_every_form_of_the_refine_argument():
+    """orient and map_free take refine as None/False, True, settings or a RefineConfig; a
+    RefineConfig's settings are all given, so that sizing leaves it as it is."""
+    from cryo_orient.orientation.refine import refine_settings
+
+    assert refine_settings(None) is None and refine_settings(False) is None
+    assert refine_settings(True) == {}
+    given = {"global_rounds": 2}
+    settings = refine_settings(given)
+    assert settings == given and settings is not given  # a copy: the caller's dict is not touched
+    config = RefineConfig(global_rounds=1, shift_range=2.0, global_shift_range=4.0)
+    assert refine_config_for(refine_settings(config), 3.0) == config  # used as it is, not sized
+    assert refine_config_for(refine_settings(True), 3.0).shift_range == 9.0
+    with pytest.raises(InputError, match="unknown"):
+        refine_settings({"shift_rang": 2.0})
+    with pytest.raises(InputError, match="needs a table of settings"):
+        refine_settings("global")
+
+
 def test_cli_orient_refine_passes_settings_for_sizing(monkeypatch, tmp_path):
     """`cryo-orient orient --refine --refine-set ...` hands orient the settings, not a finished
     RefineConfig, so that the shift searches are sized to the stack (a RefineConfig is used as is)."""

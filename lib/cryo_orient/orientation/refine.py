@@ -60,6 +60,7 @@ import hashlib
 import json
 import time
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import finufft
@@ -87,6 +88,7 @@ __all__ = [
     "perturbations",
     "pose_posterior",
     "refine",
+    "refine_settings",
     "search_fold_labels",
     "search_poses",
 ]
@@ -306,6 +308,33 @@ class RefineConfig(Settings):
     def finest_step(self, iteration: int) -> float:
         """Degrees: the finest step of round ``iteration``, the round's angular step."""
         return self.round_step(iteration) * 0.5 ** (self.local_steps - 1)
+
+
+def refine_settings(refine) -> dict | None:
+    """The refinement settings that a workflow's ``refine`` argument asks for.
+
+    Parameters
+    ----------
+    refine : None, bool, mapping or RefineConfig
+        ``None`` or ``False``: no refinement. ``True``: the defaults. A mapping: those
+        :class:`RefineConfig` settings. A :class:`RefineConfig`: every one of its settings, so
+        that a workflow that sizes the settings left unset (``orient``) uses it as it is.
+
+    Returns
+    -------
+    dict or None
+        The settings given (checked: a bad one is a one-line :class:`InputError`), or ``None``
+        for no refinement.
+    """
+    if refine is None or refine is False:
+        return None
+    if isinstance(refine, RefineConfig):
+        return refine.to_dict()
+    if refine is True:
+        return {}
+    settings = dict(refine) if isinstance(refine, Mapping) else refine
+    RefineConfig.from_dict(settings)  # unknown, missing or bad settings: one line, now
+    return settings
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,7 @@ from cryo_orient.artifacts import jsonable, provenance, save_text
 from cryo_orient.data import read_particles
 from cryo_orient.estimation.siamese import SiameseEstimator
 from cryo_orient.orientation import recovery
-from cryo_orient.orientation.refine import RefineConfig, RefinementResult, refine
+from cryo_orient.orientation.refine import RefineConfig, RefinementResult, refine, refine_settings
 from cryo_orient.simulation.matching import blob_contrast
 from cryo_orient.tomography.ctf import CTFParams
 from cryo_orient.tomography.reconstruct import reconstruct
@@ -214,13 +214,8 @@ def orient_map_free(
         ``refine`` also ``refinement``.
     """
     config = config if isinstance(config, OrientConfig) else OrientConfig.from_dict(dict(config or {}))
-    refine_config = None
-    if refine is not None and refine is not False:
-        refine_config = (
-            refine
-            if isinstance(refine, RefineConfig)
-            else RefineConfig.from_dict({} if refine is True else dict(refine))
-        )
+    given = refine_settings(refine)
+    refine_config = None if given is None else RefineConfig.from_dict(given)
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
     stack = read_particles(particles, angpix=angpix)

@@ -49,7 +49,7 @@ from cryo_orient.data.dataset import Dataset, read_dataset
 from cryo_orient.data.relion import write_particle_stack, write_particles
 from cryo_orient.estimation.siamese import SiameseEstimator, TrainingConfig, constant_mae
 from cryo_orient.orientation import alignment, recovery
-from cryo_orient.orientation.refine import RefineConfig, RefinementResult, refine
+from cryo_orient.orientation.refine import RefineConfig, RefinementResult, refine, refine_settings
 from cryo_orient.orientation.shifts import center_images, estimate_shifts
 from cryo_orient.simulation.matching import INVERT_CHOICES, StackModel, match_stack
 from cryo_orient.simulation.simulate import SimulationConfig, simulate_dataset
@@ -633,18 +633,13 @@ def orient(
         :class:`~cryo_orient.orientation.refine.RefinementResult`).
     """
     config = config if isinstance(config, OrientConfig) else OrientConfig.from_dict(dict(config or {}))
-    refine_config = refine_settings = None  # settings to size once the offsets are measured
-    if refine is not None and refine is not False:
-        if isinstance(refine, RefineConfig):
-            refine_config = refine
-        else:
-            refine_settings = {} if refine is True else dict(refine)
-            refine_config = RefineConfig.from_dict(refine_settings)  # checked now; the shifts once measured
+    # The settings given, checked now; those left unset are sized once the offsets are measured.
+    refine_given = refine_settings(refine)
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
     stack = read_particles(particles, angpix=angpix)
-    if refine_config is not None:
-        refine_config.check_images(stack.n)  # before any stage runs, not at the refinement
+    if refine_given is not None:
+        RefineConfig.from_dict(refine_given).check_images(stack.n)  # before any stage runs
     volume, reference_voxel = load_reference(reference, stack, reference_angpix)
     cache_dir.mkdir(parents=True, exist_ok=True)
     reference_path = cache_dir / f"reference-{digest(volume)}.mrc"
@@ -668,8 +663,7 @@ def orient(
     cache = StageCache(cache_dir / "stages")
     ctx = run_stages(STAGES, ctx, cache, log=log)
     model = ctx["stack_model"]
-    if refine_settings is not None:
-        refine_config = refine_config_for(refine_settings, model.shift_sigma)
+    refine_config = None if refine_given is None else refine_config_for(refine_given, model.shift_sigma)
     if refine_config is not None:
         ctx = run_stages([REFINE_STAGE], ctx | {"refine_config": refine_config}, cache, log=log)
     log(
