@@ -12,7 +12,9 @@
 # # Figure 17: design choices of the distance estimator (5j0n)
 #
 # (a) The feature distance of the Siamese head: the paper's cosine angle `2 arccos(cos(f_i, f_j))`
-# against the Euclidean `‖f_i − f_j‖`; (b) the length of the feature vector n_f ∈ {4, …, 512}.
+# against the Euclidean `‖f_i − f_j‖`, and (beyond the paper) the squared head
+# `2 arccos √cos(f_i, f_j)`, which can represent d_q on a full in-plane loop (see the coverage
+# figure); (b) the length of the feature vector n_f ∈ {4, …, 512}.
 # Boxes: the distribution over epochs of the per-epoch training loss and validation MAE, as the
 # paper; insets: d̂_p against d_q on 1,000 test pairs for a few of the models. Every model has the
 # same data, split, seed and training settings; only the studied choice changes.
@@ -25,7 +27,7 @@ cache_dir = "build/tiny/cache"
 dataset = "5j0n-half"
 n_features_list = [4, 8, 16, 32, 64, 128, 256, 512]
 inset_n_features = [4, 32, 512]
-feature_distances = ["cosine", "euclidean"]
+feature_distances = ["cosine", "euclidean", "squared_cosine"]
 input_size = 29
 regime = "batch"
 batch_size = 32
@@ -130,7 +132,8 @@ fig = plt.figure(figsize=(15, 9))
 grid = fig.add_gridspec(2, max(len(shown), 3), height_ratios=[1.4, 1])
 ax_a = fig.add_subplot(grid[0, :1])
 ax_b = fig.add_subplot(grid[0, 1:])
-handles = boxes(ax_a, list(head_runs.values()), list(head_runs))
+HEAD_LABELS = {"cosine": "cosine", "euclidean": "Euclidean", "squared_cosine": "squared\n(beyond)"}
+handles = boxes(ax_a, list(head_runs.values()), [HEAD_LABELS.get(kind, kind) for kind in head_runs])
 ax_a.set_title("(a) feature distance d_f (n_f = 512)")
 boxes(ax_b, list(nf_runs.values()), [str(nf) for nf in nf_runs])
 ax_b.set_xlabel("n_f (length of the feature vector)")
