@@ -57,8 +57,8 @@ import matplotlib.pyplot as plt
 from cryo_orient import artifacts
 from cryo_orient.workflow import records
 from cryo_orient.workflow.pipeline import PipelineConfig, run_recovery
+from cryo_orient.workflow.plots import head_label
 
-HEAD_LABELS = {"cosine": "paper's head", "squared_cosine": "squared head", "euclidean": "Euclidean head"}
 if not len(datasets) == len(proteins) == len(coverages):
     raise ValueError(
         f"need one protein and one coverage per dataset: {len(datasets)} datasets, {len(proteins)} proteins, "
@@ -99,7 +99,7 @@ for name, protein, coverage in zip(datasets, proteins, coverages):
                 }
                 rows.append(row)
                 print(
-                    f"{protein}, {coverage} ({name}), {size} px, {HEAD_LABELS[head]}, {optimiser} recovery: "
+                    f"{protein}, {coverage} ({name}), {size} px, {head_label(head)}, {optimiser} recovery: "
                     f"E_OR median {row['E_OR_median']:.3f} / mean {row['E_OR_mean']:.3f} rad, L_OR "
                     f"{row['L_OR']:.4f} (at the truth {row['L_at_true_orientations']:.4f}), "
                     f"{'likely unwound' if row['unwound'] else 'not unwound'}"
@@ -134,7 +134,7 @@ for ax, (protein, size) in zip(axes.flat, panels):
                 color=colors.get((head, optimiser), f"C{k}"),
                 hatch="//" if r["unwound"] else None,
                 edgecolor="k" if r["unwound"] else "none",
-                label=f"{HEAD_LABELS[head]}, {optimiser} recovery",
+                label=f"{head_label(head)}, {optimiser} recovery",
             )
             ax.plot(pos, r["E_OR_mean"], "k.", ms=5)
     ax.set_xticks(range(len(coverage_names)), coverage_names)

@@ -45,6 +45,7 @@ from cryo_orient.data.dataset import read_dataset
 from cryo_orient.estimation import siamese
 from cryo_orient.geometry import rotations
 from cryo_orient.workflow import records
+from cryo_orient.workflow.plots import head_label
 
 cache = Path(cache_dir) / "siamese"
 data = read_dataset(Path(sim_dir) / f"{dataset}.h5")
@@ -132,8 +133,7 @@ fig = plt.figure(figsize=(15, 9))
 grid = fig.add_gridspec(2, max(len(shown), 3), height_ratios=[1.4, 1])
 ax_a = fig.add_subplot(grid[0, :1])
 ax_b = fig.add_subplot(grid[0, 1:])
-HEAD_LABELS = {"cosine": "cosine", "euclidean": "Euclidean", "squared_cosine": "squared\n(beyond)"}
-handles = boxes(ax_a, list(head_runs.values()), [HEAD_LABELS.get(kind, kind) for kind in head_runs])
+handles = boxes(ax_a, list(head_runs.values()), [head_label(kind, short=True) for kind in head_runs])
 ax_a.set_title("(a) feature distance d_f (n_f = 512)")
 boxes(ax_b, list(nf_runs.values()), [str(nf) for nf in nf_runs])
 ax_b.set_xlabel("n_f (length of the feature vector)")

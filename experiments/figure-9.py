@@ -219,7 +219,11 @@ for ax, runs, values, title, unit in (
             f"L_OR {s['L_OR']:.2e}\n(truth {s['L_at_true_orientations']:.2e})\n"
             f"E_OR {s['E_OR_mean']:.3f}\n(median {s['E_OR_median']:.3f})"
             + (f"\npaper's recovery\nE_OR {s['paper_E_OR_mean']:.3f}" if "paper_E_OR_mean" in s else "")
-            + (f"\nsquared head, ours\nE_OR {s[f'{our_head}_E_OR_mean']:.3f}" if f"{our_head}_E_OR_mean" in s else ""),
+            + (
+                f"\n{plots.head_label(our_head)}, ours\nE_OR {s[f'{our_head}_E_OR_mean']:.3f}"
+                if f"{our_head}_E_OR_mean" in s
+                else ""
+            ),
             ha="center",
             va="bottom",
             fontsize=7.5,

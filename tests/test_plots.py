@@ -145,3 +145,11 @@ def test_pipeline_case_panel_shows_the_case_summary(ax):
 def test_note(ax):
     note = plots.note(ax, "a remark")
     assert note.get_text() == "a remark" and note in ax.texts and note.get_bbox_patch() is not None
+
+
+def test_head_label_names_each_head_once_and_marks_ours_as_beyond_the_paper():
+    assert plots.head_label("cosine") == "paper's head"
+    assert plots.head_label("squared_cosine") == "squared head"
+    assert "beyond" in plots.head_label("squared_cosine", short=True)
+    assert "beyond" not in plots.head_label("cosine", short=True)
+    assert plots.head_label("something_new") == "something_new"  # an unknown head keeps its name

@@ -10,7 +10,8 @@ Plotting only: every function draws arrays and numbers it is given into a matplo
   (figures 11, 13 and the comparison with common lines);
 - the schematic figures' pieces (figures 2, 3, 4 and 18): :func:`arrow`, :func:`box`,
   :func:`thumbnail` and :func:`cuboid` (the layer boxes of figures 4 and 18), with
-  :func:`top_right` for the extent of what was drawn.
+  :func:`top_right` for the extent of what was drawn;
+- :func:`head_label`: the one name of each distance head in every figure.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "error_histogram",
     "fsc_curves",
     "fsc_results",
+    "head_label",
     "loss_curve",
     "recovery_panel",
     "thumbnail",
@@ -40,6 +42,19 @@ __all__ = [
 BLUE = "#1f77b4"
 #: The label of the per-orientation error after alignment.
 ERROR_LABEL = "d_q(q_i, T q̂_i) (rad)"
+#: Each feature distance (``TrainingConfig.feature_distance``) as figures name it: long, short.
+_HEAD_LABELS = {
+    "cosine": ("paper's head", "cosine"),
+    "squared_cosine": ("squared head", "squared\n(beyond)"),
+    "euclidean": ("Euclidean head", "Euclidean"),
+}
+
+
+def head_label(kind: str, *, short: bool = False) -> str:
+    """The name of the distance head ``kind`` in legends and captions (``short``: on an axis, where
+    the squared head is marked as beyond the paper); an unknown kind is named as it is."""
+    long_label, short_label = _HEAD_LABELS.get(kind, (kind, kind))
+    return short_label if short else long_label
 
 
 def _add_patch(ax, patch):
