@@ -59,6 +59,7 @@ from cryo_orient.workflow import records
 from cryo_orient.workflow.pipeline import PipelineConfig, run_recovery
 from cryo_orient.workflow.plots import head_label
 
+RECOVERY_LABELS = {"ours": "our recovery", "paper": "the paper's recovery"}
 if not len(datasets) == len(proteins) == len(coverages):
     raise ValueError(
         f"need one protein and one coverage per dataset: {len(datasets)} datasets, {len(proteins)} proteins, "
@@ -99,7 +100,8 @@ for name, protein, coverage in zip(datasets, proteins, coverages):
                 }
                 rows.append(row)
                 print(
-                    f"{protein}, {coverage} ({name}), {size} px, {head_label(head)}, {optimiser} recovery: "
+                    f"{protein}, {coverage} ({name}), {size} px, {head_label(head)}, "
+                    f"{RECOVERY_LABELS.get(optimiser, optimiser + ' recovery')}: "
                     f"E_OR median {row['E_OR_median']:.3f} / mean {row['E_OR_mean']:.3f} rad, L_OR "
                     f"{row['L_OR']:.4f} (at the truth {row['L_at_true_orientations']:.4f}), "
                     f"{'likely unwound' if row['unwound'] else 'not unwound'}"
@@ -111,8 +113,13 @@ coverage_names = list(dict.fromkeys(coverages))
 combos = [(h, o) for h in heads for o in optimisers]
 colors = {("cosine", "paper"): "#9ecae1", ("cosine", "ours"): "#3182bd"}
 colors |= {("squared_cosine", "paper"): "#fdae6b", ("squared_cosine", "ours"): "#e6550d"}
-panels = [(p, s) for p in protein_names for s in input_sizes]
-fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+panels = [(p, s) for p in protein_names for s in input_sizes]  # a row per protein, a column per size
+fig, axes = plt.subplots(
+    len(protein_names),
+    len(input_sizes),
+    figsize=(5.2 * max(len(input_sizes), 2), 4.4 * len(protein_names)),
+    squeeze=False,
+)
 width = 0.8 / len(combos)
 for ax, (protein, size) in zip(axes.flat, panels):
     for k, (head, optimiser) in enumerate(combos):
@@ -134,7 +141,7 @@ for ax, (protein, size) in zip(axes.flat, panels):
                 color=colors.get((head, optimiser), f"C{k}"),
                 hatch="//" if r["unwound"] else None,
                 edgecolor="k" if r["unwound"] else "none",
-                label=f"{head_label(head)}, {optimiser} recovery",
+                label=f"{head_label(head)}, {RECOVERY_LABELS.get(optimiser, optimiser + ' recovery')}",
             )
             ax.plot(pos, r["E_OR_mean"], "k.", ms=5)
     ax.set_xticks(range(len(coverage_names)), coverage_names)
@@ -151,7 +158,7 @@ fig.legend(
     bbox_to_anchor=(0.5, 0),
 )
 fig.suptitle("Beyond the paper: E_OR by head and recovery on restricted coverage (hatched: likely unwound)")
-fig.tight_layout(rect=(0, 0.07, 1, 1))
+fig.tight_layout(rect=(0, 0.07 / len(protein_names), 1, 1))
 
 buf = io.StringIO()
 writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
