@@ -12,8 +12,10 @@ lines) and ``refine`` set: the gauge-free learned orientations of the test split
 their own half maps, from the test images, with no reference and no ground truth
 (:mod:`cryo_orient.workflow.pipeline`). The truth is used only to measure E_OR after each round
 and the FSC of the refined map with the map, and the error percentiles of the gauge-free and
-refined orientations. ``--truth-start`` and ``--common-lines-start`` also run the same refinement
-from the true orientations (the floor a start cannot beat) and from common-lines orientations
+refined orientations. ``--dataset PATH`` takes a simulated dataset as it is instead (the cpu
+profile's 116 px ``5j0n-full-so3-noise16``, figure 10's case). ``--truth-start`` and
+``--common-lines-start`` also run the same refinement from the true orientations (the floor a
+start cannot beat) and from common-lines orientations
 (ASPIRE's synchronization voting on the same test images, as the compare experiment's, in
 ``.venv-compare``): a comparison of initialisations with the refiner fixed. ``--set KEY=VALUE``
 overrides pipeline settings (JSON values; a table is merged key by key into the profile's, e.g.
@@ -204,6 +206,28 @@ def relion_from(dataset: Path, start, summary: dict, pipeline_config: dict, fold
     }
 
 
+def simulated_dataset(args, work: Path) -> tuple[Path | None, dict]:
+    """Simulate the script's own dataset: the map resampled to ``--bin`` × its voxel size, 5,000
+    projections at uniform orientations (seed 0) with the noise asked for; its path (None if the
+    simulation failed) and its settings."""
+    volume = binned_map(args.volume, args.bin, work / f"{args.volume}-bin{args.bin}.mrc")
+    simulation = {
+        "volume": str(volume),
+        "n_projections": args.n_projections,
+        "sampling": "uniform_so3",
+        "coverage": [2.0, 1.0, 2.0],
+        **({"snr_db": args.snr_db} if args.snr_db is not None else {"noise_variance": args.noise_variance}),
+        "store_clean": args.snr_db is not None or args.noise_variance > 0,
+        "seed": 0,
+    }
+    noise_name = f"snr{args.snr_db:g}dB" if args.snr_db is not None else f"noise{args.noise_variance:g}"
+    dataset = work / f"{args.volume}-bin{args.bin}-{noise_name}.h5"
+    sets = [f"--set={key}={json.dumps(value)}" for key, value in simulation.items()]
+    if cli.main(["simulate", *sets, "--out", str(dataset), "--quiet"]):
+        return None, simulation
+    return dataset, simulation
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="build/learned-refine", help="folder for the map, dataset and run")
@@ -216,6 +240,12 @@ def main(argv=None) -> int:
         "--snr-db",
         type=float,
         help="the noise as an SNR in dB (the cpu profile's σ² = 16 is -11.8 at 116 px; after the 2 × 2 binning, -5.8)",
+    )
+    parser.add_argument(
+        "--dataset",
+        help="a simulated dataset to use as it is (e.g. the cpu profile's data/simulated/cpu/5j0n-full-so3-noise16.h5, "
+        "figure 10's 116 px case) instead of simulating one; --volume, --bin, --n-projections and the noise are then "
+        "not used",
     )
     parser.add_argument("--max-iterations", type=int, default=8, help="refinement rounds at most")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a pipeline setting")
@@ -246,21 +276,16 @@ def main(argv=None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    volume = binned_map(args.volume, args.bin, work / f"{args.volume}-bin{args.bin}.mrc")
-    simulation = {
-        "volume": str(volume),
-        "n_projections": args.n_projections,
-        "sampling": "uniform_so3",
-        "coverage": [2.0, 1.0, 2.0],
-        **({"snr_db": args.snr_db} if args.snr_db is not None else {"noise_variance": args.noise_variance}),
-        "store_clean": args.snr_db is not None or args.noise_variance > 0,
-        "seed": 0,
-    }
-    noise_name = f"snr{args.snr_db:g}dB" if args.snr_db is not None else f"noise{args.noise_variance:g}"
-    dataset = work / f"{args.volume}-bin{args.bin}-{noise_name}.h5"
-    sets = [f"--set={key}={json.dumps(value)}" for key, value in simulation.items()]
-    if cli.main(["simulate", *sets, "--out", str(dataset), "--quiet"]):
-        return 1
+    if args.dataset:
+        dataset = Path(args.dataset)
+        if not dataset.is_file():
+            print(f"error: --dataset {dataset}: no such file; simulate it first (e.g. make {dataset} PROFILE=cpu)")
+            return 1
+        simulation = {"dataset": str(dataset), "cache_key": read_dataset(dataset).cache_key}
+    else:
+        dataset, simulation = simulated_dataset(args, work)
+        if dataset is None:
+            return 1
     # One `refine` table: `--set` replaces a table whole, so a user's refine settings are merged
     # with --max-iterations here.
     refine, others = {"max_iterations": args.max_iterations}, []
@@ -356,7 +381,7 @@ def main(argv=None) -> int:
             **({"relion_from_learned": from_relion} if from_relion else {}),
             "argv": sys.argv[1:] if argv is None else list(argv),
             "simulation": simulation,
-            "bin": args.bin,
+            "bin": None if args.dataset else args.bin,
             "config": record["config"],
             "summary": summary,
             "errors": percentiles,
